@@ -1,0 +1,20 @@
+//! kemari-board: the virtual machine a guest sees, built around the engine's harts.
+//!
+//! Owns: the memory map (QEMU `virt`), RAM contents at boot (kernel, initrd, device tree, firmware), the CLINT,
+//! PLIC and 16550 UART, the SBI implementation, guest time, and the loop that runs harts and devices.
+//!
+//! Never does: write to the host's terminal, disks or network itself. Console bytes go to the sink it is
+//! given (the output gate's entry point once fault tolerance is on).
+//!
+//! Invariants: the device tree describes exactly the devices that exist; guest time never runs backwards.
+
+pub mod clint;
+pub mod console;
+pub mod fdt;
+pub mod layout;
+pub mod loader;
+pub mod machine;
+pub mod plic;
+pub mod sbi;
+
+pub use machine::{BuildError, ConsoleInput, Machine, MachineConfig, RunOutcome};

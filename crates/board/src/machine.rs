@@ -1,0 +1,439 @@
+//! The machine: RAM, harts and devices, and the loop that runs them.
+//!
+//! One thread runs every hart round-robin in slices of a few thousand instructions (see ARCHITECTURE.md for
+//! why). Between slices the board recomputes interrupt lines (timers, PLIC), feeds console input, and handles
+//! SBI calls. A hart that waits in `wfi` costs nothing; when every hart waits, the thread sleeps until the next
+//! timer deadline or console input.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kemari_engine::{irq, Bus, Exit, GuestRam, Hart};
+use vm_superio::{Serial, Trigger};
+
+use crate::clint::Clint;
+use crate::console::ConsoleOut;
+use crate::layout::{self, RAM_BASE};
+use crate::loader::{self, LoadError};
+use crate::plic::Plic;
+use crate::sbi::{self, SbiOutcome};
+use crate::{clint, fdt, plic};
+
+/// Instructions a hart runs before the board looks at timers and input again.
+const SLICE: u64 = 20_000;
+
+/// What to boot.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    pub harts: usize,
+    pub memory_mib: u64,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    /// Bare-metal ELF started in M-mode (no built-in SBI).
+    pub firmware: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("--cpus {0} is out of range: kemari supports 1 to {max} harts", max = layout::MAX_HARTS)]
+    Harts(usize),
+    #[error("--memory {0} MiB is out of range: use 16 to 65536 MiB")]
+    MemorySize(u64),
+    #[error("--memory {have} MiB is too small: kernel, initrd and device tree need at least {need} MiB")]
+    MemoryTooSmall { have: u64, need: u64 },
+    #[error("nothing to boot: give --kernel or --firmware")]
+    NothingToBoot,
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot allocate guest RAM: {0}")]
+    Ram(#[from] kemari_engine::RamError),
+    #[error("cannot build the device tree: {0}")]
+    Fdt(String),
+}
+
+/// Console input events for the machine loop.
+pub enum ConsoleInput {
+    Bytes(Vec<u8>),
+    /// The user asked to quit (Ctrl-A x) or input ended and the caller wants to stop.
+    Quit,
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// SBI system reset: shutdown.
+    PowerOff,
+    /// SBI system reset: reboot (kemari does not reboot guests; the caller decides).
+    Reboot,
+    /// The guest crashed: kernel panic, or a trap nobody can handle.
+    Crash(String),
+    /// Bare-metal test ended through HTIF `tohost`: 0 = pass, otherwise the failure code.
+    TestExit(u64),
+    /// The user quit.
+    Quit,
+}
+
+/// UART interrupt trigger: vm-superio calls it; the board forwards it to the PLIC between accesses.
+#[derive(Clone, Default)]
+pub struct UartIrq(Arc<AtomicBool>);
+
+impl Trigger for UartIrq {
+    type E = std::convert::Infallible;
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Guest time: a monotonic host clock in timebase ticks, plus an offset so that a restored guest continues.
+#[derive(Clone, Debug)]
+pub struct GuestClock {
+    start: Instant,
+    offset: u64,
+}
+
+impl GuestClock {
+    pub fn new(offset: u64) -> GuestClock {
+        GuestClock { start: Instant::now(), offset }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.offset + (self.start.elapsed().as_nanos() as u64) / (1_000_000_000 / layout::TIMEBASE_HZ)
+    }
+
+    fn until(&self, tick: u64) -> Duration {
+        let now = self.now();
+        Duration::from_nanos(tick.saturating_sub(now).saturating_mul(1_000_000_000 / layout::TIMEBASE_HZ))
+    }
+}
+
+/// Everything a hart reaches through the bus.
+pub struct Devices {
+    pub clock: GuestClock,
+    pub clint: Clint,
+    pub plic: Plic,
+    pub uart: Serial<UartIrq, vm_superio::serial::NoEvents, ConsoleOut>,
+    uart_irq: UartIrq,
+    /// With the built-in SBI: each hart's supervisor timer deadline (SBI set_timer).
+    pub stimecmp: Vec<u64>,
+}
+
+impl Devices {
+    fn sync_uart_irq(&mut self) {
+        if self.uart_irq.0.swap(false, Ordering::Relaxed) {
+            self.plic.raise(layout::UART_IRQ);
+        }
+    }
+}
+
+impl Bus for Devices {
+    fn load(&mut self, _hart: usize, addr: u64, size: u8) -> Option<u64> {
+        match addr {
+            a if (clint::BASE..clint::BASE + clint::SIZE).contains(&a) => {
+                self.clint.load(a - clint::BASE, size, self.clock.now())
+            }
+            a if (plic::BASE..plic::BASE + plic::SIZE).contains(&a) => self.plic.load(a - plic::BASE, size),
+            a if (layout::UART_BASE..layout::UART_BASE + layout::UART_SIZE).contains(&a) => {
+                if size != 1 {
+                    return None;
+                }
+                let v = self.uart.read((a - layout::UART_BASE) as u8);
+                self.sync_uart_irq();
+                Some(v as u64)
+            }
+            // Empty virtio-mmio slots read as zero (magic 0: no device).
+            a if (layout::VIRTIO_BASE..layout::VIRTIO_BASE + layout::VIRTIO_SIZE * layout::VIRTIO_SLOTS as u64)
+                .contains(&a) =>
+            {
+                Some(0)
+            }
+            _ => None,
+        }
+    }
+
+    fn store(&mut self, _hart: usize, addr: u64, size: u8, value: u64) -> bool {
+        match addr {
+            a if (clint::BASE..clint::BASE + clint::SIZE).contains(&a) => {
+                self.clint.store(a - clint::BASE, size, value)
+            }
+            a if (plic::BASE..plic::BASE + plic::SIZE).contains(&a) => self.plic.store(a - plic::BASE, size, value),
+            a if (layout::UART_BASE..layout::UART_BASE + layout::UART_SIZE).contains(&a) => {
+                if size != 1 {
+                    return false;
+                }
+                // A console that cannot be written loses the byte, like a real UART with no cable.
+                let _ = self.uart.write((a - layout::UART_BASE) as u8, value as u8);
+                self.sync_uart_irq();
+                true
+            }
+            a if (layout::VIRTIO_BASE..layout::VIRTIO_BASE + layout::VIRTIO_SIZE * layout::VIRTIO_SLOTS as u64)
+                .contains(&a) =>
+            {
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn time(&self) -> u64 {
+        self.clock.now()
+    }
+}
+
+pub struct Machine {
+    pub ram: GuestRam,
+    pub harts: Vec<Hart>,
+    pub dev: Devices,
+    /// The VMM implements SBI (no firmware in the guest).
+    pub builtin_sbi: bool,
+    /// HTIF `tohost` address of a bare-metal program.
+    pub tohost: Option<u64>,
+    /// Console input not yet accepted by the UART FIFO.
+    pending_input: VecDeque<u8>,
+    /// The console input channel still has a sender.
+    input_open: bool,
+}
+
+impl Machine {
+    pub fn new(cfg: &MachineConfig, console: Box<dyn Write + Send>) -> Result<Machine, BuildError> {
+        if cfg.harts == 0 || cfg.harts > layout::MAX_HARTS {
+            return Err(BuildError::Harts(cfg.harts));
+        }
+        if !(16..=65536).contains(&cfg.memory_mib) {
+            return Err(BuildError::MemorySize(cfg.memory_mib));
+        }
+        if cfg.kernel.is_none() && cfg.firmware.is_none() {
+            return Err(BuildError::NothingToBoot);
+        }
+        let ram_size = cfg.memory_mib << 20;
+        let ram = GuestRam::new(RAM_BASE, ram_size)?;
+        let builtin_sbi = cfg.firmware.is_none();
+        let mut harts: Vec<Hart> = (0..cfg.harts).map(|i| Hart::new(i as u64, builtin_sbi)).collect();
+
+        // Layout: kernel at RAM + 2 MiB, device tree in the last 64 KiB (2 MiB-aligned region below the end for
+        // firmware that relocates it), initrd just below the device tree, page-aligned.
+        let dtb_addr = RAM_BASE + ram_size - 0x10000;
+        let mut kernel_end = RAM_BASE;
+        let mut kernel_entry = None;
+        if let Some(k) = &cfg.kernel {
+            let initrd_size = match &cfg.initrd {
+                Some(p) => loader::file_size("initrd", p)?,
+                None => 0,
+            };
+            let k_size = loader::file_size("kernel", k)?;
+            // Check the total before loading so that a small --memory gets one clear message.
+            let need = layout::KERNEL_OFFSET + k_size + initrd_size + 0x10000;
+            if need + (4 << 20) > ram_size {
+                return Err(BuildError::MemoryTooSmall {
+                    have: cfg.memory_mib,
+                    need: (need + (4 << 20)).div_ceil(1 << 20),
+                });
+            }
+            let loaded = loader::load_kernel(&ram, k)?;
+            kernel_end = loaded.end;
+            kernel_entry = Some(loaded.entry);
+        }
+        let mut initrd = None;
+        if let Some(p) = &cfg.initrd {
+            let size = loader::file_size("initrd", p)?;
+            let start = (dtb_addr - size) & !0xfff;
+            if start < kernel_end {
+                return Err(BuildError::MemoryTooSmall {
+                    have: cfg.memory_mib,
+                    need: (kernel_end - RAM_BASE + size + 0x10000 + (4 << 20)).div_ceil(1 << 20),
+                });
+            }
+            let end = loader::load_initrd(&ram, p, start)?;
+            initrd = Some((start, end));
+        }
+        let dtb = fdt::build(&fdt::FdtConfig {
+            harts: cfg.harts,
+            ram_base: RAM_BASE,
+            ram_size,
+            bootargs: &cfg.cmdline,
+            initrd,
+            virtio: &[],
+        })
+        .map_err(|e| BuildError::Fdt(e.to_string()))?;
+        if dtb.len() > 0x10000 {
+            return Err(BuildError::Fdt(format!("device tree of {} bytes exceeds 64 KiB", dtb.len())));
+        }
+        ram.write(dtb_addr, &dtb).expect("inside RAM");
+
+        let mut tohost = None;
+        if let Some(fw) = &cfg.firmware {
+            let elf = loader::load_elf(&ram, fw)?;
+            tohost = elf.tohost;
+            // Firmware convention (OpenSBI): every hart enters at the ELF entry with a0 = hart id, a1 = FDT.
+            for h in harts.iter_mut() {
+                h.set_pc(elf.entry);
+                h.set_reg(10, h.id());
+                h.set_reg(11, dtb_addr);
+            }
+        } else if let Some(entry) = kernel_entry {
+            // Linux boot protocol: hart 0 starts in S-mode with a0 = hart id, a1 = FDT; the others wait for
+            // SBI HSM hart_start.
+            for h in harts.iter_mut() {
+                h.set_stopped(h.id() != 0);
+            }
+            harts[0].set_pc(entry);
+            harts[0].set_reg(10, 0);
+            harts[0].set_reg(11, dtb_addr);
+        }
+
+        let uart_irq = UartIrq::default();
+        let dev = Devices {
+            clock: GuestClock::new(0),
+            clint: Clint::new(cfg.harts),
+            plic: Plic::new(cfg.harts),
+            uart: Serial::new(uart_irq.clone(), ConsoleOut::new(console)),
+            uart_irq,
+            stimecmp: vec![u64::MAX; cfg.harts],
+        };
+        Ok(Machine { ram, harts, dev, builtin_sbi, tohost, pending_input: VecDeque::new(), input_open: true })
+    }
+
+    /// Recomputes every hart's interrupt lines from timers, CLINT and PLIC.
+    fn update_irq_lines(&mut self) {
+        let now = self.dev.clock.now();
+        for (i, h) in self.harts.iter_mut().enumerate() {
+            if self.builtin_sbi {
+                h.set_irq_line(irq::STI, now >= self.dev.stimecmp[i]);
+            } else {
+                h.set_irq_line(irq::MTI, now >= self.dev.clint.mtimecmp[i]);
+                h.set_irq_line(irq::MSI, self.dev.clint.msip[i]);
+            }
+            h.set_irq_line(irq::MEI, self.dev.plic.line(2 * i));
+            h.set_irq_line(irq::SEI, self.dev.plic.line(2 * i + 1));
+        }
+    }
+
+    /// Moves pending console input into the UART FIFO as space allows.
+    fn feed_uart(&mut self) {
+        while !self.pending_input.is_empty() && self.dev.uart.fifo_capacity() > 0 {
+            let n = self.dev.uart.fifo_capacity().min(self.pending_input.len());
+            let chunk: Vec<u8> = self.pending_input.drain(..n).collect();
+            let _ = self.dev.uart.enqueue_raw_bytes(&chunk);
+        }
+        self.dev.sync_uart_irq();
+    }
+
+    /// Takes one byte of console input for the legacy SBI getchar.
+    pub(crate) fn take_input_byte(&mut self) -> Option<u8> {
+        self.pending_input.pop_front()
+    }
+
+    /// The earliest timer deadline of any hart, in ticks.
+    fn next_deadline(&self) -> u64 {
+        let cmps = if self.builtin_sbi { &self.dev.stimecmp } else { &self.dev.clint.mtimecmp };
+        cmps.iter().copied().min().unwrap_or(u64::MAX)
+    }
+
+    /// Checks the HTIF `tohost` word of a bare-metal program.
+    fn poll_htif(&mut self) -> Option<RunOutcome> {
+        let addr = self.tohost?;
+        let mut buf = [0u8; 8];
+        self.ram.read(addr, &mut buf)?;
+        let v = u64::from_le_bytes(buf);
+        if v == 0 {
+            return None;
+        }
+        let device = v >> 56;
+        let cmd = (v >> 48) & 0xff;
+        if device == 1 && cmd == 1 {
+            // Console putchar.
+            let _ = self.dev.uart.writer_mut().write_all(&[v as u8]);
+            self.ram.write(addr, &[0; 8]);
+            return None;
+        }
+        if device == 0 && v & 1 == 1 {
+            return Some(RunOutcome::TestExit(v >> 1));
+        }
+        self.ram.write(addr, &[0; 8]);
+        None
+    }
+
+    /// Runs the guest until it powers off, crashes, or the user quits.
+    pub fn run(&mut self, input: &Receiver<ConsoleInput>) -> RunOutcome {
+        loop {
+            // Input first, so a guest that polls sees it promptly.
+            loop {
+                match input.try_recv() {
+                    Ok(ConsoleInput::Bytes(b)) => self.pending_input.extend(b),
+                    Ok(ConsoleInput::Quit) => return RunOutcome::Quit,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.input_open = false;
+                        break;
+                    }
+                }
+            }
+            self.feed_uart();
+            let mut busy = false;
+            for i in 0..self.harts.len() {
+                self.update_irq_lines();
+                let exit = self.harts[i].run(&self.ram, &mut self.dev, SLICE);
+                match exit {
+                    Exit::Budget | Exit::MmioStore => busy = true,
+                    Exit::Wfi => {}
+                    Exit::Sbi => {
+                        busy = true;
+                        match sbi::handle(self, i) {
+                            SbiOutcome::Continue => {}
+                            SbiOutcome::Shutdown => return self.finish(RunOutcome::PowerOff),
+                            SbiOutcome::Reboot => return self.finish(RunOutcome::Reboot),
+                            SbiOutcome::Failure => {
+                                return self.finish(RunOutcome::Crash("guest reported a system failure".into()));
+                            }
+                        }
+                    }
+                    Exit::MachineTrap { cause, tval, pc } => {
+                        return self.finish(RunOutcome::Crash(format!(
+                            "hart {i} took a trap no one handles (cause {cause:#x}, tval {tval:#x}) at pc {pc:#x}"
+                        )));
+                    }
+                }
+                if let Some(out) = self.poll_htif() {
+                    return out;
+                }
+            }
+            if let Some(line) = self.dev.uart.writer().panic_end() {
+                return RunOutcome::Crash(format!("guest kernel panic: {line}"));
+            }
+            if !busy {
+                // Every hart waits: sleep until the next timer deadline or input.
+                let wait = self.dev.clock.until(self.next_deadline()).min(Duration::from_millis(10));
+                if wait.is_zero() {
+                    continue;
+                }
+                if self.input_open {
+                    match input.recv_timeout(wait) {
+                        Ok(ConsoleInput::Bytes(b)) => self.pending_input.extend(b),
+                        Ok(ConsoleInput::Quit) => return RunOutcome::Quit,
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => self.input_open = false,
+                    }
+                } else {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+
+    /// A reset request after a kernel panic is a crash, not a clean exit.
+    fn finish(&mut self, outcome: RunOutcome) -> RunOutcome {
+        let _ = self.dev.uart.writer_mut().flush();
+        match (&outcome, self.dev.uart.writer().panic_line()) {
+            (RunOutcome::PowerOff | RunOutcome::Reboot, Some(line)) => {
+                RunOutcome::Crash(format!("guest kernel panic: {line}"))
+            }
+            _ => outcome,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Guest RAM and its dirty-page log.
+//!
+//! RAM is one anonymous mapping at a fixed guest-physical base. Every page that is written after the last
+//! [`GuestRam::take_dirty`] is recorded in a bitmap: harts mark a page when they install a store translation for
+//! it (so only the first store to a page per checkpoint pays), and the VMM marks pages it writes itself through
+//! [`GuestRam::write`]. Taking the log bumps a generation number; harts compare it before running and drop
+//! their store translations, so the next store to any page is seen again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Guest page size used for dirty tracking and translation.
+pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SHIFT: u32 = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RamError {
+    #[error("cannot map guest RAM: {0}")]
+    Map(std::io::Error),
+    #[error("guest RAM size {0:#x} is not a positive multiple of 4 KiB")]
+    BadSize(u64),
+}
+
+/// Guest RAM: `size` bytes at guest-physical `base`.
+pub struct GuestRam {
+    base: u64,
+    size: u64,
+    host: *mut u8,
+    dirty: Box<[AtomicU64]>,
+    generation: AtomicU64,
+}
+
+// SAFETY: the mapping lives as long as the struct; concurrent access to guest memory from the VMM's threads is
+// the same contract every VMM has with its guest (bytes may change under a reader; no Rust references into the
+// mapping are ever handed out, only copies).
+unsafe impl Send for GuestRam {}
+// SAFETY: see above; the dirty bitmap and generation are atomics.
+unsafe impl Sync for GuestRam {}
+
+impl GuestRam {
+    pub fn new(base: u64, size: u64) -> Result<GuestRam, RamError> {
+        if size == 0 || size % PAGE_SIZE != 0 {
+            return Err(RamError::BadSize(size));
+        }
+        // SAFETY: anonymous private mapping with no address hint; the result is checked below.
+        let host = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if host == libc::MAP_FAILED {
+            return Err(RamError::Map(std::io::Error::last_os_error()));
+        }
+        let pages = size / PAGE_SIZE;
+        let words = pages.div_ceil(64) as usize;
+        let dirty = (0..words).map(|_| AtomicU64::new(0)).collect();
+        Ok(GuestRam { base, size, host: host as *mut u8, dirty, generation: AtomicU64::new(0) })
+    }
+
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host address of the start of RAM (for the engine's translation cache and for device memory views).
+    pub fn host_ptr(&self) -> *mut u8 {
+        self.host
+    }
+
+    /// Offset into RAM of `len` bytes at guest-physical `addr`, if they lie entirely inside RAM.
+    #[inline]
+    pub fn offset_of(&self, addr: u64, len: u64) -> Option<u64> {
+        let off = addr.checked_sub(self.base)?;
+        (off.checked_add(len)? <= self.size).then_some(off)
+    }
+
+    /// Copies guest memory out. Fails (returns None) if the range is not entirely RAM.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Option<()> {
+        let off = self.offset_of(addr, buf.len() as u64)?;
+        // SAFETY: the range was checked to lie inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(self.host.add(off as usize), buf.as_mut_ptr(), buf.len()) };
+        Some(())
+    }
+
+    /// Copies into guest memory and records the pages as dirty. Fails if the range is not entirely RAM.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Option<()> {
+        let off = self.offset_of(addr, data.len() as u64)?;
+        // SAFETY: the range was checked to lie inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.host.add(off as usize), data.len()) };
+        self.mark_dirty_range(off, data.len() as u64);
+        Some(())
+    }
+
+    /// Marks RAM pages covering `[off, off+len)` (offsets into RAM) as dirty.
+    pub fn mark_dirty_range(&self, off: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = off >> PAGE_SHIFT;
+        let last = (off + len - 1) >> PAGE_SHIFT;
+        for page in first..=last {
+            self.mark_dirty_page(page);
+        }
+    }
+
+    #[inline]
+    pub fn mark_dirty_page(&self, page: u64) {
+        let word = &self.dirty[(page / 64) as usize];
+        let bit = 1u64 << (page % 64);
+        // Relaxed load first: the common case (already dirty) does not need a locked RMW.
+        if word.load(Ordering::Relaxed) & bit == 0 {
+            word.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_dirty(&self, page: u64) -> bool {
+        self.dirty[(page / 64) as usize].load(Ordering::Relaxed) & (1 << (page % 64)) != 0
+    }
+
+    /// Returns the indices of the pages written since the last call and starts a new log. Harts notice the new
+    /// generation before their next instruction and forget their store translations.
+    pub fn take_dirty(&self) -> Vec<u64> {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut pages = Vec::new();
+        for (i, word) in self.dirty.iter().enumerate() {
+            let mut bits = word.swap(0, Ordering::SeqCst);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                pages.push(i as u64 * 64 + b);
+                bits &= bits - 1;
+            }
+        }
+        pages
+    }
+
+    /// Number of pages currently marked dirty.
+    pub fn dirty_count(&self) -> u64 {
+        self.dirty.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as u64).sum()
+    }
+
+    /// Current dirty-log generation.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the region mapped in `new`; no references into it outlive `self`.
+        unsafe { libc::munmap(self.host as *mut libc::c_void, self.size as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_writes_are_logged_and_log_resets() {
+        let ram = GuestRam::new(0x8000_0000, 64 * PAGE_SIZE).unwrap();
+        ram.write(0x8000_0000 + 5 * PAGE_SIZE + 4090, &[1u8; 10]).unwrap();
+        assert_eq!(ram.take_dirty(), vec![5, 6]);
+        assert!(ram.take_dirty().is_empty());
+        assert!(ram.write(0x8000_0000 + 64 * PAGE_SIZE - 2, &[0; 4]).is_none());
+        assert!(ram.read(0x7fff_ffff, &mut [0; 2]).is_none());
+    }
+}

@@ -1,0 +1,93 @@
+//! The user's console: stdin feeds the guest's UART; on a terminal it is in raw mode and Ctrl-A x quits, as
+//! in QEMU. The terminal mode is restored when the console is dropped.
+
+use std::io::Read;
+use std::sync::mpsc::{channel, Receiver};
+
+use kemari_board::ConsoleInput;
+
+const CTRL_A: u8 = 0x01;
+
+pub struct Console {
+    rx: Receiver<ConsoleInput>,
+    saved: Option<libc::termios>,
+}
+
+impl Console {
+    pub fn start() -> Console {
+        let saved = raw_mode();
+        let (tx, rx) = channel();
+        let escapes = saved.is_some();
+        std::thread::Builder::new()
+            .name("console-in".into())
+            .spawn(move || {
+                let mut stdin = std::io::stdin().lock();
+                let mut buf = [0u8; 256];
+                let mut after_escape = false;
+                loop {
+                    let n = match stdin.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let mut out = Vec::with_capacity(n);
+                    for &b in &buf[..n] {
+                        if escapes && after_escape {
+                            after_escape = false;
+                            match b {
+                                b'x' | b'X' => {
+                                    let _ = tx.send(ConsoleInput::Quit);
+                                    return;
+                                }
+                                CTRL_A => out.push(CTRL_A),
+                                _ => {}
+                            }
+                        } else if escapes && b == CTRL_A {
+                            after_escape = true;
+                        } else {
+                            out.push(b);
+                        }
+                    }
+                    if !out.is_empty() && tx.send(ConsoleInput::Bytes(out)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn console thread");
+        Console { rx, saved }
+    }
+
+    pub fn input(&self) -> &Receiver<ConsoleInput> {
+        &self.rx
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        if let Some(t) = self.saved {
+            // SAFETY: restores the attributes read from fd 0 by `raw_mode`; the struct is fully initialised.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        }
+    }
+}
+
+/// Puts a terminal stdin in raw mode; returns the previous attributes, or None when stdin is not a terminal.
+fn raw_mode() -> Option<libc::termios> {
+    // SAFETY: isatty only inspects the descriptor.
+    if unsafe { libc::isatty(0) } != 1 {
+        return None;
+    }
+    // SAFETY: termios is plain data; tcgetattr fills it and we check its result before use.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 is a terminal (checked above) and `t` is a valid out-pointer.
+    if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
+        return None;
+    }
+    let saved = t;
+    // SAFETY: cfmakeraw only edits the struct we own.
+    unsafe { libc::cfmakeraw(&mut t) };
+    // Keep output post-processing so the host terminal renders the guest's "\n" sensibly.
+    t.c_oflag |= libc::OPOST;
+    // SAFETY: applies attributes to fd 0, a terminal.
+    unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+    Some(saved)
+}
