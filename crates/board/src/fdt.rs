@@ -71,6 +71,11 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, vm_fdt::Error> {
     w.property_array_u32("interrupts-extended", &cells)?;
     w.end_node(plic)?;
 
+    let test = w.begin_node(&format!("test@{:x}", layout::TEST_BASE))?;
+    w.property_string_list("compatible", vec!["sifive,test1".into(), "sifive,test0".into(), "syscon".into()])?;
+    w.property_array_u64("reg", &[layout::TEST_BASE, layout::TEST_SIZE])?;
+    w.end_node(test)?;
+
     let uart = w.begin_node(&format!("serial@{:x}", layout::UART_BASE))?;
     w.property_string("compatible", "ns16550a")?;
     w.property_array_u64("reg", &[layout::UART_BASE, layout::UART_SIZE])?;

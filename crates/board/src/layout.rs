@@ -1,6 +1,9 @@
 //! The guest-physical memory map: QEMU `virt`'s, so a stock kernel needs nothing special.
 
 pub const RAM_BASE: u64 = 0x8000_0000;
+/// SiFive test device ("sifive,test0"): firmware powers the machine off or resets it by writing here.
+pub const TEST_BASE: u64 = 0x10_0000;
+pub const TEST_SIZE: u64 = 0x1000;
 pub const UART_BASE: u64 = 0x1000_0000;
 pub const UART_SIZE: u64 = 0x100;
 pub const UART_IRQ: u32 = 10;

@@ -122,6 +122,8 @@ pub struct Devices {
     uart_irq: UartIrq,
     /// With the built-in SBI: each hart's supervisor timer deadline (SBI set_timer).
     pub stimecmp: Vec<u64>,
+    /// What firmware asked for through the SiFive test device.
+    pub reset_request: Option<RunOutcome>,
 }
 
 impl Devices {
@@ -139,6 +141,7 @@ impl Bus for Devices {
                 self.clint.load(a - clint::BASE, size, self.clock.now())
             }
             a if (plic::BASE..plic::BASE + plic::SIZE).contains(&a) => self.plic.load(a - plic::BASE, size),
+            a if (layout::TEST_BASE..layout::TEST_BASE + layout::TEST_SIZE).contains(&a) => Some(0),
             a if (layout::UART_BASE..layout::UART_BASE + layout::UART_SIZE).contains(&a) => {
                 if size != 1 {
                     return None;
@@ -163,6 +166,16 @@ impl Bus for Devices {
                 self.clint.store(a - clint::BASE, size, value)
             }
             a if (plic::BASE..plic::BASE + plic::SIZE).contains(&a) => self.plic.store(a - plic::BASE, size, value),
+            a if (layout::TEST_BASE..layout::TEST_BASE + layout::TEST_SIZE).contains(&a) => {
+                // QEMU's encoding: 0x5555 power off, 0x3333 | code << 16 failure, 0x7777 reset.
+                self.reset_request = match value & 0xffff {
+                    0x5555 => Some(RunOutcome::PowerOff),
+                    0x3333 => Some(RunOutcome::Crash(format!("firmware reported failure code {}", (value >> 16) & 0xffff))),
+                    0x7777 => Some(RunOutcome::Reboot),
+                    _ => self.reset_request.take(),
+                };
+                true
+            }
             a if (layout::UART_BASE..layout::UART_BASE + layout::UART_SIZE).contains(&a) => {
                 if size != 1 {
                     return false;
@@ -295,6 +308,7 @@ impl Machine {
             uart: Serial::new(uart_irq.clone(), ConsoleOut::new(console)),
             uart_irq,
             stimecmp: vec![u64::MAX; cfg.harts],
+            reset_request: None,
         };
         Ok(Machine { ram, harts, dev, builtin_sbi, tohost, pending_input: VecDeque::new(), input_open: true })
     }
@@ -401,6 +415,9 @@ impl Machine {
                 }
                 if let Some(out) = self.poll_htif() {
                     return out;
+                }
+                if let Some(out) = self.dev.reset_request.take() {
+                    return self.finish(out);
                 }
             }
             if let Some(line) = self.dev.uart.writer().panic_end() {

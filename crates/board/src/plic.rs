@@ -69,7 +69,7 @@ impl Plic {
     }
 
     pub fn load(&mut self, off: u64, size: u8) -> Option<u64> {
-        if size != 4 || off % 4 != 0 {
+        if size != 4 || !off.is_multiple_of(4) {
             return None;
         }
         let v = match off {
@@ -77,7 +77,7 @@ impl Plic {
             o if o == PENDING => self.pending,
             o if (ENABLE..CONTEXT).contains(&o) => {
                 let ctx = ((o - ENABLE) / ENABLE_STRIDE) as usize;
-                if (o - ENABLE) % ENABLE_STRIDE == 0 { self.enable.get(ctx).copied().unwrap_or(0) } else { 0 }
+                if (o - ENABLE).is_multiple_of(ENABLE_STRIDE) { self.enable.get(ctx).copied().unwrap_or(0) } else { 0 }
             }
             o if o >= CONTEXT => {
                 let ctx = ((o - CONTEXT) / CONTEXT_STRIDE) as usize;
@@ -103,7 +103,7 @@ impl Plic {
     }
 
     pub fn store(&mut self, off: u64, size: u8, value: u64) -> bool {
-        if size != 4 || off % 4 != 0 {
+        if size != 4 || !off.is_multiple_of(4) {
             return false;
         }
         let v = value as u32;
@@ -115,7 +115,7 @@ impl Plic {
             }
             o if (ENABLE..CONTEXT).contains(&o) => {
                 let ctx = ((o - ENABLE) / ENABLE_STRIDE) as usize;
-                if (o - ENABLE) % ENABLE_STRIDE == 0 && ctx < self.contexts() {
+                if (o - ENABLE).is_multiple_of(ENABLE_STRIDE) && ctx < self.contexts() {
                     self.enable[ctx] = v & !1;
                 }
             }
@@ -124,11 +124,10 @@ impl Plic {
                 if ctx < self.contexts() {
                     match (o - CONTEXT) % CONTEXT_STRIDE {
                         0 => self.threshold[ctx] = v & 7,
-                        4 => {
-                            if (v as usize) < NUM_SOURCES {
+                        4
+                            if (v as usize) < NUM_SOURCES => {
                                 self.in_service &= !(1 << v);
                             }
-                        }
                         _ => {}
                     }
                 }

@@ -68,7 +68,7 @@ pub fn handle(m: &mut Machine, i: usize) -> SbiOutcome {
             m.harts[i].set_irq_line(irq::SSI, false);
             return legacy(m, i, 0);
         }
-        0x04 | 0x05 | 0x06 | 0x07 => {
+        0x04..=0x07 => {
             // The legacy hart mask is a pointer to an unsigned long in guest memory; 0 means all harts.
             let mask = if a[0] == 0 { u64::MAX } else { read_guest_mask(m, i, a[0]) };
             for t in selected(mask, 0, n) {

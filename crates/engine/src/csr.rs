@@ -252,7 +252,8 @@ impl Hart {
             MCAUSE => self.s.mcause = v,
             MTVAL => self.s.mtval = v,
             MIP => self.s.mip = (self.s.mip & !MIP_WRITABLE) | (v & MIP_WRITABLE),
-            MCYCLE | MINSTRET => self.s.instret = v,
+            // The writing instruction's own retirement follows and must not count: the next one reads `v`.
+            MCYCLE | MINSTRET => self.s.instret = v.wrapping_sub(1),
             0xb03..=0xb1f | 0x323..=0x33f => {}
             0x3a0 | 0x3a2 => self.s.pmpcfg[((num - 0x3a0) / 2) as usize] = v,
             0x3b0..=0x3bf => self.s.pmpaddr[(num - 0x3b0) as usize] = v & ((1 << 54) - 1),

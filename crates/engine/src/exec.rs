@@ -75,10 +75,15 @@ impl Hart {
     #[inline(always)]
     fn step(&mut self, ram: &GuestRam, bus: &mut dyn Bus) -> Step {
         let pc = self.s.pc;
-        let lo = self.fetch16(ram, pc)?;
+        let word = self.fetch(ram, pc)?;
+        let lo = word as u16;
         if lo & 3 == 3 {
-            let hi = self.fetch16(ram, pc.wrapping_add(2))?;
-            let insn = (hi as u32) << 16 | lo as u32;
+            let insn = if pc & 0xfff <= 0xffc {
+                word
+            } else {
+                // Straddles a page: the second parcel needs its own translation.
+                (self.fetch16(ram, pc.wrapping_add(2))? as u32) << 16 | lo as u32
+            };
             self.exec(ram, bus, insn, insn, 4)
         } else {
             let insn = rvc::expand(lo).ok_or(illegal(lo as u32))?;
@@ -393,9 +398,15 @@ impl Hart {
                 self.s.reservation = Some(off);
             }
             0x03 => {
-                let off = self.atomic_target(ram, addr, size, Access::Store)?;
+                // Look the address up as a load first, so that a failing SC leaves no dirty mark.
+                // Faults must still be reported as store/AMO faults: retry as a store when the lookup fails.
+                let off = match self.atomic_target(ram, addr, size, Access::Load) {
+                    Ok(off) => off,
+                    Err(_) => self.atomic_target(ram, addr, size, Access::Store)?,
+                };
                 let ok = self.s.reservation == Some(off);
                 if ok {
+                    let off = self.atomic_target(ram, addr, size, Access::Store)?;
                     write(off, self.x(rs2));
                 }
                 self.s.reservation = None;

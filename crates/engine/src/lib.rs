@@ -14,7 +14,6 @@
 //! - Every guest store to RAM is preceded by a dirty mark of its page in the current dirty-log generation
 //!   (stores go through a store translation that is installed only after marking the page).
 
-#[path = "fpu_stub.rs"]
 pub mod fpu;
 mod hart;
 pub mod memory;

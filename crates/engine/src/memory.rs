@@ -38,7 +38,7 @@ unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
     pub fn new(base: u64, size: u64) -> Result<GuestRam, RamError> {
-        if size == 0 || size % PAGE_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
             return Err(RamError::BadSize(size));
         }
         // SAFETY: anonymous private mapping with no address hint; the result is checked below.

@@ -279,7 +279,7 @@ impl Hart {
 
     /// Translates an aligned atomic access (AMO, LR, SC) to a RAM offset; atomics to MMIO are access faults.
     pub(crate) fn atomic_target(&mut self, ram: &GuestRam, vaddr: u64, size: u64, access: Access) -> Result<u64, Stop> {
-        if vaddr % size != 0 {
+        if !vaddr.is_multiple_of(size) {
             let c = if access == Access::Load { cause::LOAD_MISALIGNED } else { cause::STORE_MISALIGNED };
             return Err(Exception { cause: c, tval: vaddr }.into());
         }
@@ -293,6 +293,24 @@ impl Hart {
             (Some(off), _) => Ok(off),
             (None, _) => Err(Exception { cause: access.access_fault(), tval: vaddr }.into()),
         }
+    }
+
+    /// Fetches the instruction at `vaddr`: 32 bits when they lie in one page (the upper half is garbage for a
+    /// compressed instruction), else the first 16-bit parcel only.
+    #[inline(always)]
+    pub(crate) fn fetch(&mut self, ram: &GuestRam, vaddr: u64) -> Result<u32, Exception> {
+        let e = self.tlb.fetch[tlb_index(vaddr)];
+        let off = vaddr & 0xfff;
+        if e.tag == (vaddr >> PAGE_SHIFT) | self.fetch_ctx() && off <= 0xffc {
+            return Ok(read_ram::<4>(ram, e.ram_off + off) as u32);
+        }
+        let lo = self.fetch16(ram, vaddr)?;
+        if off <= 0xffc {
+            // fetch16 installed the translation: the whole word is in the same page.
+            let e = self.tlb.fetch[tlb_index(vaddr)];
+            return Ok(read_ram::<4>(ram, e.ram_off + off) as u32);
+        }
+        Ok(lo as u32)
     }
 
     /// Fetches the 16-bit parcel at `vaddr`.
