@@ -171,7 +171,10 @@ impl Hart {
                 | (1 << cause::LOAD_PAGE)
                 | (1 << cause::STORE_PAGE);
             s.mideleg = (1 << irq::SSI) | (1 << irq::STI) | (1 << irq::SEI);
+            // As OpenSBI does: cycle/time/instret readable from S and U (the vDSO reads `time` in U-mode;
+            // Linux never writes scounteren).
             s.mcounteren = 0x7;
+            s.scounteren = 0x7;
             // Firmware enables the S-level interrupt sources it delegates.
             s.mie = (1 << irq::SSI) | (1 << irq::STI) | (1 << irq::SEI);
         } else {

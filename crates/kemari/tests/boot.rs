@@ -8,6 +8,13 @@ fn guest_shell_computes_and_powers_off_cleanly() {
     let mut vm = Vm::boot(1);
     assert_eq!(vm.sh("echo $((6*7))"), "42");
     assert_eq!(vm.sh("cat /proc/sys/kernel/ostype"), "Linux");
+    // A user program: integer ALU (checksum from a model of the loop) and clock_gettime through the vDSO, which
+    // reads the `time` CSR in U-mode.
+    let line = vm.sh("cpuloop 100000");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.len(), 4, "unexpected cpuloop output {line:?}");
+    assert_eq!((fields[0], fields[1], fields[3]), ("CPULOOP", "100000", "0ed5355095c46bb1"));
+    assert!(fields[2].parse::<u64>().unwrap() > 0, "guest clock did not advance: {line:?}");
     vm.send("poweroff -f");
     let status = vm.wait();
     assert_eq!(status.code(), Some(0), "poweroff must end kemari with 0; stderr: {}", vm.stderr());
