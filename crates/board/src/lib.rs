@@ -17,4 +17,4 @@ pub mod machine;
 pub mod plic;
 pub mod sbi;
 
-pub use machine::{BuildError, ConsoleInput, Machine, MachineConfig, RunOutcome};
+pub use machine::{BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome};

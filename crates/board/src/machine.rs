@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kemari_engine::{irq, Bus, Exit, GuestRam, Hart};
@@ -23,6 +23,11 @@ use crate::loader::{self, LoadError};
 use crate::plic::Plic;
 use crate::sbi::{self, SbiOutcome};
 use crate::{clint, fdt, plic};
+use kemari_devices::gate::{Effect, OutputGate};
+use kemari_devices::host::{HostBackend, Wake};
+use kemari_devices::memory::{device_view, GuestMemory};
+use kemari_devices::virtio::mmio::MmioTransport;
+use kemari_devices::virtio::rng::Rng;
 
 /// Instructions a hart runs before the board looks at timers and input again.
 const SLICE: u64 = 20_000;
@@ -37,6 +42,24 @@ pub struct MachineConfig {
     pub cmdline: String,
     /// Bare-metal ELF started in M-mode (no built-in SBI).
     pub firmware: Option<PathBuf>,
+    /// virtio-blk disks, in order (the first is /dev/vda).
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces on taps.
+    pub nets: Vec<NetConfig>,
+    /// A virtio-rng device.
+    pub rng: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: [u8; 6],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +78,22 @@ pub enum BuildError {
     Ram(#[from] kemari_engine::RamError),
     #[error("cannot build the device tree: {0}")]
     Fdt(String),
+    #[error("cannot open disk {path}: {source}")]
+    Disk { path: String, source: std::io::Error },
+    #[error("cannot use tap {tap}: {why}")]
+    Tap { tap: String, why: String },
+    #[error("too many devices: {0} virtio devices, the board has {max} slots", max = layout::VIRTIO_SLOTS)]
+    TooManyDevices(usize),
 }
 
-/// Console input events for the machine loop.
-pub enum ConsoleInput {
-    Bytes(Vec<u8>),
-    /// The user asked to quit (Ctrl-A x) or input ended and the caller wants to stop.
+/// Events that reach the machine loop from other threads.
+pub enum Event {
+    /// Console input.
+    Console(Vec<u8>),
+    /// The user asked to quit (Ctrl-A x).
     Quit,
+    /// A device has outside work (e.g. a received frame); the loop polls devices.
+    Wake,
 }
 
 /// How a run ended.
@@ -124,9 +156,26 @@ pub struct Devices {
     pub stimecmp: Vec<u64>,
     /// What firmware asked for through the SiFive test device.
     pub reset_request: Option<RunOutcome>,
+    /// Guest memory as devices see it.
+    pub mem: GuestMemory,
+    /// The one exit for the guest's effects.
+    pub gate: Arc<Mutex<OutputGate>>,
+    /// virtio-mmio slots in order; slot `i` is at `VIRTIO_BASE + i * VIRTIO_SIZE` with PLIC source
+    /// `VIRTIO_IRQ_BASE + i`.
+    pub virtio: Vec<MmioTransport>,
 }
 
 impl Devices {
+    /// Lets every device bring in outside work (received frames) and raises the interrupts that follow.
+    fn poll_virtio(&mut self) {
+        let mut gate = self.gate.lock().expect("gate lock");
+        for (slot, t) in self.virtio.iter_mut().enumerate() {
+            if t.poll(&self.mem, &mut gate) {
+                self.plic.raise(layout::VIRTIO_IRQ_BASE + slot as u32);
+            }
+        }
+    }
+
     fn sync_uart_irq(&mut self) {
         if self.uart_irq.0.swap(false, Ordering::Relaxed) {
             self.plic.raise(layout::UART_IRQ);
@@ -150,11 +199,12 @@ impl Bus for Devices {
                 self.sync_uart_irq();
                 Some(v as u64)
             }
-            // Empty virtio-mmio slots read as zero (magic 0: no device).
             a if (layout::VIRTIO_BASE..layout::VIRTIO_BASE + layout::VIRTIO_SIZE * layout::VIRTIO_SLOTS as u64)
                 .contains(&a) =>
             {
-                Some(0)
+                let slot = ((a - layout::VIRTIO_BASE) / layout::VIRTIO_SIZE) as usize;
+                // Empty slots read as zero (magic 0: no device).
+                Some(self.virtio.get_mut(slot).map_or(0, |t| t.read(a % layout::VIRTIO_SIZE, size)))
             }
             _ => None,
         }
@@ -188,6 +238,13 @@ impl Bus for Devices {
             a if (layout::VIRTIO_BASE..layout::VIRTIO_BASE + layout::VIRTIO_SIZE * layout::VIRTIO_SLOTS as u64)
                 .contains(&a) =>
             {
+                let slot = ((a - layout::VIRTIO_BASE) / layout::VIRTIO_SIZE) as usize;
+                if let Some(t) = self.virtio.get_mut(slot) {
+                    let mut gate = self.gate.lock().expect("gate lock");
+                    if t.write(a % layout::VIRTIO_SIZE, size, value, &self.mem, &mut gate) {
+                        self.plic.raise(layout::VIRTIO_IRQ_BASE + slot as u32);
+                    }
+                }
                 true
             }
             _ => false,
@@ -200,7 +257,7 @@ impl Bus for Devices {
 }
 
 pub struct Machine {
-    pub ram: GuestRam,
+    pub ram: Arc<GuestRam>,
     pub harts: Vec<Hart>,
     pub dev: Devices,
     /// The VMM implements SBI (no firmware in the guest).
@@ -214,7 +271,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(cfg: &MachineConfig, console: Box<dyn Write + Send>) -> Result<Machine, BuildError> {
+    pub fn new(cfg: &MachineConfig, console: Box<dyn Write + Send>, wake: Wake) -> Result<Machine, BuildError> {
         if cfg.harts == 0 || cfg.harts > layout::MAX_HARTS {
             return Err(BuildError::Harts(cfg.harts));
         }
@@ -225,7 +282,7 @@ impl Machine {
             return Err(BuildError::NothingToBoot);
         }
         let ram_size = cfg.memory_mib << 20;
-        let ram = GuestRam::new(RAM_BASE, ram_size)?;
+        let ram = Arc::new(GuestRam::new(RAM_BASE, ram_size)?);
         let builtin_sbi = cfg.firmware.is_none();
         let mut harts: Vec<Hart> = (0..cfg.harts).map(|i| Hart::new(i as u64, builtin_sbi)).collect();
 
@@ -265,13 +322,20 @@ impl Machine {
             let end = loader::load_initrd(&ram, p, start)?;
             initrd = Some((start, end));
         }
+        // Devices first: their slots go into the device tree. Only the gate's backend writes to the outside.
+        let mut backend = HostBackend::new(console);
+        let virtio = build_virtio(cfg, &mut backend, wake)?;
+        let slots: Vec<(u64, u32)> = (0..virtio.len())
+            .map(|i| (layout::VIRTIO_BASE + i as u64 * layout::VIRTIO_SIZE, layout::VIRTIO_IRQ_BASE + i as u32))
+            .collect();
+        let gate = Arc::new(Mutex::new(OutputGate::new(Box::new(backend))));
         let dtb = fdt::build(&fdt::FdtConfig {
             harts: cfg.harts,
             ram_base: RAM_BASE,
             ram_size,
             bootargs: &cfg.cmdline,
             initrd,
-            virtio: &[],
+            virtio: &slots,
         })
         .map_err(|e| BuildError::Fdt(e.to_string()))?;
         if dtb.len() > 0x10000 {
@@ -305,10 +369,13 @@ impl Machine {
             clock: GuestClock::new(0),
             clint: Clint::new(cfg.harts),
             plic: Plic::new(cfg.harts),
-            uart: Serial::new(uart_irq.clone(), ConsoleOut::new(console)),
+            uart: Serial::new(uart_irq.clone(), ConsoleOut::new(Box::new(GateConsole(gate.clone())))),
             uart_irq,
             stimecmp: vec![u64::MAX; cfg.harts],
             reset_request: None,
+            mem: device_view(&ram),
+            gate,
+            virtio,
         };
         Ok(Machine { ram, harts, dev, builtin_sbi, tohost, pending_input: VecDeque::new(), input_open: true })
     }
@@ -374,13 +441,14 @@ impl Machine {
     }
 
     /// Runs the guest until it powers off, crashes, or the user quits.
-    pub fn run(&mut self, input: &Receiver<ConsoleInput>) -> RunOutcome {
+    pub fn run(&mut self, input: &Receiver<Event>) -> RunOutcome {
         loop {
             // Input first, so a guest that polls sees it promptly.
             loop {
                 match input.try_recv() {
-                    Ok(ConsoleInput::Bytes(b)) => self.pending_input.extend(b),
-                    Ok(ConsoleInput::Quit) => return RunOutcome::Quit,
+                    Ok(Event::Console(b)) => self.pending_input.extend(b),
+                    Ok(Event::Quit) => return RunOutcome::Quit,
+                    Ok(Event::Wake) => {}
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         self.input_open = false;
@@ -389,6 +457,7 @@ impl Machine {
                 }
             }
             self.feed_uart();
+            self.dev.poll_virtio();
             let mut busy = false;
             for i in 0..self.harts.len() {
                 self.update_irq_lines();
@@ -431,8 +500,9 @@ impl Machine {
                 }
                 if self.input_open {
                     match input.recv_timeout(wait) {
-                        Ok(ConsoleInput::Bytes(b)) => self.pending_input.extend(b),
-                        Ok(ConsoleInput::Quit) => return RunOutcome::Quit,
+                        Ok(Event::Console(b)) => self.pending_input.extend(b),
+                        Ok(Event::Quit) => return RunOutcome::Quit,
+                    Ok(Event::Wake) => {}
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => self.input_open = false,
                     }
@@ -453,4 +523,32 @@ impl Machine {
             _ => outcome,
         }
     }
+}
+
+/// Console output as an effect: the UART's bytes leave through the gate like every other effect.
+struct GateConsole(Arc<Mutex<OutputGate>>);
+
+impl Write for GateConsole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("gate lock").submit(Effect::Console(buf.to_vec()))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Creates the virtio devices of `cfg` in slot order: disks, network interfaces, entropy.
+fn build_virtio(cfg: &MachineConfig, backend: &mut HostBackend, wake: Wake) -> Result<Vec<MmioTransport>, BuildError> {
+    let mut devices: Vec<MmioTransport> = Vec::new();
+    let _ = &wake;
+    let _ = backend;
+    if cfg.rng {
+        devices.push(MmioTransport::new(Box::new(Rng)));
+    }
+    if devices.len() > layout::VIRTIO_SLOTS {
+        return Err(BuildError::TooManyDevices(devices.len()));
+    }
+    Ok(devices)
 }

@@ -2,14 +2,18 @@
 //! in QEMU. The terminal mode is restored when the console is dropped.
 
 use std::io::Read;
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 
-use kemari_board::ConsoleInput;
+use kemari_devices::host::Wake;
+
+use kemari_board::Event;
 
 const CTRL_A: u8 = 0x01;
 
 pub struct Console {
-    rx: Receiver<ConsoleInput>,
+    rx: Receiver<Event>,
+    tx: Sender<Event>,
     saved: Option<libc::termios>,
 }
 
@@ -17,6 +21,7 @@ impl Console {
     pub fn start() -> Console {
         let saved = raw_mode();
         let (tx, rx) = channel();
+        let tx_keep = tx.clone();
         let escapes = saved.is_some();
         std::thread::Builder::new()
             .name("console-in".into())
@@ -35,7 +40,7 @@ impl Console {
                             after_escape = false;
                             match b {
                                 b'x' | b'X' => {
-                                    let _ = tx.send(ConsoleInput::Quit);
+                                    let _ = tx.send(Event::Quit);
                                     return;
                                 }
                                 CTRL_A => out.push(CTRL_A),
@@ -47,17 +52,25 @@ impl Console {
                             out.push(b);
                         }
                     }
-                    if !out.is_empty() && tx.send(ConsoleInput::Bytes(out)).is_err() {
+                    if !out.is_empty() && tx.send(Event::Console(out)).is_err() {
                         return;
                     }
                 }
             })
             .expect("spawn console thread");
-        Console { rx, saved }
+        Console { rx, tx: tx_keep, saved }
     }
 
-    pub fn input(&self) -> &Receiver<ConsoleInput> {
+    pub fn input(&self) -> &Receiver<Event> {
         &self.rx
+    }
+
+    /// Wakes the machine loop from a device thread.
+    pub fn waker(&self) -> Wake {
+        let tx = Mutex::new(self.tx.clone());
+        Arc::new(move || {
+            let _ = tx.lock().map(|t| t.send(Event::Wake));
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use kemari_board::{Machine, MachineConfig, RunOutcome};
+use kemari_board::{DiskConfig, Machine, MachineConfig, NetConfig, RunOutcome};
 
 #[derive(Parser)]
 #[command(name = "kemari", version, about = "A virtual machine monitor with transparent fault tolerance")]
@@ -44,6 +44,61 @@ struct RunArgs {
     /// Bare-metal ELF started in M-mode without the built-in SBI (e.g. OpenSBI's fw_jump.elf or a test).
     #[arg(long)]
     firmware: Option<PathBuf>,
+    /// A raw disk image as virtio-blk (repeatable; the first is /dev/vda): PATH[,readonly].
+    #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
+    disks: Vec<DiskConfig>,
+    /// A virtio-net interface on a Linux tap (repeatable): tap=NAME[,mac=MAC]. kemari creates the tap if it
+    /// does not exist (it then vanishes when kemari exits).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    nets: Vec<NetConfig>,
+    /// Leave out the virtio-rng entropy device.
+    #[arg(long)]
+    no_rng: bool,
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
+    let mut readonly = false;
+    for opt in parts {
+        match opt {
+            "readonly" | "ro" => readonly = true,
+            other => return Err(format!("unknown disk option {other:?} (known: readonly)")),
+        }
+    }
+    Ok(DiskConfig { path: PathBuf::from(path), readonly })
+}
+
+/// Default MACs: locally administered, QEMU's prefix, one per interface.
+fn default_mac(index: usize) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + index as u8]
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).map_err(|_| format!("bad MAC address {s:?}")))
+        .collect::<Result<_, _>>()?;
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| format!("bad MAC address {s:?}: need 6 bytes"))?;
+    if mac[0] & 1 != 0 {
+        return Err(format!("MAC address {s} is multicast"));
+    }
+    Ok(mac)
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut tap = None;
+    let mut mac = None;
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() && name.len() < 16 => tap = Some(name.to_string()),
+            Some(("tap", name)) => return Err(format!("bad tap name {name:?} (1 to 15 characters)")),
+            Some(("mac", m)) => mac = Some(parse_mac(m)?),
+            _ => return Err(format!("unknown net option {opt:?} (known: tap=NAME, mac=MAC)")),
+        }
+    }
+    // The index is not known here; main assigns default MACs.
+    Ok(NetConfig { tap: tap.ok_or("--net needs tap=NAME")?, mac: mac.unwrap_or([0; 6]) })
 }
 
 fn main() -> ExitCode {
@@ -61,15 +116,23 @@ fn run(args: RunArgs) -> ExitCode {
         initrd: args.initrd,
         cmdline: args.append,
         firmware: args.firmware,
+        disks: args.disks,
+        nets: args
+            .nets
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| NetConfig { mac: if n.mac == [0; 6] { default_mac(i) } else { n.mac }, ..n })
+            .collect(),
+        rng: !args.no_rng,
     };
-    let mut machine = match Machine::new(&cfg, Box::new(std::io::stdout())) {
+    let console = console::Console::start();
+    let mut machine = match Machine::new(&cfg, Box::new(std::io::stdout()), console.waker()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("kemari: {e}");
             return ExitCode::from(2);
         }
     };
-    let console = console::Console::start();
     let outcome = machine.run(console.input());
     drop(console);
     match outcome {

@@ -1,0 +1,178 @@
+//! The output gate: the ONE place through which the guest's effects leave the VM.
+//!
+//! Devices never write to a tap, a disk image or the terminal. They hand each effect (a frame, a block write or
+//! flush, console bytes) to [`OutputGate::submit`]; the gate's [`Backend`] performs it. Effects carry their
+//! data (a copy, never a pointer into guest memory), so a held effect stays valid after the guest reuses its
+//! buffer, and a checkpoint can carry it.
+//!
+//! Modes:
+//! - **pass-through** (no fault tolerance): every effect is performed at once, in order.
+//! - **holding** (under protection): effects queue with a sequence number; [`OutputGate::release_through`]
+//!   performs them in order once the checkpoint covering them is acknowledged. Because the gate holds the data,
+//!   a device may complete a block write to the guest as soon as `submit` returns: the write survives any
+//!   single failure inside the checkpoint that carries it (DESIGN.md, "nothing acknowledged is lost").
+//!
+//! Reads see the guest's own writes: [`OutputGate::overlay_read`] patches data read from a disk with the block
+//! writes the gate still holds.
+
+use std::collections::VecDeque;
+use std::io;
+
+/// An effect of the guest on the outside world.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Bytes for the console.
+    Console(Vec<u8>),
+    /// A frame to send on network interface `nic`.
+    NetTx { nic: usize, frame: Vec<u8> },
+    /// `data` written at byte `offset` of disk `disk`.
+    BlockWrite { disk: usize, offset: u64, data: Vec<u8> },
+    /// Make every earlier write to disk `disk` durable.
+    BlockFlush { disk: usize },
+}
+
+/// Performs effects on the real world (or records them, in tests).
+pub trait Backend: Send {
+    fn perform(&mut self, effect: &Effect) -> io::Result<()>;
+}
+
+/// What happened to a submitted effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Performed already (pass-through mode).
+    Performed,
+    /// Held under sequence number `seq` until released.
+    Held(u64),
+}
+
+pub struct OutputGate {
+    backend: Box<dyn Backend>,
+    holding: bool,
+    held: VecDeque<(u64, Effect)>,
+    next_seq: u64,
+}
+
+impl OutputGate {
+    /// A pass-through gate over `backend`.
+    pub fn new(backend: Box<dyn Backend>) -> OutputGate {
+        OutputGate { backend, holding: false, held: VecDeque::new(), next_seq: 1 }
+    }
+
+    /// Hands an effect to the gate. In pass-through mode the backend's error (if any) is returned so the
+    /// device can report it to the guest (e.g. an I/O error status); a held effect cannot fail here.
+    pub fn submit(&mut self, effect: Effect) -> io::Result<Submitted> {
+        if self.holding {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.held.push_back((seq, effect));
+            Ok(Submitted::Held(seq))
+        } else {
+            self.backend.perform(&effect)?;
+            Ok(Submitted::Performed)
+        }
+    }
+
+    /// Starts or stops holding. Stopping does not release what is held; call `release_through` first.
+    pub fn set_holding(&mut self, holding: bool) {
+        self.holding = holding;
+    }
+
+    pub fn is_holding(&self) -> bool {
+        self.holding
+    }
+
+    /// The sequence number the next held effect gets (a checkpoint covers everything below it).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The effects still held, oldest first.
+    pub fn held(&self) -> impl Iterator<Item = &(u64, Effect)> {
+        self.held.iter()
+    }
+
+    /// Performs, in order, every held effect with a sequence number up to `seq`. Errors from the backend are
+    /// returned after the remaining effects were still attempted (a lost frame must not block the disk).
+    pub fn release_through(&mut self, seq: u64) -> io::Result<()> {
+        let mut first_err = None;
+        while self.held.front().is_some_and(|(s, _)| *s <= seq) {
+            let (_, effect) = self.held.pop_front().expect("checked non-empty");
+            if let Err(e) = self.backend.perform(&effect) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Patches `buf`, read from byte `offset` of disk `disk`, with the writes the gate still holds for it, in
+    /// order, so that the guest reads its own writes.
+    pub fn overlay_read(&self, disk: usize, offset: u64, buf: &mut [u8]) {
+        let end = offset + buf.len() as u64;
+        for (_, effect) in &self.held {
+            if let Effect::BlockWrite { disk: d, offset: w_off, data } = effect {
+                let w_end = w_off + data.len() as u64;
+                if *d != disk || w_end <= offset || *w_off >= end {
+                    continue;
+                }
+                let from = offset.max(*w_off);
+                let to = end.min(w_end);
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&data[(from - w_off) as usize..(to - w_off) as usize]);
+            }
+        }
+    }
+}
+
+/// A backend that records every effect (tests, and the proof that devices use nothing but the gate).
+#[derive(Clone, Default)]
+pub struct Recorder(pub std::sync::Arc<std::sync::Mutex<Vec<Effect>>>);
+
+impl Backend for Recorder {
+    fn perform(&mut self, effect: &Effect) -> io::Result<()> {
+        self.0.lock().expect("recorder lock").push(effect.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_through_performs_at_once() {
+        let rec = Recorder::default();
+        let mut g = OutputGate::new(Box::new(rec.clone()));
+        assert_eq!(g.submit(Effect::Console(b"hi".to_vec())).unwrap(), Submitted::Performed);
+        assert_eq!(rec.0.lock().unwrap().as_slice(), &[Effect::Console(b"hi".to_vec())]);
+    }
+
+    #[test]
+    fn holding_releases_in_order_up_to_the_acknowledged_sequence() {
+        let rec = Recorder::default();
+        let mut g = OutputGate::new(Box::new(rec.clone()));
+        g.set_holding(true);
+        let a = g.submit(Effect::NetTx { nic: 0, frame: vec![1] }).unwrap();
+        let b = g.submit(Effect::BlockFlush { disk: 0 }).unwrap();
+        let c = g.submit(Effect::Console(vec![b'x'])).unwrap();
+        assert_eq!((a, b, c), (Submitted::Held(1), Submitted::Held(2), Submitted::Held(3)));
+        assert!(rec.0.lock().unwrap().is_empty(), "nothing leaves before release");
+        g.release_through(2).unwrap();
+        assert_eq!(
+            rec.0.lock().unwrap().as_slice(),
+            &[Effect::NetTx { nic: 0, frame: vec![1] }, Effect::BlockFlush { disk: 0 }]
+        );
+        assert_eq!(g.held().count(), 1);
+    }
+
+    #[test]
+    fn reads_see_held_writes_in_order() {
+        let mut g = OutputGate::new(Box::new(Recorder::default()));
+        g.set_holding(true);
+        g.submit(Effect::BlockWrite { disk: 0, offset: 4, data: vec![1; 8] }).unwrap();
+        g.submit(Effect::BlockWrite { disk: 0, offset: 8, data: vec![2; 2] }).unwrap();
+        g.submit(Effect::BlockWrite { disk: 1, offset: 0, data: vec![9; 16] }).unwrap();
+        let mut buf = [0u8; 12];
+        g.overlay_read(0, 2, &mut buf);
+        assert_eq!(buf, [0, 0, 1, 1, 1, 1, 2, 2, 1, 1, 0, 0]);
+    }
+}

@@ -1,0 +1,79 @@
+//! A `vm-memory` view of guest RAM for device emulation, wired to the engine's dirty log.
+//!
+//! Devices read and write guest memory through `vm-memory` (and `virtio-queue` on top of it). Every write they
+//! make — used-ring updates, received frames, block reads — marks its pages in the same dirty log the harts
+//! use, so a checkpoint carries them (DESIGN.md: "pages the VMM itself wrote into guest memory").
+
+use std::sync::Arc;
+
+use kemari_engine::GuestRam;
+use vm_memory::bitmap::{Bitmap, RefSlice, WithBitmapSlice};
+use vm_memory::{GuestAddress, GuestRegionMmap, MmapRegion};
+
+/// Marks writes made through `vm-memory` in the engine's dirty log.
+#[derive(Clone)]
+pub struct DirtyLog(Arc<GuestRam>);
+
+impl std::fmt::Debug for DirtyLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DirtyLog")
+    }
+}
+
+impl<'a> WithBitmapSlice<'a> for DirtyLog {
+    type S = RefSlice<'a, DirtyLog>;
+}
+
+impl Bitmap for DirtyLog {
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        self.0.mark_dirty_range(offset as u64, len as u64);
+    }
+
+    fn dirty_at(&self, offset: usize) -> bool {
+        self.0.is_dirty(offset as u64 / kemari_engine::PAGE_SIZE)
+    }
+
+    fn slice_at(&self, offset: usize) -> RefSlice<'_, DirtyLog> {
+        RefSlice::new(self, offset)
+    }
+}
+
+/// Guest memory as devices see it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<DirtyLog>;
+
+/// Builds the device view of `ram` (same host mapping, same dirty log).
+pub fn device_view(ram: &Arc<GuestRam>) -> GuestMemory {
+    let size = ram.size() as usize;
+    // SAFETY: the pointer and size describe the live anonymous mapping owned by `ram`, and the returned view
+    // holds an `Arc` to `ram` (inside its bitmap), so the mapping outlives every access through the view.
+    let region = unsafe {
+        vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(size, DirtyLog(ram.clone()))
+            .with_raw_mmap_pointer(ram.host_ptr())
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE)
+            .build()
+    }
+    .expect("raw region over existing RAM");
+    let region: MmapRegion<DirtyLog> = region;
+    let region = GuestRegionMmap::new(region, GuestAddress(ram.base())).expect("RAM base does not overflow");
+    GuestMemory::from_regions(vec![region]).expect("one region")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn device_writes_reach_ram_and_the_dirty_log() {
+        let ram = Arc::new(GuestRam::new(0x8000_0000, 1 << 20).unwrap());
+        let mem = device_view(&ram);
+        ram.take_dirty();
+        mem.write_obj(0xdead_beefu32, GuestAddress(0x8000_3004)).unwrap();
+        assert_eq!(ram.take_dirty(), vec![3]);
+        let mut b = [0u8; 4];
+        ram.read(0x8000_3004, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 0xdead_beef);
+        assert!(mem.write_obj(1u8, GuestAddress(0x8010_0000)).is_err(), "outside RAM");
+    }
+}

@@ -1,0 +1,265 @@
+//! The virtio-mmio transport (virtio 1.x, register layout version 2).
+//!
+//! Owns the device's queues and the negotiation state; forwards queue notifications to the device. A device
+//! that the guest misprogrammed beyond recovery is marked DEVICE_NEEDS_RESET and ignored until the driver
+//! resets it; the rest of the machine carries on.
+
+use virtio_queue::{Queue, QueueT};
+
+use super::{Ctx, Processed, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::gate::OutputGate;
+use crate::memory::GuestMemory;
+
+const MAGIC: u64 = 0x000;
+const VERSION: u64 = 0x004;
+const DEVICE_ID: u64 = 0x008;
+const VENDOR_ID: u64 = 0x00c;
+const DEVICE_FEATURES: u64 = 0x010;
+const DEVICE_FEATURES_SEL: u64 = 0x014;
+const DRIVER_FEATURES: u64 = 0x020;
+const DRIVER_FEATURES_SEL: u64 = 0x024;
+const QUEUE_SEL: u64 = 0x030;
+const QUEUE_NUM_MAX: u64 = 0x034;
+const QUEUE_NUM: u64 = 0x038;
+const QUEUE_READY: u64 = 0x044;
+const QUEUE_NOTIFY: u64 = 0x050;
+const INTERRUPT_STATUS: u64 = 0x060;
+const INTERRUPT_ACK: u64 = 0x064;
+const STATUS: u64 = 0x070;
+const QUEUE_DESC_LOW: u64 = 0x080;
+const QUEUE_DESC_HIGH: u64 = 0x084;
+const QUEUE_DRIVER_LOW: u64 = 0x090;
+const QUEUE_DRIVER_HIGH: u64 = 0x094;
+const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG: u64 = 0x100;
+
+const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
+const VENDOR: u32 = 0x4952_4d4b; // "KMRI"
+
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Interrupt status bits.
+const INT_USED_RING: u32 = 1;
+const INT_CONFIG: u32 = 2;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    queues: Vec<Queue>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+    interrupt_status: u32,
+    config_generation: u32,
+}
+
+impl MmioTransport {
+    pub fn new(device: Box<dyn VirtioDevice>) -> MmioTransport {
+        let queues =
+            device.queue_max_sizes().iter().map(|&m| Queue::new(m).expect("device queue sizes are powers of two")).collect();
+        MmioTransport {
+            device,
+            queues,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            interrupt_status: 0,
+            config_generation: 0,
+        }
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    fn offered_features(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn active(&self) -> bool {
+        self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
+    }
+
+    /// Whether the interrupt line should be asserted.
+    pub fn interrupt_pending(&self) -> bool {
+        self.interrupt_status != 0
+    }
+
+    fn reset(&mut self) {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt_status = 0;
+        self.device.reset();
+    }
+
+    /// Applies a device call's outcome; returns true when the driver must be interrupted.
+    fn apply(&mut self, p: Processed, mem: &GuestMemory) -> bool {
+        if p.failed {
+            tracing::warn!(device = self.device.device_type(), "guest misprogrammed the device; it needs a reset");
+            self.status |= status::DEVICE_NEEDS_RESET;
+            self.interrupt_status |= INT_CONFIG;
+            return true;
+        }
+        if !p.used {
+            return false;
+        }
+        // Honour the driver's notification suppression (or EVENT_IDX) for every queue that may have changed.
+        let mut notify = false;
+        for q in &mut self.queues {
+            if q.ready() && q.needs_notification(mem).unwrap_or(true) {
+                notify = true;
+            }
+        }
+        if notify {
+            self.interrupt_status |= INT_USED_RING;
+        }
+        notify
+    }
+
+    pub fn read(&mut self, offset: u64, size: u8) -> u64 {
+        if offset >= CONFIG {
+            let mut data = [0u8; 8];
+            let n = (size as usize).min(8);
+            self.device.read_config(offset - CONFIG, &mut data[..n]);
+            return u64::from_le_bytes(data);
+        }
+        if size != 4 {
+            return 0;
+        }
+        let v: u32 = match offset {
+            MAGIC => MAGIC_VALUE,
+            VERSION => 2,
+            DEVICE_ID => self.device.device_type(),
+            VENDOR_ID => VENDOR,
+            DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
+                _ => 0,
+            },
+            QUEUE_NUM_MAX => self.queues.get(self.queue_sel as usize).map_or(0, |q| q.max_size() as u32),
+            QUEUE_READY => self.queues.get(self.queue_sel as usize).is_some_and(|q| q.ready()) as u32,
+            INTERRUPT_STATUS => self.interrupt_status,
+            STATUS => self.status,
+            CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        };
+        v as u64
+    }
+
+    /// Handles a register write; returns true when the driver must be interrupted.
+    pub fn write(&mut self, offset: u64, size: u8, value: u64, mem: &GuestMemory, gate: &mut OutputGate) -> bool {
+        if offset >= CONFIG {
+            let n = (size as usize).min(8);
+            self.device.write_config(offset - CONFIG, &value.to_le_bytes()[..n]);
+            return false;
+        }
+        if size != 4 {
+            return false;
+        }
+        let v = value as u32;
+        // Queue configuration may change only before the driver is done setting up.
+        let configurable = self.status & status::DRIVER_OK == 0;
+        match offset {
+            DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            DRIVER_FEATURES if self.status & status::FEATURES_OK == 0 => match self.driver_features_sel {
+                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v as u64,
+                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | ((v as u64) << 32),
+                _ => {}
+            },
+            QUEUE_SEL => self.queue_sel = v,
+            QUEUE_NUM if configurable => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(v as u16);
+                }
+            }
+            QUEUE_READY if configurable => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH | QUEUE_DEVICE_LOW
+            | QUEUE_DEVICE_HIGH
+                if configurable =>
+            {
+                let high = offset & 4 != 0;
+                let (lo, hi) = if high { (None, Some(v)) } else { (Some(v), None) };
+                if let Some(q) = self.selected_queue() {
+                    match offset & !4 {
+                        QUEUE_DESC_LOW => q.set_desc_table_address(lo, hi),
+                        QUEUE_DRIVER_LOW => q.set_avail_ring_address(lo, hi),
+                        _ => q.set_used_ring_address(lo, hi),
+                    }
+                }
+            }
+            QUEUE_NOTIFY => {
+                let index = v as usize;
+                if !self.active() || index >= self.queues.len() {
+                    return false;
+                }
+                if !self.queues[index].is_valid(mem) {
+                    return self.apply(Processed { used: false, failed: true }, mem);
+                }
+                let p = self.device.process_queue(index, &mut Ctx { queues: &mut self.queues, mem, gate });
+                return self.apply(p, mem);
+            }
+            INTERRUPT_ACK => self.interrupt_status &= !v,
+            STATUS => {
+                if v == 0 {
+                    self.reset();
+                    return false;
+                }
+                // FEATURES_OK only sticks if the driver accepted a subset of what we offered, including VERSION_1.
+                let mut v = v;
+                if v & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
+                    let offered = self.offered_features();
+                    if self.driver_features & !offered != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+                        v &= !status::FEATURES_OK;
+                    }
+                }
+                let was_ok = self.status & status::DRIVER_OK != 0;
+                self.status = v | (self.status & status::DEVICE_NEEDS_RESET);
+                if !was_ok && self.status & status::DRIVER_OK != 0 {
+                    for q in &mut self.queues {
+                        q.set_event_idx(false);
+                    }
+                    self.device.activate(self.driver_features);
+                }
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// Lets the device bring in outside work (e.g. received frames); returns true when the driver must be
+    /// interrupted.
+    pub fn poll(&mut self, mem: &GuestMemory, gate: &mut OutputGate) -> bool {
+        if !self.active() {
+            return false;
+        }
+        let p = self.device.poll(&mut Ctx { queues: &mut self.queues, mem, gate });
+        self.apply(p, mem)
+    }
+}
