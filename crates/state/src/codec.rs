@@ -1,0 +1,256 @@
+//! Framing: header, sections, checksums, and the primitive readers/writers section codecs use.
+
+use std::collections::BTreeMap;
+
+pub const MAGIC: &[u8; 8] = b"KEMARIST";
+/// Version of the framing. A reader accepts only versions it knows.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 16;
+const SECTION_HEADER_LEN: usize = 10;
+/// No stream has more sections than this.
+const MAX_SECTIONS: u32 = 4096;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("not a kemari state stream (bad magic)")]
+    BadMagic,
+    #[error("state format version {0} is not supported (this kemari reads version {FORMAT_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("state stream truncated: {0}")]
+    Truncated(String),
+    #[error("state stream checksum mismatch over the whole stream")]
+    StreamChecksum,
+    #[error("section {0}: checksum mismatch")]
+    SectionChecksum(String),
+    #[error("section {tag}: length {len} exceeds its cap of {cap}")]
+    TooLong { tag: String, len: u32, cap: u32 },
+    #[error("section {tag}: version {version} is not supported")]
+    SectionVersion { tag: String, version: u16 },
+    #[error("{0} sections is more than the format allows")]
+    TooManySections(u32),
+    #[error("section {0} appears twice")]
+    Duplicate(String),
+    #[error("section {0} is missing")]
+    Missing(String),
+    #[error("{0} trailing bytes after the stream")]
+    TrailingBytes(usize),
+    #[error("section {tag}: {why}")]
+    Invalid { tag: String, why: String },
+}
+
+/// A section type: its tag, the version written, and the largest payload accepted.
+#[derive(Clone, Copy, Debug)]
+pub struct Section {
+    pub tag: [u8; 4],
+    pub version: u16,
+    pub cap: u32,
+}
+
+impl Section {
+    pub fn name(&self) -> String {
+        String::from_utf8_lossy(&self.tag).into_owned()
+    }
+}
+
+fn tag_name(tag: &[u8; 4]) -> String {
+    tag.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect()
+}
+
+/// A decoded stream: section payloads by tag (each checked), for section codecs to parse.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StateFile {
+    sections: Vec<([u8; 4], u16, Vec<u8>)>,
+}
+
+impl StateFile {
+    pub fn new() -> StateFile {
+        StateFile::default()
+    }
+
+    /// Adds a section (sections are written in insertion order).
+    pub fn push(&mut self, section: &Section, payload: Vec<u8>) {
+        self.sections.push((section.tag, section.version, payload));
+    }
+
+    /// Payloads of every section with `section`'s tag, in stream order, checked against its cap and version.
+    pub fn all(&self, section: &Section) -> Result<Vec<&[u8]>, StateError> {
+        let mut out = Vec::new();
+        for (tag, version, payload) in &self.sections {
+            if *tag != section.tag {
+                continue;
+            }
+            if *version != section.version {
+                return Err(StateError::SectionVersion { tag: section.name(), version: *version });
+            }
+            out.push(payload.as_slice());
+        }
+        Ok(out)
+    }
+
+    /// The one payload of a section that must appear exactly once.
+    pub fn one(&self, section: &Section) -> Result<&[u8], StateError> {
+        let all = self.all(section)?;
+        match all.len() {
+            0 => Err(StateError::Missing(section.name())),
+            1 => Ok(all[0]),
+            _ => Err(StateError::Duplicate(section.name())),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.sections.iter().map(|s| s.2.len() + 14).sum::<usize>() + 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.sections.len() as u32).to_le_bytes());
+        for (tag, version, payload) in &self.sections {
+            let start = out.len();
+            out.extend_from_slice(tag);
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(payload);
+            let crc = crc32fast::hash(&out[start..]);
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses and checks the framing. `caps` gives the length cap of every known tag; unknown tags are
+    /// rejected (a stream from a newer kemari must not be half-understood).
+    pub fn decode(bytes: &[u8], known: &[Section]) -> Result<StateFile, StateError> {
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
+            return Err(StateError::BadMagic);
+        }
+        let mut r = Reader::new(&bytes[8..], "header");
+        let version = r.u32().map_err(|_| StateError::Truncated("in the header".into()))?;
+        if version != FORMAT_VERSION {
+            return Err(StateError::UnsupportedVersion(version));
+        }
+        let count = r.u32().map_err(|_| StateError::Truncated("in the header".into()))?;
+        if count > MAX_SECTIONS {
+            return Err(StateError::TooManySections(count));
+        }
+        let caps: BTreeMap<[u8; 4], u32> = known.iter().map(|s| (s.tag, s.cap)).collect();
+        let mut pos = HEADER_LEN;
+        let mut sections = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let head = bytes
+                .get(pos..pos + SECTION_HEADER_LEN)
+                .ok_or_else(|| StateError::Truncated(format!("at the header of section {}", i + 1)))?;
+            let tag: [u8; 4] = head[..4].try_into().expect("4 bytes");
+            let name = tag_name(&tag);
+            let version = u16::from_le_bytes([head[4], head[5]]);
+            let len = u32::from_le_bytes(head[6..10].try_into().expect("4 bytes"));
+            let cap = *caps
+                .get(&tag)
+                .ok_or_else(|| StateError::Invalid { tag: name.clone(), why: "unknown section".into() })?;
+            if len > cap {
+                return Err(StateError::TooLong { tag: name, len, cap });
+            }
+            let end = pos + SECTION_HEADER_LEN + len as usize;
+            let body = bytes.get(pos..end + 4).ok_or_else(|| StateError::Truncated(format!("in section {name}")))?;
+            let crc = u32::from_le_bytes(body[body.len() - 4..].try_into().expect("4 bytes"));
+            if crc32fast::hash(&body[..body.len() - 4]) != crc {
+                return Err(StateError::SectionChecksum(name));
+            }
+            sections.push((tag, version, body[SECTION_HEADER_LEN..body.len() - 4].to_vec()));
+            pos = end + 4;
+        }
+        let trailer = bytes.get(pos..pos + 4).ok_or_else(|| StateError::Truncated("at the trailer".into()))?;
+        if crc32fast::hash(&bytes[..pos]) != u32::from_le_bytes(trailer.try_into().expect("4 bytes")) {
+            return Err(StateError::StreamChecksum);
+        }
+        if bytes.len() > pos + 4 {
+            return Err(StateError::TrailingBytes(bytes.len() - pos - 4));
+        }
+        Ok(StateFile { sections })
+    }
+}
+
+/// Appends little-endian primitives to a section payload.
+#[derive(Default)]
+pub struct Writer(pub Vec<u8>);
+
+impl Writer {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn bool(&mut self, v: bool) {
+        self.u8(v as u8);
+    }
+    pub fn bytes(&mut self, v: &[u8]) {
+        self.u32(v.len() as u32);
+        self.0.extend_from_slice(v);
+    }
+}
+
+/// Reads little-endian primitives from a section payload; every read is bounds-checked.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    tag: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], tag: &'static str) -> Reader<'a> {
+        Reader { buf, pos: 0, tag }
+    }
+
+    pub fn invalid(&self, why: impl Into<String>) -> StateError {
+        StateError::Invalid { tag: self.tag.into(), why: why.into() }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
+        let s = self
+            .buf
+            .get(self.pos..self.pos.checked_add(n).ok_or_else(|| self.invalid("length overflow"))?)
+            .ok_or_else(|| self.invalid(format!("payload ends early (need {n} bytes at offset {})", self.pos)))?;
+        self.pos += n;
+        Ok(s)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, StateError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, StateError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+    pub fn u32(&mut self) -> Result<u32, StateError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    pub fn u64(&mut self) -> Result<u64, StateError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    pub fn bool(&mut self) -> Result<bool, StateError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(self.invalid(format!("boolean {v}"))),
+        }
+    }
+    pub fn bytes(&mut self, cap: usize) -> Result<&'a [u8], StateError> {
+        let n = self.u32()? as usize;
+        if n > cap {
+            return Err(self.invalid(format!("byte string of {n} bytes exceeds {cap}")));
+        }
+        self.take(n)
+    }
+
+    /// Fails unless the whole payload was consumed.
+    pub fn finish(self) -> Result<(), StateError> {
+        if self.pos != self.buf.len() {
+            return Err(self.invalid(format!("{} unexpected trailing bytes", self.buf.len() - self.pos)));
+        }
+        Ok(())
+    }
+}
