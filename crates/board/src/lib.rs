@@ -14,6 +14,7 @@ pub mod fdt;
 pub mod layout;
 pub mod loader;
 pub mod machine;
+pub mod persist;
 pub mod plic;
 pub mod sbi;
 

@@ -128,15 +128,41 @@ impl Trigger for UartIrq {
 pub struct GuestClock {
     start: Instant,
     offset: u64,
+    /// A paused machine's time stands still (so a restored guest sees no jump, and save → restore → save is
+    /// exact).
+    paused: bool,
 }
 
 impl GuestClock {
+    /// A running clock starting at `offset` ticks.
     pub fn new(offset: u64) -> GuestClock {
-        GuestClock { start: Instant::now(), offset }
+        GuestClock { start: Instant::now(), offset, paused: false }
+    }
+
+    /// A stopped clock at `offset` ticks.
+    pub fn paused(offset: u64) -> GuestClock {
+        GuestClock { start: Instant::now(), offset, paused: true }
     }
 
     pub fn now(&self) -> u64 {
+        if self.paused {
+            return self.offset;
+        }
         self.offset + (self.start.elapsed().as_nanos() as u64) / (1_000_000_000 / layout::TIMEBASE_HZ)
+    }
+
+    pub fn pause(&mut self) {
+        if !self.paused {
+            self.offset = self.now();
+            self.paused = true;
+        }
+    }
+
+    pub fn resume(&mut self) {
+        if self.paused {
+            self.start = Instant::now();
+            self.paused = false;
+        }
     }
 
     fn until(&self, tick: u64) -> Duration {
@@ -151,7 +177,7 @@ pub struct Devices {
     pub clint: Clint,
     pub plic: Plic,
     pub uart: Serial<UartIrq, vm_superio::serial::NoEvents, ConsoleOut>,
-    uart_irq: UartIrq,
+    pub(crate) uart_irq: UartIrq,
     /// With the built-in SBI: each hart's supervisor timer deadline (SBI set_timer).
     pub stimecmp: Vec<u64>,
     /// What firmware asked for through the SiFive test device.
@@ -271,14 +297,25 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// Builds the machine and loads what `cfg` boots.
     pub fn new(cfg: &MachineConfig, console: Box<dyn Write + Send>, wake: Wake) -> Result<Machine, BuildError> {
+        Machine::build(cfg, console, wake, true)
+    }
+
+    /// Builds the machine with zeroed RAM and nothing loaded, for a restore to fill in.
+    pub(crate) fn build(
+        cfg: &MachineConfig,
+        console: Box<dyn Write + Send>,
+        wake: Wake,
+        boot: bool,
+    ) -> Result<Machine, BuildError> {
         if cfg.harts == 0 || cfg.harts > layout::MAX_HARTS {
             return Err(BuildError::Harts(cfg.harts));
         }
         if !(16..=65536).contains(&cfg.memory_mib) {
             return Err(BuildError::MemorySize(cfg.memory_mib));
         }
-        if cfg.kernel.is_none() && cfg.firmware.is_none() {
+        if boot && cfg.kernel.is_none() && cfg.firmware.is_none() {
             return Err(BuildError::NothingToBoot);
         }
         let ram_size = cfg.memory_mib << 20;
@@ -291,7 +328,7 @@ impl Machine {
         let dtb_addr = RAM_BASE + ram_size - 0x10000;
         let mut kernel_end = RAM_BASE;
         let mut kernel_entry = None;
-        if let Some(k) = &cfg.kernel {
+        if let Some(k) = cfg.kernel.as_ref().filter(|_| boot) {
             let initrd_size = match &cfg.initrd {
                 Some(p) => loader::file_size("initrd", p)?,
                 None => 0,
@@ -310,7 +347,7 @@ impl Machine {
             kernel_entry = Some(loaded.entry);
         }
         let mut initrd = None;
-        if let Some(p) = &cfg.initrd {
+        if let Some(p) = cfg.initrd.as_ref().filter(|_| boot) {
             let size = loader::file_size("initrd", p)?;
             let start = (dtb_addr - size) & !0xfff;
             if start < kernel_end {
@@ -341,10 +378,12 @@ impl Machine {
         if dtb.len() > 0x10000 {
             return Err(BuildError::Fdt(format!("device tree of {} bytes exceeds 64 KiB", dtb.len())));
         }
-        ram.write(dtb_addr, &dtb).expect("inside RAM");
+        if boot {
+            ram.write(dtb_addr, &dtb).expect("inside RAM");
+        }
 
         let mut tohost = None;
-        if let Some(fw) = &cfg.firmware {
+        if let Some(fw) = cfg.firmware.as_ref().filter(|_| boot) {
             let elf = loader::load_elf(&ram, fw)?;
             tohost = elf.tohost;
             // Firmware convention (OpenSBI): every hart enters at the ELF entry with a0 = hart id, a1 = FDT.
@@ -443,11 +482,22 @@ impl Machine {
     /// Runs the guest until it powers off, crashes, or the user quits.
     pub fn run(&mut self, input: &Receiver<Event>) -> RunOutcome {
         loop {
+            if let Some(outcome) = self.step_round(input) {
+                return outcome;
+            }
+        }
+    }
+
+    /// Runs every hart for one slice (sleeping first if all of them wait); returns how the run ended, if it did.
+    /// Between two calls the machine is quiesced: harts at instruction boundaries, device work done.
+    pub fn step_round(&mut self, input: &Receiver<Event>) -> Option<RunOutcome> {
+        self.dev.clock.resume();
+        {
             // Input first, so a guest that polls sees it promptly.
             loop {
                 match input.try_recv() {
                     Ok(Event::Console(b)) => self.pending_input.extend(b),
-                    Ok(Event::Quit) => return RunOutcome::Quit,
+                    Ok(Event::Quit) => return Some(RunOutcome::Quit),
                     Ok(Event::Wake) => {}
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
@@ -469,40 +519,40 @@ impl Machine {
                         busy = true;
                         match sbi::handle(self, i) {
                             SbiOutcome::Continue => {}
-                            SbiOutcome::Shutdown => return self.finish(RunOutcome::PowerOff),
-                            SbiOutcome::Reboot => return self.finish(RunOutcome::Reboot),
+                            SbiOutcome::Shutdown => return Some(self.finish(RunOutcome::PowerOff)),
+                            SbiOutcome::Reboot => return Some(self.finish(RunOutcome::Reboot)),
                             SbiOutcome::Failure => {
-                                return self.finish(RunOutcome::Crash("guest reported a system failure".into()));
+                                return Some(self.finish(RunOutcome::Crash("guest reported a system failure".into())));
                             }
                         }
                     }
                     Exit::MachineTrap { cause, tval, pc } => {
-                        return self.finish(RunOutcome::Crash(format!(
+                        return Some(self.finish(RunOutcome::Crash(format!(
                             "hart {i} took a trap no one handles (cause {cause:#x}, tval {tval:#x}) at pc {pc:#x}"
-                        )));
+                        ))));
                     }
                 }
                 if let Some(out) = self.poll_htif() {
-                    return out;
+                    return Some(out);
                 }
                 if let Some(out) = self.dev.reset_request.take() {
-                    return self.finish(out);
+                    return Some(self.finish(out));
                 }
             }
             if let Some(line) = self.dev.uart.writer().panic_end() {
-                return RunOutcome::Crash(format!("guest kernel panic: {line}"));
+                return Some(RunOutcome::Crash(format!("guest kernel panic: {line}")));
             }
             if !busy {
                 // Every hart waits: sleep until the next timer deadline or input.
                 let wait = self.dev.clock.until(self.next_deadline()).min(Duration::from_millis(10));
                 if wait.is_zero() {
-                    continue;
+                    return None;
                 }
                 if self.input_open {
                     match input.recv_timeout(wait) {
                         Ok(Event::Console(b)) => self.pending_input.extend(b),
-                        Ok(Event::Quit) => return RunOutcome::Quit,
-                    Ok(Event::Wake) => {}
+                        Ok(Event::Quit) => return Some(RunOutcome::Quit),
+                        Ok(Event::Wake) => {}
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => self.input_open = false,
                     }
@@ -511,6 +561,7 @@ impl Machine {
                 }
             }
         }
+        None
     }
 
     /// A reset request after a kernel panic is a crash, not a clean exit.
@@ -526,7 +577,7 @@ impl Machine {
 }
 
 /// Console output as an effect: the UART's bytes leave through the gate like every other effect.
-struct GateConsole(Arc<Mutex<OutputGate>>);
+pub(crate) struct GateConsole(pub(crate) Arc<Mutex<OutputGate>>);
 
 impl Write for GateConsole {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

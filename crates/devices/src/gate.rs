@@ -18,6 +18,8 @@
 use std::collections::VecDeque;
 use std::io;
 
+use kemari_state::{Reader, StateError, Writer};
+
 /// An effect of the guest on the outside world.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -123,6 +125,74 @@ impl OutputGate {
     }
 }
 
+/// Largest single effect payload a state stream may carry (a block write is capped by the device well below).
+const MAX_EFFECT_BYTES: usize = 16 << 20;
+
+impl OutputGate {
+    /// Writes the held effects and the sequence counter (part of every checkpoint).
+    pub fn save(&self, w: &mut Writer) {
+        w.bool(self.holding);
+        w.u64(self.next_seq);
+        w.u32(self.held.len() as u32);
+        for (seq, effect) in &self.held {
+            w.u64(*seq);
+            match effect {
+                Effect::Console(b) => {
+                    w.u8(0);
+                    w.bytes(b);
+                }
+                Effect::NetTx { nic, frame } => {
+                    w.u8(1);
+                    w.u32(*nic as u32);
+                    w.bytes(frame);
+                }
+                Effect::BlockWrite { disk, offset, data } => {
+                    w.u8(2);
+                    w.u32(*disk as u32);
+                    w.u64(*offset);
+                    w.bytes(data);
+                }
+                Effect::BlockFlush { disk } => {
+                    w.u8(3);
+                    w.u32(*disk as u32);
+                }
+            }
+        }
+    }
+
+    /// Restores held effects (untrusted: kinds, sizes and order are checked).
+    pub fn restore(&mut self, r: &mut Reader) -> Result<(), StateError> {
+        let holding = r.bool()?;
+        let next_seq = r.u64()?;
+        let n = r.u32()?;
+        let mut held = VecDeque::new();
+        let mut last = 0;
+        for _ in 0..n {
+            let seq = r.u64()?;
+            if seq <= last || seq >= next_seq {
+                return Err(r.invalid("held effects out of order"));
+            }
+            last = seq;
+            let effect = match r.u8()? {
+                0 => Effect::Console(r.bytes(MAX_EFFECT_BYTES)?.to_vec()),
+                1 => Effect::NetTx { nic: r.u32()? as usize, frame: r.bytes(MAX_EFFECT_BYTES)?.to_vec() },
+                2 => Effect::BlockWrite {
+                    disk: r.u32()? as usize,
+                    offset: r.u64()?,
+                    data: r.bytes(MAX_EFFECT_BYTES)?.to_vec(),
+                },
+                3 => Effect::BlockFlush { disk: r.u32()? as usize },
+                k => return Err(r.invalid(format!("unknown effect kind {k}"))),
+            };
+            held.push_back((seq, effect));
+        }
+        self.holding = holding;
+        self.next_seq = next_seq.max(1);
+        self.held = held;
+        Ok(())
+    }
+}
+
 /// A backend that records every effect (tests, and the proof that devices use nothing but the gate).
 #[derive(Clone, Default)]
 pub struct Recorder(pub std::sync::Arc<std::sync::Mutex<Vec<Effect>>>);
@@ -162,6 +232,32 @@ mod tests {
             &[Effect::NetTx { nic: 0, frame: vec![1] }, Effect::BlockFlush { disk: 0 }]
         );
         assert_eq!(g.held().count(), 1);
+    }
+
+    #[test]
+    fn held_effects_survive_save_and_restore() {
+        let mut g = OutputGate::new(Box::new(Recorder::default()));
+        g.set_holding(true);
+        g.submit(Effect::BlockWrite { disk: 1, offset: 512, data: vec![7; 512] }).unwrap();
+        g.submit(Effect::NetTx { nic: 0, frame: vec![1, 2, 3] }).unwrap();
+        g.submit(Effect::BlockFlush { disk: 1 }).unwrap();
+        g.submit(Effect::Console(b"ok".to_vec())).unwrap();
+        let mut w = Writer::default();
+        g.save(&mut w);
+        let rec = Recorder::default();
+        let mut back = OutputGate::new(Box::new(rec.clone()));
+        back.restore(&mut Reader::new(&w.0, "GATE")).unwrap();
+        assert!(back.is_holding());
+        assert_eq!(back.next_seq(), 5);
+        back.release_through(4).unwrap();
+        assert_eq!(rec.0.lock().unwrap().len(), 4, "all four effects re-issued in order");
+        let mut w2 = Writer::default();
+        g.save(&mut w2);
+        assert_eq!(w.0, w2.0, "encoding is deterministic");
+        // Out-of-order sequence numbers are refused.
+        let mut bad = w.0.clone();
+        bad[13] = 9; // first held seq := 9, beyond next_seq
+        assert!(OutputGate::new(Box::new(Recorder::default())).restore(&mut Reader::new(&bad, "GATE")).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! that the guest misprogrammed beyond recovery is marked DEVICE_NEEDS_RESET and ignored until the driver
 //! resets it; the rest of the machine carries on.
 
-use virtio_queue::{Queue, QueueT};
+use kemari_state::{Reader, StateError, Writer};
+use virtio_queue::{Queue, QueueState, QueueT};
 
 use super::{Ctx, Processed, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::gate::OutputGate;
@@ -261,6 +262,83 @@ impl MmioTransport {
         }
         let p = self.device.poll(&mut Ctx { queues: &mut self.queues, mem, gate });
         self.apply(p, mem)
+    }
+}
+
+impl MmioTransport {
+    /// Writes the transport's state (registers, negotiated features, every queue, the device's own state).
+    pub fn save(&self, w: &mut Writer) {
+        w.u32(self.device.device_type());
+        for v in [self.queue_sel, self.device_features_sel, self.driver_features_sel, self.status] {
+            w.u32(v);
+        }
+        w.u64(self.driver_features);
+        w.u32(self.interrupt_status);
+        w.u32(self.config_generation);
+        w.u32(self.queues.len() as u32);
+        for q in &self.queues {
+            let st = q.state();
+            w.u16(st.max_size);
+            w.u16(st.next_avail);
+            w.u16(st.next_used);
+            w.bool(st.event_idx_enabled);
+            w.u16(st.size);
+            w.bool(st.ready);
+            w.u64(st.desc_table);
+            w.u64(st.avail_ring);
+            w.u64(st.used_ring);
+        }
+        w.bytes(&self.device.save());
+    }
+
+    /// Restores what `save` wrote, validating it against this transport's device and guest memory.
+    pub fn restore(&mut self, r: &mut Reader, mem: &GuestMemory) -> Result<(), StateError> {
+        let kind = r.u32()?;
+        if kind != self.device.device_type() {
+            return Err(r.invalid(format!(
+                "device type {kind} in the state, but this slot holds type {}",
+                self.device.device_type()
+            )));
+        }
+        self.queue_sel = r.u32()?;
+        self.device_features_sel = r.u32()?;
+        self.driver_features_sel = r.u32()?;
+        self.status = r.u32()?;
+        self.driver_features = r.u64()?;
+        if self.driver_features & !self.offered_features() != 0 {
+            return Err(r.invalid("negotiated features the device does not offer"));
+        }
+        self.interrupt_status = r.u32()? & (INT_USED_RING | INT_CONFIG);
+        self.config_generation = r.u32()?;
+        let n = r.u32()? as usize;
+        if n != self.queues.len() {
+            return Err(r.invalid(format!("{n} queues in the state, the device has {}", self.queues.len())));
+        }
+        for q in self.queues.iter_mut() {
+            let st = QueueState {
+                max_size: r.u16()?,
+                next_avail: r.u16()?,
+                next_used: r.u16()?,
+                event_idx_enabled: r.bool()?,
+                size: r.u16()?,
+                ready: r.bool()?,
+                desc_table: r.u64()?,
+                avail_ring: r.u64()?,
+                used_ring: r.u64()?,
+            };
+            if st.max_size != q.max_size() {
+                return Err(r.invalid("queue maximum size differs from the device's"));
+            }
+            let restored = Queue::try_from(st).map_err(|e| r.invalid(format!("queue: {e}")))?;
+            // A ready queue must lie in guest memory: the guest may be hostile, the stream may be too.
+            if restored.ready() && !restored.is_valid(mem) {
+                return Err(r.invalid("a ready queue lies outside guest memory"));
+            }
+            *q = restored;
+        }
+        let dev = r.bytes(1 << 20)?;
+        self.device.restore(dev).map_err(|why| r.invalid(why))?;
+        Ok(())
     }
 }
 

@@ -59,4 +59,12 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Device-specific state beyond queues and registers (most devices have none).
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Restores what `save` produced; the bytes are untrusted.
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        if state.is_empty() { Ok(()) } else { Err(format!("{} unexpected bytes of device state", state.len())) }
+    }
 }

@@ -1,0 +1,275 @@
+//! Save and restore of the whole machine: the one path that snapshots, migration and fault tolerance share.
+//!
+//! Quiesce order (the machine loop calls this between slices, so it already holds): harts are stopped at an
+//! instruction boundary; device work is synchronous and finished (queue notifications are processed inside the
+//! store that rings them); pending interrupts live in the PLIC and the harts' `mip` and are saved there.
+//! Sections, in stream order: BORD (machine shape and timers), HART × harts, CLNT, PLIC, UART, VIRT × slots,
+//! GATE, then PAGS (guest memory pages, 1,024 per section).
+
+use std::io::Write;
+
+use kemari_devices::host::Wake;
+use kemari_engine::{Hart, PAGE_SIZE};
+use kemari_state::{hart, Reader, Section, StateError, StateFile, Writer};
+use vm_superio::serial::SerialState;
+use vm_superio::Serial;
+
+use crate::console::ConsoleOut;
+use crate::machine::{BuildError, GateConsole, GuestClock, Machine, MachineConfig};
+
+const BORD: Section = Section { tag: *b"BORD", version: 1, cap: 1024 };
+const CLNT: Section = Section { tag: *b"CLNT", version: 1, cap: 1024 };
+const PLIC: Section = Section { tag: *b"PLIC", version: 1, cap: 4096 };
+const UART: Section = Section { tag: *b"UART", version: 1, cap: 1024 };
+const VIRT: Section = Section { tag: *b"VIRT", version: 1, cap: 2 << 20 };
+const GATE: Section = Section { tag: *b"GATE", version: 1, cap: 256 << 20 };
+const PAGES_PER_SECTION: usize = 1024;
+const PAGS: Section = Section { tag: *b"PAGS", version: 1, cap: (PAGES_PER_SECTION * (8 + 4096) + 4) as u32 };
+
+fn known() -> [Section; 8] {
+    [BORD, hart::SECTION, CLNT, PLIC, UART, VIRT, GATE, PAGS]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("invalid state: {0}")]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("the saved machine has {what} {saved}, the command line gives {given}")]
+    Mismatch { what: &'static str, saved: u64, given: u64 },
+}
+
+/// Which guest pages a save carries.
+pub enum Pages<'a> {
+    /// Every non-zero page (a restore starts from zeroed RAM).
+    AllNonZero,
+    /// Exactly these pages (e.g. the dirty log), zero or not.
+    Only(&'a [u64]),
+}
+
+impl Machine {
+    /// Encodes the machine's complete state. Must be called with the machine quiesced (between slices).
+    pub fn save(&self, pages: Pages) -> Vec<u8> {
+        let mut f = StateFile::new();
+        let mut w = Writer::default();
+        w.u32(self.harts.len() as u32);
+        w.u64(self.ram.size());
+        w.bool(self.builtin_sbi);
+        w.u64(self.dev.clock.now());
+        for t in &self.dev.stimecmp {
+            w.u64(*t);
+        }
+        w.u32(self.dev.virtio.len() as u32);
+        f.push(&BORD, w.0);
+
+        for h in &self.harts {
+            f.push(&hart::SECTION, hart::encode(h.state()));
+        }
+        let mut w = Writer::default();
+        for (msip, cmp) in self.dev.clint.msip.iter().zip(&self.dev.clint.mtimecmp) {
+            w.bool(*msip);
+            w.u64(*cmp);
+        }
+        f.push(&CLNT, w.0);
+
+        let p = &self.dev.plic;
+        let mut w = Writer::default();
+        for v in &p.priority {
+            w.u32(*v);
+        }
+        w.u32(p.pending);
+        w.u32(p.in_service);
+        for (e, t) in p.enable.iter().zip(&p.threshold) {
+            w.u32(*e);
+            w.u32(*t);
+        }
+        f.push(&PLIC, w.0);
+
+        let u = self.dev.uart.state();
+        let mut w = Writer::default();
+        for v in [
+            u.baud_divisor_low,
+            u.baud_divisor_high,
+            u.interrupt_enable,
+            u.interrupt_identification,
+            u.line_control,
+            u.line_status,
+            u.modem_control,
+            u.modem_status,
+            u.scratch,
+        ] {
+            w.u8(v);
+        }
+        w.bytes(&u.in_buffer);
+        f.push(&UART, w.0);
+
+        for t in &self.dev.virtio {
+            let mut w = Writer::default();
+            t.save(&mut w);
+            f.push(&VIRT, w.0);
+        }
+        let mut w = Writer::default();
+        self.dev.gate.lock().expect("gate lock").save(&mut w);
+        f.push(&GATE, w.0);
+
+        let all: Vec<u64>;
+        let list: &[u64] = match pages {
+            Pages::Only(list) => list,
+            Pages::AllNonZero => {
+                all = (0..self.ram.size() / PAGE_SIZE).filter(|&p| !self.page_is_zero(p)).collect();
+                &all
+            }
+        };
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        for chunk in list.chunks(PAGES_PER_SECTION) {
+            let mut w = Writer::default();
+            w.u32(chunk.len() as u32);
+            for &p in chunk {
+                self.ram.read(self.ram.base() + p * PAGE_SIZE, &mut page).expect("page index inside RAM");
+                w.u64(p);
+                w.0.extend_from_slice(&page);
+            }
+            f.push(&PAGS, w.0);
+        }
+        f.encode()
+    }
+
+    fn page_is_zero(&self, page: u64) -> bool {
+        let mut buf = [0u8; PAGE_SIZE as usize];
+        self.ram.read(self.ram.base() + page * PAGE_SIZE, &mut buf).expect("page inside RAM");
+        buf.iter().all(|&b| b == 0)
+    }
+
+    /// Builds a machine from `cfg` (memory, harts, devices as given on the command line) and the saved state.
+    /// Everything is validated before the machine is returned; nothing runs.
+    pub fn restore(
+        cfg: &MachineConfig,
+        bytes: &[u8],
+        console: Box<dyn Write + Send>,
+        wake: Wake,
+    ) -> Result<Machine, RestoreError> {
+        let f = StateFile::decode(bytes, &known())?;
+        let mut r = Reader::new(f.one(&BORD)?, "BORD");
+        let harts = r.u32()? as u64;
+        let ram_size = r.u64()?;
+        let builtin_sbi = r.bool()?;
+        let mtime = r.u64()?;
+        if harts != cfg.harts as u64 {
+            return Err(RestoreError::Mismatch { what: "harts", saved: harts, given: cfg.harts as u64 });
+        }
+        if ram_size != cfg.memory_mib << 20 {
+            return Err(RestoreError::Mismatch { what: "MiB of memory", saved: ram_size >> 20, given: cfg.memory_mib });
+        }
+        let stimecmp: Vec<u64> = (0..harts).map(|_| r.u64()).collect::<Result<_, _>>()?;
+        let slots = r.u32()? as u64;
+        r.finish()?;
+
+        let mut m = Machine::build(cfg, console, wake, false)?;
+        if slots != m.dev.virtio.len() as u64 {
+            return Err(RestoreError::Mismatch {
+                what: "virtio devices",
+                saved: slots,
+                given: m.dev.virtio.len() as u64,
+            });
+        }
+        m.builtin_sbi = builtin_sbi;
+        m.dev.clock = GuestClock::paused(mtime);
+        m.dev.stimecmp = stimecmp;
+
+        let hart_payloads = f.all(&hart::SECTION)?;
+        if hart_payloads.len() as u64 != harts {
+            return Err(StateError::Invalid { tag: "HART".into(), why: "one section per hart expected".into() }.into());
+        }
+        let mut restored = Vec::new();
+        for (i, p) in hart_payloads.into_iter().enumerate() {
+            let st = hart::decode(p, harts as usize)?;
+            if st.id != i as u64 {
+                return Err(StateError::Invalid { tag: "HART".into(), why: "harts out of order".into() }.into());
+            }
+            let mut h = Hart::new(st.id, builtin_sbi);
+            h.set_state(st);
+            restored.push(h);
+        }
+        m.harts = restored;
+
+        let mut r = Reader::new(f.one(&CLNT)?, "CLNT");
+        for h in 0..harts as usize {
+            m.dev.clint.msip[h] = r.bool()?;
+            m.dev.clint.mtimecmp[h] = r.u64()?;
+        }
+        r.finish()?;
+
+        let mut r = Reader::new(f.one(&PLIC)?, "PLIC");
+        let p = &mut m.dev.plic;
+        for v in p.priority.iter_mut() {
+            *v = r.u32()? & 7;
+        }
+        p.pending = r.u32()? & !1;
+        p.in_service = r.u32()? & !1;
+        for ctx in 0..p.enable.len() {
+            p.enable[ctx] = r.u32()? & !1;
+            p.threshold[ctx] = r.u32()? & 7;
+        }
+        r.finish()?;
+
+        let mut r = Reader::new(f.one(&UART)?, "UART");
+        let mut u = SerialState::default();
+        for v in [
+            &mut u.baud_divisor_low,
+            &mut u.baud_divisor_high,
+            &mut u.interrupt_enable,
+            &mut u.interrupt_identification,
+            &mut u.line_control,
+            &mut u.line_status,
+            &mut u.modem_control,
+            &mut u.modem_status,
+            &mut u.scratch,
+        ] {
+            *v = r.u8()?;
+        }
+        u.in_buffer = r.bytes(64)?.to_vec();
+        r.finish()?;
+        let gate = m.dev.gate.clone();
+        m.dev.uart = Serial::from_state(
+            &u,
+            m.dev.uart_irq.clone(),
+            vm_superio::serial::NoEvents,
+            ConsoleOut::new(Box::new(GateConsole(gate))),
+        )
+        .map_err(|e| StateError::Invalid { tag: "UART".into(), why: format!("{e:?}") })?;
+
+        let virt = f.all(&VIRT)?;
+        for (t, payload) in m.dev.virtio.iter_mut().zip(virt) {
+            let mut r = Reader::new(payload, "VIRT");
+            t.restore(&mut r, &m.dev.mem)?;
+            r.finish()?;
+        }
+
+        let mut r = Reader::new(f.one(&GATE)?, "GATE");
+        m.dev.gate.lock().expect("gate lock").restore(&mut r)?;
+        r.finish()?;
+
+        let pages = m.ram.size() / PAGE_SIZE;
+        for payload in f.all(&PAGS)? {
+            let mut r = Reader::new(payload, "PAGS");
+            let n = r.u32()? as usize;
+            if n > PAGES_PER_SECTION {
+                return Err(r.invalid("too many pages in one section").into());
+            }
+            for _ in 0..n {
+                let p = r.u64()?;
+                if p >= pages {
+                    return Err(r.invalid(format!("page {p} is beyond RAM")).into());
+                }
+                let mut data = [0u8; PAGE_SIZE as usize];
+                for b in data.iter_mut() {
+                    *b = r.u8()?;
+                }
+                m.ram.write(m.ram.base() + p * PAGE_SIZE, &data).expect("page inside RAM");
+            }
+            r.finish()?;
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,112 @@
+//! The one save/restore path, on the real guest: save → restore → save gives identical bytes, and a restored
+//! machine carries on where the saved one stopped.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
+
+use kemari_board::persist::Pages;
+use kemari_board::{Event, Machine, MachineConfig};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn guest(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/guest").join(name);
+    assert!(p.exists(), "{} missing: run scripts/guest-build", p.display());
+    p
+}
+
+fn config() -> MachineConfig {
+    MachineConfig {
+        harts: 2,
+        memory_mib: 128,
+        kernel: Some(guest("Image")),
+        initrd: Some(guest("initramfs.cpio.gz")),
+        cmdline: "console=ttyS0".into(),
+        firmware: None,
+        disks: vec![],
+        nets: vec![],
+        rng: true,
+    }
+}
+
+/// Runs rounds until the console shows `needle` (bounded, so a broken build fails instead of hanging).
+fn run_until(m: &mut Machine, out: &Capture, rx: &std::sync::mpsc::Receiver<Event>, needle: &str) {
+    for _ in 0..2_000_000 {
+        if out.text().contains(needle) {
+            return;
+        }
+        assert!(m.step_round(rx).is_none(), "guest stopped early:\n{}", out.text());
+    }
+    panic!("no {needle:?} on the console:\n{}", out.text());
+}
+
+#[test]
+fn save_restore_save_is_identical_and_the_restored_guest_carries_on() {
+    let (tx, rx) = channel();
+    let out = Capture::default();
+    let wake_tx = Mutex::new(tx.clone());
+    let wake: kemari_devices::host::Wake = Arc::new(move || {
+        let _ = wake_tx.lock().unwrap().send(Event::Wake);
+    });
+    let mut m = Machine::new(&config(), Box::new(out.clone()), wake.clone()).unwrap();
+    run_until(&mut m, &out, &rx, "KEMARI-GUEST-READY");
+    // Leave a shell variable in guest memory that only a faithful restore brings back.
+    tx.send(Event::Console(b"secret=$((1000+337))\n".to_vec())).unwrap();
+    run_until(&mut m, &out, &rx, "secret=$((1000+337))");
+    for _ in 0..200 {
+        m.step_round(&rx);
+    }
+
+    let first = m.save(Pages::AllNonZero);
+    drop(m);
+
+    let out2 = Capture::default();
+    let mut restored = Machine::restore(&config(), &first, Box::new(out2.clone()), wake).unwrap();
+    let second = restored.save(Pages::AllNonZero);
+    assert!(first == second, "save → restore → save must give identical bytes ({} vs {})", first.len(), second.len());
+
+    tx.send(Event::Console(b"echo value-$secret\n".to_vec())).unwrap();
+    run_until(&mut restored, &out2, &rx, "value-1337");
+}
+
+#[test]
+fn restore_refuses_a_different_machine_shape() {
+    let (tx, _rx) = channel();
+    let tx = Mutex::new(tx);
+    let wake: kemari_devices::host::Wake = Arc::new(move || {
+        let _ = tx.lock().unwrap().send(Event::Wake);
+    });
+    let m = Machine::new(&config(), Box::new(Capture::default()), wake.clone()).unwrap();
+    let bytes = m.save(Pages::AllNonZero);
+    let mut other = config();
+    other.memory_mib = 256;
+    let err = Machine::restore(&other, &bytes, Box::new(Capture::default()), wake.clone()).err().unwrap();
+    assert!(err.to_string().contains("MiB of memory"), "{err}");
+    let mut other = config();
+    other.harts = 1;
+    let err = Machine::restore(&other, &bytes, Box::new(Capture::default()), wake.clone()).err().unwrap();
+    assert!(err.to_string().contains("harts"), "{err}");
+    let mut corrupt = bytes.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0x10;
+    assert!(Machine::restore(&config(), &corrupt, Box::new(Capture::default()), wake).is_err());
+}
