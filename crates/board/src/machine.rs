@@ -27,6 +27,9 @@ use kemari_devices::gate::{Effect, OutputGate};
 use kemari_devices::host::{HostBackend, Wake};
 use kemari_devices::memory::{device_view, GuestMemory};
 use kemari_devices::virtio::mmio::MmioTransport;
+use kemari_devices::tap::Tap;
+use kemari_devices::virtio::blk::Block;
+use kemari_devices::virtio::net::Net;
 use kemari_devices::virtio::rng::Rng;
 
 /// Instructions a hart runs before the board looks at timers and input again.
@@ -593,8 +596,28 @@ impl Write for GateConsole {
 /// Creates the virtio devices of `cfg` in slot order: disks, network interfaces, entropy.
 fn build_virtio(cfg: &MachineConfig, backend: &mut HostBackend, wake: Wake) -> Result<Vec<MmioTransport>, BuildError> {
     let mut devices: Vec<MmioTransport> = Vec::new();
-    let _ = &wake;
-    let _ = backend;
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let path = d.path.display().to_string();
+        let open = |write: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(&d.path)
+                .map_err(|source| BuildError::Disk { path: path.clone(), source })
+        };
+        let index = backend.add_disk(open(!d.readonly)?);
+        let id = format!("kemari-disk{i}");
+        let blk = Block::new(index, open(false)?, d.readonly, &id)
+            .map_err(|source| BuildError::Disk { path: path.clone(), source })?;
+        devices.push(MmioTransport::new(Box::new(blk)));
+    }
+    for n in &cfg.nets {
+        let tap_err = |why: String| BuildError::Tap { tap: n.tap.clone(), why };
+        let tap = Tap::open(&n.tap).map_err(|e| tap_err(e.to_string()))?;
+        let index = backend.add_tap(tap.writer().map_err(|e| tap_err(e.to_string()))?);
+        let rx = tap.spawn_reader(wake.clone()).map_err(|e| tap_err(e.to_string()))?;
+        devices.push(MmioTransport::new(Box::new(Net::new(index, n.mac, rx))));
+    }
     if cfg.rng {
         devices.push(MmioTransport::new(Box::new(Rng)));
     }

@@ -11,4 +11,5 @@
 pub mod gate;
 pub mod host;
 pub mod memory;
+pub mod tap;
 pub mod virtio;

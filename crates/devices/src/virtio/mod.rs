@@ -6,7 +6,9 @@
 //! Every effect a device has on the outside goes through the gate; devices hold no handle that writes to the
 //! outside world.
 
+pub mod blk;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 use virtio_queue::Queue;
