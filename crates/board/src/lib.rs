@@ -10,6 +10,7 @@
 
 pub mod clint;
 pub mod console;
+pub mod control;
 pub mod fdt;
 pub mod layout;
 pub mod loader;

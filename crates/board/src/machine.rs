@@ -97,6 +97,8 @@ pub enum Event {
     Quit,
     /// A device has outside work (e.g. a received frame); the loop polls devices.
     Wake,
+    /// A control API request; the reply goes back on the channel.
+    Control(crate::control::Request, std::sync::mpsc::Sender<crate::control::Reply>),
 }
 
 /// How a run ended.
@@ -297,6 +299,8 @@ pub struct Machine {
     pending_input: VecDeque<u8>,
     /// The console input channel still has a sender.
     input_open: bool,
+    /// Paused through the control API: harts do not run, guest time stands still.
+    pub(crate) paused: bool,
 }
 
 impl Machine {
@@ -419,7 +423,7 @@ impl Machine {
             gate,
             virtio,
         };
-        Ok(Machine { ram, harts, dev, builtin_sbi, tohost, pending_input: VecDeque::new(), input_open: true })
+        Ok(Machine { ram, harts, dev, builtin_sbi, tohost, pending_input: VecDeque::new(), input_open: true, paused: false })
     }
 
     /// Recomputes every hart's interrupt lines from timers, CLINT and PLIC.
@@ -494,14 +498,15 @@ impl Machine {
     /// Runs every hart for one slice (sleeping first if all of them wait); returns how the run ended, if it did.
     /// Between two calls the machine is quiesced: harts at instruction boundaries, device work done.
     pub fn step_round(&mut self, input: &Receiver<Event>) -> Option<RunOutcome> {
-        self.dev.clock.resume();
         {
             // Input first, so a guest that polls sees it promptly.
             loop {
                 match input.try_recv() {
-                    Ok(Event::Console(b)) => self.pending_input.extend(b),
-                    Ok(Event::Quit) => return Some(RunOutcome::Quit),
-                    Ok(Event::Wake) => {}
+                    Ok(ev) => {
+                        if let Some(outcome) = self.handle_event(ev) {
+                            return Some(outcome);
+                        }
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         self.input_open = false;
@@ -509,6 +514,19 @@ impl Machine {
                     }
                 }
             }
+            if self.paused {
+                // A paused machine only answers events.
+                match input.recv_timeout(Duration::from_millis(50)) {
+                    Ok(ev) => return self.handle_event(ev),
+                    Err(RecvTimeoutError::Timeout) => return None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.input_open = false;
+                        std::thread::sleep(Duration::from_millis(50));
+                        return None;
+                    }
+                }
+            }
+            self.dev.clock.resume();
             self.feed_uart();
             self.dev.poll_virtio();
             let mut busy = false;
@@ -553,15 +571,25 @@ impl Machine {
                 }
                 if self.input_open {
                     match input.recv_timeout(wait) {
-                        Ok(Event::Console(b)) => self.pending_input.extend(b),
-                        Ok(Event::Quit) => return Some(RunOutcome::Quit),
-                        Ok(Event::Wake) => {}
+                        Ok(ev) => return self.handle_event(ev),
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => self.input_open = false,
                     }
                 } else {
                     std::thread::sleep(wait);
                 }
+            }
+        }
+        None
+    }
+
+    fn handle_event(&mut self, ev: Event) -> Option<RunOutcome> {
+        match ev {
+            Event::Console(b) => self.pending_input.extend(b),
+            Event::Quit => return Some(RunOutcome::Quit),
+            Event::Wake => {}
+            Event::Control(req, reply) => {
+                let _ = reply.send(self.control(req));
             }
         }
         None

@@ -273,3 +273,16 @@ impl Machine {
         Ok(m)
     }
 }
+
+/// Reads the machine shape (harts, MiB of memory) from a state stream, so `kemari restore` can build the
+/// machine before restoring into it. The stream is fully checked later by [`Machine::restore`].
+pub fn peek_shape(bytes: &[u8]) -> Result<(usize, u64), StateError> {
+    let f = StateFile::decode(bytes, &known())?;
+    let mut r = Reader::new(f.one(&BORD)?, "BORD");
+    let harts = r.u32()? as usize;
+    let ram = r.u64()?;
+    if harts == 0 || harts > crate::layout::MAX_HARTS || ram % (1 << 20) != 0 {
+        return Err(r.invalid("impossible machine shape"));
+    }
+    Ok((harts, ram >> 20))
+}

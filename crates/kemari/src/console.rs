@@ -65,6 +65,11 @@ impl Console {
         &self.rx
     }
 
+    /// A sender into the machine loop's event channel (for the control API).
+    pub fn sender(&self) -> Sender<Event> {
+        self.tx.clone()
+    }
+
     /// Wakes the machine loop from a device thread.
     pub fn waker(&self) -> Wake {
         let tx = Mutex::new(self.tx.clone());

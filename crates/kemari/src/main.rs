@@ -3,6 +3,7 @@
 //! Exit codes: 0 when the guest powers off (or a bare-metal test passes); 1 when the guest crashes; 2 for bad
 //! input (a one-line error naming the problem); a failing bare-metal test exits with its HTIF failure code.
 
+mod api;
 mod console;
 
 use std::path::PathBuf;
@@ -22,6 +23,39 @@ struct Cli {
 enum Command {
     /// Boot a VM with its console on this terminal (Ctrl-A x quits).
     Run(RunArgs),
+    /// Start a VM from a snapshot directory (give its disks and taps again).
+    Restore(RestoreArgs),
+    /// Send a request to a running VM's control API.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// Snapshot directory written by `kemari ctl snapshot`.
+    dir: PathBuf,
+    #[command(flatten)]
+    devices: DeviceArgs,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The VM's control socket (its --api).
+    #[arg(long)]
+    api: PathBuf,
+    #[command(subcommand)]
+    op: CtlOp,
+}
+
+#[derive(Subcommand)]
+enum CtlOp {
+    /// Show the VM's state.
+    Status,
+    /// Stop the guest (harts and guest time).
+    Pause,
+    /// Let a paused guest run again.
+    Resume,
+    /// Write a snapshot (machine state and memory) into DIR.
+    Snapshot { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -44,6 +78,13 @@ struct RunArgs {
     /// Bare-metal ELF started in M-mode without the built-in SBI (e.g. OpenSBI's fw_jump.elf or a test).
     #[arg(long)]
     firmware: Option<PathBuf>,
+    #[command(flatten)]
+    devices: DeviceArgs,
+}
+
+/// Devices and control, common to `run` and `restore`.
+#[derive(Args)]
+struct DeviceArgs {
     /// A raw disk image as virtio-blk (repeatable; the first is /dev/vda): PATH[,readonly].
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
@@ -54,6 +95,9 @@ struct RunArgs {
     /// Leave out the virtio-rng entropy device.
     #[arg(long)]
     no_rng: bool,
+    /// Serve the control API (line-delimited JSON) on this Unix socket.
+    #[arg(long)]
+    api: Option<PathBuf>,
 }
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -105,6 +149,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Restore(args) => restore(args),
+        Command::Ctl(args) => ctl(args),
+    }
+}
+
+fn machine_config(devices: &DeviceArgs) -> MachineConfig {
+    MachineConfig {
+        harts: 1,
+        memory_mib: 256,
+        kernel: None,
+        initrd: None,
+        cmdline: String::new(),
+        firmware: None,
+        disks: devices.disks.clone(),
+        nets: devices
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NetConfig { mac: if n.mac == [0; 6] { default_mac(i) } else { n.mac }, ..n.clone() })
+            .collect(),
+        rng: !devices.no_rng,
     }
 }
 
@@ -116,25 +181,82 @@ fn run(args: RunArgs) -> ExitCode {
         initrd: args.initrd,
         cmdline: args.append,
         firmware: args.firmware,
-        disks: args.disks,
-        nets: args
-            .nets
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| NetConfig { mac: if n.mac == [0; 6] { default_mac(i) } else { n.mac }, ..n })
-            .collect(),
-        rng: !args.no_rng,
+        ..machine_config(&args.devices)
     };
     let console = console::Console::start();
-    let mut machine = match Machine::new(&cfg, Box::new(std::io::stdout()), console.waker()) {
-        Ok(m) => m,
+    match Machine::new(&cfg, Box::new(std::io::stdout()), console.waker()) {
+        Ok(m) => drive(m, console, args.devices.api.as_deref()),
         Err(e) => {
             eprintln!("kemari: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn restore(args: RestoreArgs) -> ExitCode {
+    let path = args.dir.join(kemari_board::control::SNAPSHOT_STATE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("kemari: cannot read snapshot {}: {e}", path.display());
             return ExitCode::from(2);
         }
     };
+    let (harts, memory_mib) = match kemari_board::persist::peek_shape(&bytes) {
+        Ok(shape) => shape,
+        Err(e) => {
+            eprintln!("kemari: snapshot {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = MachineConfig { harts, memory_mib, ..machine_config(&args.devices) };
+    let console = console::Console::start();
+    match Machine::restore(&cfg, &bytes, Box::new(std::io::stdout()), console.waker()) {
+        Ok(m) => drive(m, console, args.devices.api.as_deref()),
+        Err(e) => {
+            eprintln!("kemari: cannot restore {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn ctl(args: CtlArgs) -> ExitCode {
+    let request = match &args.op {
+        CtlOp::Status => serde_json::json!({"op": "status"}),
+        CtlOp::Pause => serde_json::json!({"op": "pause"}),
+        CtlOp::Resume => serde_json::json!({"op": "resume"}),
+        CtlOp::Snapshot { dir } => {
+            // The VM resolves the path in its own working directory: send an absolute one.
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            serde_json::json!({"op": "snapshot", "dir": dir})
+        }
+    };
+    match api::call(&args.api, &request) {
+        Ok(reply) => {
+            println!("{reply}");
+            let ok = serde_json::from_str::<serde_json::Value>(&reply).ok().and_then(|v| v["ok"].as_bool());
+            if ok == Some(true) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(e) => {
+            eprintln!("kemari: cannot reach the control API at {}: {e}", args.api.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a built machine with the console (and the control API, if asked for) until it ends.
+fn drive(mut machine: Machine, console: console::Console, api: Option<&std::path::Path>) -> ExitCode {
+    if let Some(path) = api {
+        if let Err(e) = api::serve(path, console.sender()) {
+            eprintln!("kemari: cannot serve the control API on {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
     let outcome = machine.run(console.input());
     drop(console);
+    if let Some(path) = api {
+        let _ = std::fs::remove_file(path);
+    }
     match outcome {
         RunOutcome::PowerOff => ExitCode::SUCCESS,
         RunOutcome::Reboot => {

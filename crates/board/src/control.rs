@@ -1,0 +1,69 @@
+//! Control requests the machine loop serves between slices (so the machine is always quiesced when one runs).
+//! The front end carries them over the control API socket.
+
+use std::path::PathBuf;
+
+use crate::machine::Machine;
+use crate::persist::Pages;
+
+/// File in a snapshot directory holding the machine state (memory included).
+pub const SNAPSHOT_STATE: &str = "state";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Pause,
+    Resume,
+    /// Writes the machine state to `dir/state` (the directory is created). Works paused or running.
+    Snapshot { dir: PathBuf },
+    Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Ok,
+    Status { paused: bool, harts: usize, memory_mib: u64, instret: u64 },
+    Snapshot { bytes: u64, millis: u64 },
+    Error(String),
+}
+
+impl Machine {
+    pub(crate) fn control(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Pause => {
+                self.paused = true;
+                self.dev.clock.pause();
+                Reply::Ok
+            }
+            Request::Resume => {
+                self.paused = false;
+                Reply::Ok
+            }
+            Request::Status => Reply::Status {
+                paused: self.paused,
+                harts: self.harts.len(),
+                memory_mib: self.ram.size() >> 20,
+                instret: self.harts.iter().map(|h| h.state().instret).sum(),
+            },
+            Request::Snapshot { dir } => {
+                let start = std::time::Instant::now();
+                // Guest time stops while the state is taken, so the restored guest sees no jump.
+                self.dev.clock.pause();
+                let bytes = self.save(Pages::AllNonZero);
+                let written = std::fs::create_dir_all(&dir)
+                    .and_then(|()| write_atomically(&dir.join(SNAPSHOT_STATE), &bytes));
+                match written {
+                    Ok(()) => Reply::Snapshot { bytes: bytes.len() as u64, millis: start.elapsed().as_millis() as u64 },
+                    Err(e) => Reply::Error(format!("cannot write snapshot to {}: {e}", dir.display())),
+                }
+            }
+        }
+    }
+}
+
+/// Writes via a temporary file and rename, so a crash never leaves a half-written snapshot under the real name.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

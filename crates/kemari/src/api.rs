@@ -1,0 +1,126 @@
+//! The control API: line-delimited JSON over a Unix socket.
+//!
+//! One request per line, one reply per line:
+//!
+//! ```text
+//! → {"op":"status"}                     ← {"ok":true,"paused":false,"harts":2,"memory_mib":256,"instret":123}
+//! → {"op":"pause"}                      ← {"ok":true}
+//! → {"op":"snapshot","dir":"/srv/snap"} ← {"ok":true,"bytes":12345678,"millis":80}
+//! → {"op":"resume"}                     ← {"ok":true}
+//! → {"op":"bogus"}                      ← {"ok":false,"error":"unknown variant `bogus`, ..."}
+//! ```
+//!
+//! Requests are served by the machine loop between slices, so the machine is quiesced for each. Later
+//! issues extend the same API (migration, protection, metrics).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Mutex;
+
+use kemari_board::control::{Reply, Request};
+use kemari_board::Event;
+use serde::{Deserialize, Serialize};
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum Wire {
+    Pause,
+    Resume,
+    Status,
+    Snapshot { dir: PathBuf },
+}
+
+#[derive(Serialize)]
+struct Answer {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(flatten)]
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+fn answer(reply: Reply) -> Answer {
+    let mut fields = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        fields.insert(k.to_string(), v);
+    };
+    match reply {
+        Reply::Ok => {}
+        Reply::Status { paused, harts, memory_mib, instret } => {
+            put("paused", paused.into());
+            put("harts", harts.into());
+            put("memory_mib", memory_mib.into());
+            put("instret", instret.into());
+        }
+        Reply::Snapshot { bytes, millis } => {
+            put("bytes", bytes.into());
+            put("millis", millis.into());
+        }
+        Reply::Error(e) => return Answer { ok: false, error: Some(e), fields },
+    }
+    Answer { ok: true, error: None, fields }
+}
+
+/// Starts serving the API on `path` (an existing socket file is replaced).
+pub fn serve(path: &Path, events: Sender<Event>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    let events = Mutex::new(events);
+    std::thread::Builder::new().name("api".into()).spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let tx = events.lock().expect("api sender").clone();
+            std::thread::spawn(move || handle(conn, tx));
+        }
+    })?;
+    Ok(())
+}
+
+fn handle(conn: UnixStream, events: Sender<Event>) {
+    let Ok(mut out) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_LINE as u64).read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let reply = match serde_json::from_str::<Wire>(line.trim()) {
+            Err(e) => Reply::Error(format!("bad request: {e}")),
+            Ok(w) => {
+                let req = match w {
+                    Wire::Pause => Request::Pause,
+                    Wire::Resume => Request::Resume,
+                    Wire::Status => Request::Status,
+                    Wire::Snapshot { dir } => Request::Snapshot { dir },
+                };
+                let (tx, rx) = channel();
+                if events.send(Event::Control(req, tx)).is_err() {
+                    return;
+                }
+                rx.recv().unwrap_or(Reply::Error("the VM stopped".into()))
+            }
+        };
+        let mut text = serde_json::to_string(&answer(reply)).expect("serialisable");
+        text.push('\n');
+        if out.write_all(text.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Client side: sends one request line and returns the reply line.
+pub fn call(path: &Path, request: &serde_json::Value) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(path)?;
+    let mut line = request.to_string();
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply)?;
+    Ok(reply.trim_end().to_string())
+}
