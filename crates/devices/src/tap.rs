@@ -31,9 +31,10 @@ use crate::host::Wake;
 /// Frames the reader keeps for the device at most; more are dropped (like frames lost on the wire).
 pub const RX_QUEUE_FRAMES: usize = 256;
 
-/// Largest frame the reader accepts from the tap (an Ethernet frame for the largest MTU a tap can have,
-/// plus a VLAN tag); anything the read truncates at this size is dropped.
-pub const MAX_RX_FRAME: usize = 65_550;
+/// Largest frame the reader takes from the tap: an Ethernet frame for the largest MTU a tap can have (65535),
+/// with room for VLAN tags. (Without `IFF_VNET_HDR` the kernel segments large packets before they reach the
+/// tap, so frames follow the tap's MTU.) A frame that does not fit is dropped.
+pub const MAX_RX_FRAME: usize = 65_536 + 256;
 
 /// Frames the reader moves per batch before it wakes the machine loop.
 const RX_BATCH: usize = 64;
@@ -233,6 +234,7 @@ fn wait(tap: RawFd, stop: Option<RawFd>, timeout_ms: libc::c_int) -> io::Result<
 fn reader(tap: File, stop: OwnedFd, shared: Arc<Shared>, wake: Wake, name: &str) {
     let fd = tap.as_raw_fd();
     let mut buf = vec![0u8; MAX_RX_FRAME + 1];
+    let mut warned = false;
     loop {
         match wait(fd, Some(stop.as_raw_fd()), -1) {
             Ok((_, _, true)) => return,
@@ -261,12 +263,20 @@ fn reader(tap: File, stop: OwnedFd, shared: Arc<Shared>, wake: Wake, name: &str)
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
+                // The tap lost its interface (deleted) or the handle is unusable: nothing more will come.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBADFD | libc::EBADF | libc::EIO | libc::ENODEV)) => {
                     tracing::warn!(tap = name, error = %e, "reading the tap failed; no more frames for the guest");
                     if moved > 0 {
                         wake();
                     }
                     return;
+                }
+                // Anything else concerns one frame (the kernel consumed it): count it as lost and go on.
+                Err(e) => {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(tap = name, error = %e, "a frame could not be read from the tap; dropped");
+                    }
                 }
             }
             if moved >= RX_BATCH || !matches!(wait(fd, None, 0), Ok((true, _, _))) {

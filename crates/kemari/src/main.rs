@@ -146,6 +146,14 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
 }
 
 fn main() -> ExitCode {
+    // Warnings (e.g. a guest misprogramming a device) go to stderr; KEMARI_LOG=debug etc. for more.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEMARI_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .without_time()
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),

@@ -2,8 +2,9 @@
 //!
 //! Queues: RX (0) and TX (1), 256 entries each. Features: `VIRTIO_NET_F_MAC` and `VIRTIO_NET_F_STATUS` (the
 //! link is always up); no checksum or segmentation offloads and no mergeable RX buffers, so every frame travels
-//! in one buffer chain behind a 12-byte `virtio_net_hdr_v1` (10 bytes for a legacy driver without
-//! `VIRTIO_F_VERSION_1`).
+//! in one buffer chain behind a 12-byte `virtio_net_hdr_v1` (the transport only accepts drivers that negotiate
+//! `VIRTIO_F_VERSION_1`, so `num_buffers` is always present). The device keeps no state of its own beyond the
+//! transport's: frames waiting in the [`RxQueue`] are inputs, which need no synchronisation.
 //!
 //! - **TX** (guest → world): on a notify of queue 1 the device gathers each chain (skipping the header) and
 //!   hands the frame to the output gate as [`Effect::NetTx`]. It never writes the tap itself: under protection
@@ -21,13 +22,11 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use virtio_bindings::virtio_net::{
-    virtio_net_hdr_v1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
-};
+use virtio_bindings::virtio_net::{virtio_net_hdr_v1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::{device_type, Ctx, Processed, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{device_type, Ctx, Processed, VirtioDevice};
 use crate::gate::Effect;
 use crate::memory::GuestMemory;
 use crate::tap::RxQueue;
@@ -39,24 +38,21 @@ const TX: usize = 1;
 
 /// Largest TX chain accepted, header included (a 64 KiB frame plus Ethernet and virtio-net headers).
 pub const MAX_TX_CHAIN: usize = 65_550;
-/// Header length for a virtio 1.x driver (`num_buffers` is present).
-const HDR_LEN_V1: usize = std::mem::size_of::<virtio_net_hdr_v1>();
-/// Header length for a legacy driver without mergeable buffers.
-const HDR_LEN_LEGACY: usize = 10;
+/// The virtio-net header in front of every frame (virtio 1.x: `num_buffers` is present).
+const HDR_LEN: usize = std::mem::size_of::<virtio_net_hdr_v1>();
 /// Ethernet header: shorter frames are dropped (the tap would refuse them anyway).
 const ETH_HLEN: usize = 14;
 
 /// Warnings about guest misbehaviour are limited to one per this interval per device.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
-const _: () = assert!(HDR_LEN_V1 == 12);
+const _: () = assert!(HDR_LEN == 12);
 
 /// One NIC.
 pub struct Net {
     nic: usize,
     mac: [u8; 6],
     rx: RxQueue,
-    acked: u64,
     warn: WarnLimit,
     tx_dropped: u64,
     rx_dropped: u64,
@@ -65,7 +61,7 @@ pub struct Net {
 impl Net {
     /// A NIC whose frames leave as `Effect::NetTx { nic, .. }` and arrive through `rx`.
     pub fn new(nic: usize, mac: [u8; 6], rx: RxQueue) -> Net {
-        Net { nic, mac, rx, acked: VIRTIO_F_VERSION_1, warn: WarnLimit::default(), tx_dropped: 0, rx_dropped: 0 }
+        Net { nic, mac, rx, warn: WarnLimit::default(), tx_dropped: 0, rx_dropped: 0 }
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -78,14 +74,6 @@ impl Net {
         (self.tx_dropped, self.rx_dropped)
     }
 
-    fn hdr_len(&self) -> usize {
-        if self.acked & (VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF) != 0 {
-            HDR_LEN_V1
-        } else {
-            HDR_LEN_LEGACY
-        }
-    }
-
     fn config(&self) -> [u8; 8] {
         let mut c = [0u8; 8];
         c[..6].copy_from_slice(&self.mac);
@@ -96,7 +84,6 @@ impl Net {
     /// Sends every frame the driver made available on the TX queue.
     fn transmit(&mut self, ctx: &mut Ctx) -> Processed {
         let mut out = Processed::default();
-        let hdr_len = self.hdr_len();
         let Some(q) = ctx.queues.get_mut(TX) else { return out };
         match queue_usable(q, ctx.mem) {
             Usable::No => return Processed { used: false, failed: true },
@@ -105,7 +92,7 @@ impl Net {
         }
         while let Some(chain) = q.pop_descriptor_chain(ctx.mem) {
             let head = chain.head_index();
-            match gather_tx(chain, ctx.mem, hdr_len) {
+            match gather_tx(chain, ctx.mem) {
                 Ok(frame) => {
                     if let Err(e) = ctx.gate.submit(Effect::NetTx { nic: self.nic, frame }) {
                         // Lost like a frame on a broken wire; the guest's protocols recover.
@@ -132,7 +119,6 @@ impl Net {
         if self.rx.is_empty() {
             return out;
         }
-        let hdr_len = self.hdr_len();
         let Some(q) = ctx.queues.get_mut(RX) else { return out };
         match queue_usable(q, ctx.mem) {
             Usable::No => return Processed { used: false, failed: true },
@@ -154,7 +140,7 @@ impl Net {
                         break;
                     };
                     let capacity: u64 = segs.iter().map(|&(_, len)| u64::from(len)).sum();
-                    if (hdr_len + frame.len()) as u64 > capacity {
+                    if (HDR_LEN + frame.len()) as u64 > capacity {
                         self.rx_dropped += 1;
                         self.warn.warn(
                             self.nic,
@@ -167,12 +153,10 @@ impl Net {
                         q.go_to_previous_position();
                         continue;
                     }
-                    let mut hdr = [0u8; HDR_LEN_V1];
-                    if hdr_len == HDR_LEN_V1 {
-                        // num_buffers: the whole frame is in this one chain.
-                        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-                    }
-                    match scatter(ctx.mem, &segs, &[&hdr[..hdr_len], &frame]) {
+                    // All zero (no offloads) but num_buffers: the whole frame is in this one chain.
+                    let mut hdr = [0u8; HDR_LEN];
+                    hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+                    match scatter(ctx.mem, &segs, &[&hdr, &frame]) {
                         Ok(n) => n as u32,
                         Err(e) => {
                             self.rx_dropped += 1;
@@ -215,10 +199,6 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn activate(&mut self, acked_features: u64) {
-        self.acked = acked_features;
-    }
-
     fn process_queue(&mut self, index: usize, ctx: &mut Ctx) -> Processed {
         match index {
             RX => self.receive(ctx),
@@ -229,10 +209,6 @@ impl VirtioDevice for Net {
 
     fn poll(&mut self, ctx: &mut Ctx) -> Processed {
         self.receive(ctx)
-    }
-
-    fn reset(&mut self) {
-        self.acked = VIRTIO_F_VERSION_1;
     }
 }
 
@@ -329,17 +305,17 @@ fn walk(
 }
 
 /// Collects a TX chain's frame (without the virtio-net header).
-fn gather_tx(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory, hdr_len: usize) -> Result<Vec<u8>, BadChain> {
+fn gather_tx(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> Result<Vec<u8>, BadChain> {
     let segs = walk(chain, mem, false)?;
     let total: u64 = segs.iter().map(|&(_, len)| u64::from(len)).sum();
     if total > MAX_TX_CHAIN as u64 {
         return Err(BadChain::TooLong(total));
     }
-    if total < (hdr_len + ETH_HLEN) as u64 {
+    if total < (HDR_LEN + ETH_HLEN) as u64 {
         return Err(BadChain::TooShort(total));
     }
-    let mut frame = vec![0u8; total as usize - hdr_len];
-    let mut skip = hdr_len as u64;
+    let mut frame = vec![0u8; total as usize - HDR_LEN];
+    let mut skip = HDR_LEN as u64;
     let mut at = 0usize;
     for (addr, len) in segs {
         let len = u64::from(len);
@@ -461,8 +437,7 @@ mod tests {
             let rec = Recorder::default();
             let gate = OutputGate::new(Box::new(rec.clone()));
             let rx = RxQueue::new(4);
-            let mut net = Net::new(3, MAC, rx.clone());
-            net.activate(VIRTIO_F_VERSION_1 | net.features());
+            let net = Net::new(3, MAC, rx.clone());
             let rxm = MockSplitQueue::create(mem, GuestAddress(RXQ), QUEUE_SIZE);
             let txm = MockSplitQueue::create(mem, GuestAddress(TXQ), QUEUE_SIZE);
             let queues = vec![rxm.create_queue().unwrap(), txm.create_queue().unwrap()];
@@ -526,13 +501,13 @@ mod tests {
         let mut rig = Rig::new();
         let f = frame(100);
         // Header in its own descriptor, the frame split over two more.
-        rig.mem.write_slice(&[0x55; HDR_LEN_V1], GuestAddress(BUF)).unwrap();
+        rig.mem.write_slice(&[0x55; HDR_LEN], GuestAddress(BUF)).unwrap();
         rig.mem.write_slice(&f[..40], GuestAddress(BUF + 0x100)).unwrap();
         rig.mem.write_slice(&f[40..], GuestAddress(BUF + 0x200)).unwrap();
         rig.txm
             .add_desc_chains(
                 &[
-                    desc(BUF, HDR_LEN_V1 as u32, VRING_DESC_F_NEXT, 1),
+                    desc(BUF, HDR_LEN as u32, VRING_DESC_F_NEXT, 1),
                     desc(BUF + 0x100, 40, VRING_DESC_F_NEXT, 2),
                     desc(BUF + 0x200, 60, 0, 0),
                 ],
@@ -550,9 +525,9 @@ mod tests {
     fn tx_header_and_frame_in_one_buffer() {
         let mut rig = Rig::new();
         let f = frame(60);
-        rig.mem.write_slice(&[0; HDR_LEN_V1], GuestAddress(BUF)).unwrap();
-        rig.mem.write_slice(&f, GuestAddress(BUF + HDR_LEN_V1 as u64)).unwrap();
-        rig.txm.add_desc_chains(&[desc(BUF, (HDR_LEN_V1 + 60) as u32, 0, 0)], 0).unwrap();
+        rig.mem.write_slice(&[0; HDR_LEN], GuestAddress(BUF)).unwrap();
+        rig.mem.write_slice(&f, GuestAddress(BUF + HDR_LEN as u64)).unwrap();
+        rig.txm.add_desc_chains(&[desc(BUF, (HDR_LEN + 60) as u32, 0, 0)], 0).unwrap();
         rig.call(|n, c| n.process_queue(TX, c));
         assert_eq!(rig.effects(), vec![Effect::NetTx { nic: 3, frame: f }]);
     }
@@ -587,7 +562,7 @@ mod tests {
         assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers = 1");
         assert_eq!(&got[12..12 + f.len()], &f[..]);
         assert_eq!(rig.used_idx(RXQ), 1);
-        assert_eq!(rig.used(RXQ, 0), (0, (HDR_LEN_V1 + f.len()) as u32));
+        assert_eq!(rig.used(RXQ, 0), (0, (HDR_LEN + f.len()) as u32));
         assert!(rig.effects().is_empty(), "receiving has no outside effect");
     }
 

@@ -1,0 +1,227 @@
+//! Network namespaces for end-to-end network tests: a throwaway "host" per test, holding the tap kemari uses.
+//!
+//! [`NetNs::new`] creates a namespace `kmr-<pid>-<tag>`; dropping it deletes the namespace and with it everything
+//! inside (taps, addresses), also when the test panics. Namespaces left by earlier runs that were killed (their
+//! pid is gone) are removed on the way. Code that must run "on the host" — starting kemari so that it opens its
+//! tap in the namespace, sockets, pings — runs on a thread that entered the namespace ([`NetNs::enter`],
+//! [`NetNs::spawn`]); a process started from such a thread inherits the namespace.
+//!
+//! Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and the `ip` tool.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "kmr-";
+const NETNS_DIR: &str = "/run/netns";
+
+/// A network namespace that is deleted when dropped.
+pub struct NetNs {
+    name: String,
+}
+
+/// Panics with a clear message unless the tests run as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "network tests need root (network namespaces and taps); run them as root");
+}
+
+/// Runs `ip ARGS`, panicking with its stderr when it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run `ip` (iproute2)");
+    assert!(out.status.success(), "`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+}
+
+/// Deletes `kmr-<pid>-*` namespaces whose process is gone (a run killed before its guards ran).
+fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        }
+    }
+}
+
+impl NetNs {
+    /// Creates `kmr-<pid>-<tag>` (unique per process and call) with its loopback up.
+    pub fn new(tag: &str) -> NetNs {
+        require_root();
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        remove_stale();
+        let name = format!("{PREFIX}{}-{tag}{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        ip(&["netns", "add", &name]);
+        // From here on the guard owns it: a failing step below still deletes it.
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NS ARGS`.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// Creates a persistent tap `tap` in the namespace with address `cidr`, up (it has no carrier until kemari
+    /// attaches to it).
+    pub fn add_tap(&self, tap: &str, cidr: &str) {
+        self.ip(&["tuntap", "add", "dev", tap, "mode", "tap"]);
+        self.ip(&["addr", "add", cidr, "dev", tap]);
+        self.ip(&["link", "set", tap, "up"]);
+    }
+
+    fn join_this_thread(&self) {
+        let f = File::open(format!("{NETNS_DIR}/{}", self.name)).expect("open the namespace");
+        // SAFETY: setns(2) on a namespace file descriptor we hold open; it switches only the calling thread.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {}: {}", self.name, io::Error::last_os_error());
+    }
+
+    /// Runs `f` on a thread inside the namespace and returns its result. Processes `f` starts and sockets it
+    /// creates belong to the namespace.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.join_this_thread();
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// Starts `f` on a new thread inside the namespace.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let path = format!("{NETNS_DIR}/{}", self.name);
+        let ns = File::open(&path).expect("open the namespace");
+        std::thread::spawn(move || {
+            // SAFETY: as in `join_this_thread`.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+            drop(ns);
+            f()
+        })
+    }
+
+    /// Pings `dst` from inside the namespace until a reply comes or `timeout` passes.
+    pub fn ping(&self, dst: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
+        self.enter(|| ping(dst, timeout))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the interfaces in it, taps included.
+        if let Err(e) = Command::new("ip").args(["netns", "del", &self.name]).output() {
+            eprintln!("could not delete network namespace {}: {e}", self.name);
+        }
+    }
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+        sum += u32::from(w);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// ICMP echo through a raw socket of the calling thread's namespace: true when `dst` answered.
+fn ping(dst: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+    // SAFETY: SO_RCVTIMEO takes a timeval of the size we pass.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+        sin_zero: [0; 8],
+    };
+    let id = (std::process::id() as u16) ^ 0x4b4d;
+    let deadline = Instant::now() + timeout;
+    let mut seq = 0u16;
+    let mut last_sent: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if last_sent.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            seq = seq.wrapping_add(1);
+            let mut pkt = vec![8u8, 0, 0, 0];
+            pkt.extend_from_slice(&id.to_be_bytes());
+            pkt.extend_from_slice(&seq.to_be_bytes());
+            pkt.extend_from_slice(b"kemari-ping-payload-0123456789ab");
+            let c = checksum(&pkt);
+            pkt[2..4].copy_from_slice(&c.to_be_bytes());
+            // SAFETY: `pkt` and `addr` are valid for the lengths passed.
+            let n = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                // No route or neighbour yet: try again on the next round.
+                if !matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH)) {
+                    return Err(e);
+                }
+            }
+            last_sent = Some(Instant::now());
+        }
+        let mut buf = [0u8; 1500];
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            continue; // timeout (EAGAIN) or EINTR
+        }
+        let pkt = &buf[..n as usize];
+        // A raw socket delivers the IP header too.
+        let ihl = usize::from(pkt.first().copied().unwrap_or(0) & 0xf) * 4;
+        if pkt.len() < ihl + 8 || pkt[12..16] != dst.octets() {
+            continue;
+        }
+        let icmp = &pkt[ihl..];
+        if icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
