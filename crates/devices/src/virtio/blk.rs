@@ -103,10 +103,10 @@ impl Block {
 
     fn config(&self) -> [u8; CONFIG_BYTES] {
         let mut c = [0u8; CONFIG_BYTES];
-        c[0..8].copy_from_slice(&self.sectors.to_le_bytes()); // capacity
-        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes()); // size_max
-        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes()); // seg_max
-                                                           // geometry (16..20) and blk_size (20..24) are not offered: zero.
+        // capacity, size_max, seg_max; geometry (16..20) and blk_size (20..24) are not offered and stay zero.
+        c[0..8].copy_from_slice(&self.sectors.to_le_bytes());
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         c
     }
 
@@ -310,6 +310,22 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.write_through = true;
         self.broken = false;
+    }
+
+    /// The negotiated cache mode and whether a chain broke the device (the image itself is not device state).
+    fn save(&self) -> Vec<u8> {
+        vec![self.write_through as u8, self.broken as u8]
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        match *state {
+            [write_through @ (0 | 1), broken @ (0 | 1)] => {
+                self.write_through = write_through == 1;
+                self.broken = broken == 1;
+                Ok(())
+            }
+            _ => Err(format!("virtio-blk state must be two flag bytes, got {state:?}")),
+        }
     }
 }
 
@@ -1191,6 +1207,26 @@ mod tests {
             rig.dev.process_queue(1, &mut Ctx { queues: &mut rig.queues, mem: &rig.mem, gate: &mut rig.gate }),
             Processed::default()
         );
+    }
+
+    #[test]
+    fn device_state_round_trips_and_garbage_is_refused() {
+        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        // Negotiated FLUSH (write-back) survives save/restore into a fresh device: no extra flush effects.
+        let saved = rig.dev.save();
+        rig.dev = Block::new(0, rig.image.reader(), false, "kemari-disk0").unwrap();
+        rig.dev.restore(&saved).unwrap();
+        assert_eq!(rig.write(0, &[1u8; 512]), OK);
+        assert_eq!(rig.recorded(), vec![Effect::BlockWrite { disk: 0, offset: 0, data: vec![1u8; 512] }]);
+        for bad in [&[][..], &[1][..], &[2, 0][..], &[0, 0, 0][..]] {
+            assert!(rig.dev.restore(bad).is_err(), "{bad:?} accepted");
+        }
+        // A broken device stays broken across restore.
+        rig.dev.restore(&[0, 1]).unwrap();
+        let hdr = rig.header(VIRTIO_BLK_T_FLUSH, 0);
+        let st = rig.status();
+        rig.offer(&[hdr, st]);
+        assert_eq!(rig.process(), Processed::default());
     }
 
     #[test]
