@@ -16,19 +16,36 @@ pub enum Request {
     /// Writes the machine state to `dir/state` (the directory is created). Works paused or running.
     Snapshot { dir: PathBuf },
     Status,
+    /// Live-migrates to a `kemari run --incoming` at `to`; the reply comes when the receiver took over.
+    Migrate { to: String, downtime_ms: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Ok,
-    Status { paused: bool, harts: usize, memory_mib: u64, instret: u64 },
+    Status { paused: bool, harts: usize, memory_mib: u64, instret: u64, migration: Option<crate::migrate::Progress> },
+    Migrated { rounds: u32, bytes: u64, total_millis: u64, downtime_micros: u64 },
     Snapshot { bytes: u64, millis: u64 },
     Error(String),
 }
 
 impl Machine {
-    pub(crate) fn control(&mut self, req: Request) -> Reply {
-        match req {
+    /// Serves a request; `reply` is used for requests that answer later (migration).
+    pub(crate) fn control(&mut self, req: Request, reply: std::sync::mpsc::Sender<Reply>) -> Option<Reply> {
+        if let Request::Migrate { to, downtime_ms } = req {
+            if self.migration.is_some() {
+                return Some(Reply::Error("a migration is already running".into()));
+            }
+            let budget = std::time::Duration::from_millis(downtime_ms.max(1));
+            return match crate::migrate::Migration::start(self, &to, budget, reply) {
+                Ok(m) => {
+                    self.migration = Some(m);
+                    None
+                }
+                Err(e) => Some(Reply::Error(format!("cannot migrate to {to}: {e}"))),
+            };
+        }
+        Some(match req {
             Request::Pause => {
                 self.paused = true;
                 self.dev.clock.pause();
@@ -43,6 +60,7 @@ impl Machine {
                 harts: self.harts.len(),
                 memory_mib: self.ram.size() >> 20,
                 instret: self.harts.iter().map(|h| h.state().instret).sum(),
+                migration: self.migration.as_ref().map(|m| m.progress.clone()),
             },
             Request::Snapshot { dir } => {
                 let start = std::time::Instant::now();
@@ -56,7 +74,8 @@ impl Machine {
                     Err(e) => Reply::Error(format!("cannot write snapshot to {}: {e}", dir.display())),
                 }
             }
-        }
+            Request::Migrate { .. } => unreachable!("handled above"),
+        })
     }
 }
 

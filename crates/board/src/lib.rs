@@ -15,6 +15,7 @@ pub mod fdt;
 pub mod layout;
 pub mod loader;
 pub mod machine;
+pub mod migrate;
 pub mod persist;
 pub mod plic;
 pub mod sbi;

@@ -114,6 +114,8 @@ pub enum RunOutcome {
     TestExit(u64),
     /// The user quit.
     Quit,
+    /// The machine moved to another host (live migration); this copy must not run again.
+    Migrated,
 }
 
 /// UART interrupt trigger: vm-superio calls it; the board forwards it to the PLIC between accesses.
@@ -301,6 +303,8 @@ pub struct Machine {
     input_open: bool,
     /// Paused through the control API: harts do not run, guest time stands still.
     pub(crate) paused: bool,
+    /// A live migration in progress (sender side).
+    pub(crate) migration: Option<crate::migrate::Migration>,
 }
 
 impl Machine {
@@ -423,7 +427,7 @@ impl Machine {
             gate,
             virtio,
         };
-        Ok(Machine { ram, harts, dev, builtin_sbi, tohost, pending_input: VecDeque::new(), input_open: true, paused: false })
+        Ok(Machine { ram, harts, dev, builtin_sbi, tohost, pending_input: VecDeque::new(), input_open: true, paused: false, migration: None })
     }
 
     /// Recomputes every hart's interrupt lines from timers, CLINT and PLIC.
@@ -514,6 +518,9 @@ impl Machine {
                     }
                 }
             }
+            if let Some(outcome) = self.migration_step() {
+                return Some(outcome);
+            }
             if self.paused {
                 // A paused machine only answers events.
                 match input.recv_timeout(Duration::from_millis(50)) {
@@ -589,10 +596,20 @@ impl Machine {
             Event::Quit => return Some(RunOutcome::Quit),
             Event::Wake => {}
             Event::Control(req, reply) => {
-                let _ = reply.send(self.control(req));
+                if let Some(answer) = self.control(req, reply.clone()) {
+                    let _ = reply.send(answer);
+                }
             }
         }
         None
+    }
+
+    /// Announces every network interface's MAC (after the machine moved hosts), so switches learn its port.
+    pub fn announce(&mut self) {
+        let mut gate = self.dev.gate.lock().expect("gate lock");
+        for t in &mut self.dev.virtio {
+            t.announce(&mut gate);
+        }
     }
 
     /// A reset request after a kernel panic is a crash, not a clean exit.

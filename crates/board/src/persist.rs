@@ -135,7 +135,49 @@ impl Machine {
         f.encode()
     }
 
-    fn page_is_zero(&self, page: u64) -> bool {
+    /// Encodes just these guest pages (a live-migration round).
+    pub fn save_pages(&self, list: &[u64]) -> Vec<u8> {
+        let mut f = StateFile::new();
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        for chunk in list.chunks(PAGES_PER_SECTION) {
+            let mut w = Writer::default();
+            w.u32(chunk.len() as u32);
+            for &p in chunk {
+                self.ram.read(self.ram.base() + p * PAGE_SIZE, &mut page).expect("page index inside RAM");
+                w.u64(p);
+                w.0.extend_from_slice(&page);
+            }
+            f.push(&PAGS, w.0);
+        }
+        f.encode()
+    }
+
+    /// Applies a stream of pages made by `save_pages` (validated like any state stream).
+    pub fn restore_pages(&mut self, bytes: &[u8]) -> Result<u64, StateError> {
+        let f = StateFile::decode(bytes, &[PAGS])?;
+        let pages = self.ram.size() / PAGE_SIZE;
+        let mut n_total = 0;
+        for payload in f.all(&PAGS)? {
+            let mut r = Reader::new(payload, "PAGS");
+            let n = r.u32()? as usize;
+            if n > PAGES_PER_SECTION {
+                return Err(r.invalid("too many pages in one section"));
+            }
+            for _ in 0..n {
+                let p = r.u64()?;
+                if p >= pages {
+                    return Err(r.invalid(format!("page {p} is beyond RAM")));
+                }
+                let data = r.raw(PAGE_SIZE as usize)?;
+                self.ram.write(self.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
+            }
+            r.finish()?;
+            n_total += n as u64;
+        }
+        Ok(n_total)
+    }
+
+    pub(crate) fn page_is_zero(&self, page: u64) -> bool {
         let mut buf = [0u8; PAGE_SIZE as usize];
         self.ram.read(self.ram.base() + page * PAGE_SIZE, &mut buf).expect("page inside RAM");
         buf.iter().all(|&b| b == 0)
@@ -149,23 +191,31 @@ impl Machine {
         console: Box<dyn Write + Send>,
         wake: Wake,
     ) -> Result<Machine, RestoreError> {
+        let mut m = Machine::build(cfg, console, wake, false)?;
+        m.restore_into(bytes)?;
+        Ok(m)
+    }
+
+    /// Applies a saved state to this machine (built with the same shape and devices). Pages in the stream
+    /// overwrite RAM; pages not in it keep their contents (live migration sends them earlier). On error the
+    /// machine must not run.
+    pub fn restore_into(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+        let m = self;
         let f = StateFile::decode(bytes, &known())?;
         let mut r = Reader::new(f.one(&BORD)?, "BORD");
         let harts = r.u32()? as u64;
         let ram_size = r.u64()?;
         let builtin_sbi = r.bool()?;
         let mtime = r.u64()?;
-        if harts != cfg.harts as u64 {
-            return Err(RestoreError::Mismatch { what: "harts", saved: harts, given: cfg.harts as u64 });
+        if harts != m.harts.len() as u64 {
+            return Err(RestoreError::Mismatch { what: "harts", saved: harts, given: m.harts.len() as u64 });
         }
-        if ram_size != cfg.memory_mib << 20 {
-            return Err(RestoreError::Mismatch { what: "MiB of memory", saved: ram_size >> 20, given: cfg.memory_mib });
+        if ram_size != m.ram.size() {
+            return Err(RestoreError::Mismatch { what: "MiB of memory", saved: ram_size >> 20, given: m.ram.size() >> 20 });
         }
         let stimecmp: Vec<u64> = (0..harts).map(|_| r.u64()).collect::<Result<_, _>>()?;
         let slots = r.u32()? as u64;
         r.finish()?;
-
-        let mut m = Machine::build(cfg, console, wake, false)?;
         if slots != m.dev.virtio.len() as u64 {
             return Err(RestoreError::Mismatch {
                 what: "virtio devices",
@@ -192,6 +242,7 @@ impl Machine {
             restored.push(h);
         }
         m.harts = restored;
+        m.paused = false;
 
         let mut r = Reader::new(f.one(&CLNT)?, "CLNT");
         for h in 0..harts as usize {
@@ -262,15 +313,12 @@ impl Machine {
                 if p >= pages {
                     return Err(r.invalid(format!("page {p} is beyond RAM")).into());
                 }
-                let mut data = [0u8; PAGE_SIZE as usize];
-                for b in data.iter_mut() {
-                    *b = r.u8()?;
-                }
-                m.ram.write(m.ram.base() + p * PAGE_SIZE, &data).expect("page inside RAM");
+                let data = r.raw(PAGE_SIZE as usize)?;
+                m.ram.write(m.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
             }
             r.finish()?;
         }
-        Ok(m)
+        Ok(())
     }
 }
 

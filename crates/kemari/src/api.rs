@@ -7,6 +7,9 @@
 //! → {"op":"pause"}                      ← {"ok":true}
 //! → {"op":"snapshot","dir":"/srv/snap"} ← {"ok":true,"bytes":12345678,"millis":80}
 //! → {"op":"resume"}                     ← {"ok":true}
+//! → {"op":"migrate","to":"10.0.0.2:7000","downtime_ms":50}
+//!                                       ← {"ok":true,"rounds":3,"bytes":..,"total_millis":..,"downtime_micros":..}
+//!                                         (answered once the receiver took over; this VM then exits)
 //! → {"op":"bogus"}                      ← {"ok":false,"error":"unknown variant `bogus`, ..."}
 //! ```
 //!
@@ -33,6 +36,18 @@ enum Wire {
     Resume,
     Status,
     Snapshot { dir: PathBuf },
+    Migrate {
+        to: String,
+        #[serde(default = "default_downtime_ms")]
+        downtime_ms: u64,
+    },
+}
+
+/// Default live-migration downtime budget.
+pub const DEFAULT_DOWNTIME_MS: u64 = 50;
+
+fn default_downtime_ms() -> u64 {
+    DEFAULT_DOWNTIME_MS
 }
 
 #[derive(Serialize)]
@@ -51,11 +66,24 @@ fn answer(reply: Reply) -> Answer {
     };
     match reply {
         Reply::Ok => {}
-        Reply::Status { paused, harts, memory_mib, instret } => {
+        Reply::Status { paused, harts, memory_mib, instret, migration } => {
             put("paused", paused.into());
             put("harts", harts.into());
             put("memory_mib", memory_mib.into());
             put("instret", instret.into());
+            if let Some(p) = migration {
+                put(
+                    "migration",
+                    serde_json::json!({"round": p.round, "bytes": p.bytes, "pages_left": p.pages_left,
+                                       "dirty_pages_last_round": p.dirty_pages_last_round}),
+                );
+            }
+        }
+        Reply::Migrated { rounds, bytes, total_millis, downtime_micros } => {
+            put("rounds", rounds.into());
+            put("bytes", bytes.into());
+            put("total_millis", total_millis.into());
+            put("downtime_micros", downtime_micros.into());
         }
         Reply::Snapshot { bytes, millis } => {
             put("bytes", bytes.into());
@@ -98,6 +126,7 @@ fn handle(conn: UnixStream, events: Sender<Event>) {
                     Wire::Resume => Request::Resume,
                     Wire::Status => Request::Status,
                     Wire::Snapshot { dir } => Request::Snapshot { dir },
+                    Wire::Migrate { to, downtime_ms } => Request::Migrate { to, downtime_ms },
                 };
                 let (tx, rx) = channel();
                 if events.send(Event::Control(req, tx)).is_err() {

@@ -27,6 +27,21 @@ enum Command {
     Restore(RestoreArgs),
     /// Send a request to a running VM's control API.
     Ctl(CtlArgs),
+    /// Live-migrate a running VM to a `kemari run --incoming` on another host, showing progress.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The running VM's control socket (its --api).
+    #[arg(long)]
+    api: PathBuf,
+    /// Where the receiving kemari listens (HOST:PORT).
+    #[arg(long)]
+    to: String,
+    /// Stop-and-copy once the remaining dirty memory would take at most this long to send.
+    #[arg(long, default_value_t = api::DEFAULT_DOWNTIME_MS)]
+    downtime_ms: u64,
 }
 
 #[derive(Args)]
@@ -78,6 +93,9 @@ struct RunArgs {
     /// Bare-metal ELF started in M-mode without the built-in SBI (e.g. OpenSBI's fw_jump.elf or a test).
     #[arg(long)]
     firmware: Option<PathBuf>,
+    /// Receive a live-migrating VM on ADDR:PORT instead of booting (give the same devices as the sender).
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["kernel", "firmware"])]
+    incoming: Option<String>,
     #[command(flatten)]
     devices: DeviceArgs,
 }
@@ -159,6 +177,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Restore(args) => restore(args),
         Command::Ctl(args) => ctl(args),
+        Command::Migrate(args) => migrate(args),
     }
 }
 
@@ -192,10 +211,78 @@ fn run(args: RunArgs) -> ExitCode {
         ..machine_config(&args.devices)
     };
     let console = console::Console::start();
+    if let Some(addr) = &args.incoming {
+        return match kemari_board::migrate::receive_machine(addr, &cfg, Box::new(std::io::stdout()), console.waker())
+        {
+            Ok(m) => {
+                eprintln!("kemari: migration from the sender complete; running here");
+                drive(m, console, args.devices.api.as_deref())
+            }
+            Err(e) => {
+                eprintln!("kemari: incoming migration failed: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match Machine::new(&cfg, Box::new(std::io::stdout()), console.waker()) {
         Ok(m) => drive(m, console, args.devices.api.as_deref()),
         Err(e) => {
             eprintln!("kemari: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn migrate(args: MigrateArgs) -> ExitCode {
+    // Progress from a second connection while the migrate request waits for its answer.
+    let api_path = args.api.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done2 = done.clone();
+    let progress = std::thread::spawn(move || {
+        while !done2.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if let Ok(reply) = api::call(&api_path, &serde_json::json!({"op": "status"})) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&reply) {
+                    let m = &v["migration"];
+                    if m.is_object() {
+                        eprint!(
+                            "\rkemari: migrating: {} MiB sent, round {}, {} pages left in the full pass, {} dirty last round   ",
+                            m["bytes"].as_u64().unwrap_or(0) >> 20,
+                            m["round"],
+                            m["pages_left"],
+                            m["dirty_pages_last_round"]
+                        );
+                    }
+                }
+            }
+        }
+    });
+    let request = serde_json::json!({"op": "migrate", "to": args.to, "downtime_ms": args.downtime_ms});
+    let result = api::call(&args.api, &request);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = progress.join();
+    eprintln!();
+    match result {
+        Ok(reply) => {
+            let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+            if v["ok"].as_bool() == Some(true) {
+                println!("{reply}");
+                eprintln!(
+                    "kemari: migrated to {} in {} ms: {} MiB, {} dirty rounds, downtime {:.1} ms",
+                    args.to,
+                    v["total_millis"],
+                    v["bytes"].as_u64().unwrap_or(0) >> 20,
+                    v["rounds"],
+                    v["downtime_micros"].as_u64().unwrap_or(0) as f64 / 1000.0
+                );
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("kemari: {}", v["error"].as_str().unwrap_or(&reply));
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("kemari: cannot reach the control API at {}: {e}", args.api.display());
             ExitCode::from(2)
         }
     }
@@ -269,6 +356,10 @@ fn drive(mut machine: Machine, console: console::Console, api: Option<&std::path
         RunOutcome::PowerOff => ExitCode::SUCCESS,
         RunOutcome::Reboot => {
             eprintln!("kemari: guest requested a reboot; kemari stops instead");
+            ExitCode::SUCCESS
+        }
+        RunOutcome::Migrated => {
+            eprintln!("kemari: the VM now runs on the migration target; this copy stops");
             ExitCode::SUCCESS
         }
         RunOutcome::Quit => {

@@ -219,6 +219,11 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// The next `n` bytes as they are.
+    pub fn raw(&mut self, n: usize) -> Result<&'a [u8], StateError> {
+        self.take(n)
+    }
+
     pub fn u8(&mut self) -> Result<u8, StateError> {
         Ok(self.take(1)?[0])
     }

@@ -254,6 +254,13 @@ impl MmioTransport {
         false
     }
 
+    /// Asks the device to announce itself on its network (after a migration or failover).
+    pub fn announce(&mut self, gate: &mut OutputGate) {
+        if self.active() {
+            self.device.announce(gate);
+        }
+    }
+
     /// Lets the device bring in outside work (e.g. received frames); returns true when the driver must be
     /// interrupted.
     pub fn poll(&mut self, mem: &GuestMemory, gate: &mut OutputGate) -> bool {

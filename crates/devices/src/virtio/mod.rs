@@ -61,6 +61,8 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Makes the device known on its network after the VM moved hosts (network devices send RARP).
+    fn announce(&mut self, _gate: &mut OutputGate) {}
     /// Device-specific state beyond queues and registers (most devices have none).
     fn save(&self) -> Vec<u8> {
         Vec::new()

@@ -27,7 +27,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{device_type, Ctx, Processed, VirtioDevice};
-use crate::gate::Effect;
+use crate::gate::{Effect, OutputGate};
 use crate::memory::GuestMemory;
 use crate::tap::RxQueue;
 
@@ -175,9 +175,31 @@ impl Net {
     }
 }
 
+/// A RARP request announcing `mac`, as a migrated VM sends so that switches learn its new port.
+pub fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xff; 6]); // broadcast
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x80, 0x35]); // RARP
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]); // Ethernet/IPv4, request reverse
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.resize(60, 0);
+    f
+}
+
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
         device_type::NET
+    }
+
+    fn announce(&mut self, gate: &mut OutputGate) {
+        // Three frames, like QEMU's self-announce; a lost one is harmless.
+        for _ in 0..3 {
+            let _ = gate.submit(Effect::NetTx { nic: self.nic, frame: rarp_announcement(self.mac()) });
+        }
     }
 
     fn features(&self) -> u64 {
