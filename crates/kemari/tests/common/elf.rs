@@ -18,11 +18,16 @@ fn push64(v: &mut Vec<u8>, x: u64) {
 
 /// Builds an ELF whose code is `words` (32-bit instructions) for machine `machine`.
 pub fn build(machine: u16, words: &[u32]) -> Vec<u8> {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    build_image(machine, &bytes)
+}
+
+/// Builds an ELF loading `image` at 0x8000_0000 (the bytes at 0x1000..0x1008, `tohost`, must be zero).
+pub fn build_image(machine: u16, image: &[u8]) -> Vec<u8> {
     const SEG_OFF: u64 = 0x1000;
-    let mut seg = vec![0u8; 0x1008];
-    for (i, w) in words.iter().enumerate() {
-        seg[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
-    }
+    let mut seg = image.to_vec();
+    seg.resize(seg.len().max(0x1008), 0);
+    assert!(seg[0x1000..0x1008].iter().all(|&b| b == 0), "image overlaps tohost");
     let strtab = b"\0tohost\0".to_vec();
     let shstrtab = b"\0.symtab\0.strtab\0.shstrtab\0".to_vec();
     // Symbols: the null symbol, then tohost (global object, absolute).
