@@ -20,10 +20,49 @@ pub enum Request {
     Migrate { to: String, downtime_ms: u64 },
 }
 
+/// Fault-tolerance status as the replication driver reports it (plain data: the board knows nothing of
+/// replication; the driver installs [`Machine::protection`] to fill it in).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Protection {
+    /// "primary", "secondary" or "standalone".
+    pub role: String,
+    /// "connecting", "syncing", "protected", "unprotected", "standby", "failing-over".
+    pub state: String,
+    /// The other side's address.
+    pub peer: String,
+    /// The arbiter's fencing number this node acts under.
+    pub fence: u64,
+    /// Checkpoints taken (primary) or committed (secondary).
+    pub checkpoints: u64,
+    /// Checkpoints the secondary refused (corrupt or invalid).
+    pub rejected: u64,
+    /// Effects the gate holds now.
+    pub effects_held: u64,
+    /// Guest pause per checkpoint, in microseconds.
+    pub pause_last_us: u64,
+    pub pause_p50_us: u64,
+    pub pause_p99_us: u64,
+    pub pause_max_us: u64,
+    /// Size of the last checkpoint and totals.
+    pub pages_last: u64,
+    pub bytes_last: u64,
+    pub pages_total: u64,
+    pub bytes_total: u64,
+    /// Time from detecting the failure to the guest running here, once this node failed over.
+    pub failover_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Ok,
-    Status { paused: bool, harts: usize, memory_mib: u64, instret: u64, migration: Option<crate::migrate::Progress> },
+    Status {
+        paused: bool,
+        harts: usize,
+        memory_mib: u64,
+        instret: u64,
+        migration: Option<crate::migrate::Progress>,
+        protection: Option<Protection>,
+    },
     Migrated { rounds: u32, bytes: u64, total_millis: u64, downtime_micros: u64 },
     Snapshot { bytes: u64, millis: u64 },
     Error(String),
@@ -60,7 +99,8 @@ impl Machine {
                 harts: self.harts.len(),
                 memory_mib: self.ram.size() >> 20,
                 instret: self.harts.iter().map(|h| h.state().instret).sum(),
-                migration: self.migration.as_ref().map(|m| m.progress.clone()),
+                migration: self.migration.as_ref().map(|m| m.copy.progress.clone()),
+                protection: self.protection.as_ref().map(|status| status()),
             },
             Request::Snapshot { dir } => {
                 let start = std::time::Instant::now();

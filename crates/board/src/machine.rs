@@ -305,12 +305,28 @@ pub struct Machine {
     pub(crate) paused: bool,
     /// A live migration in progress (sender side).
     pub(crate) migration: Option<crate::migrate::Migration>,
+    /// Longest the loop sleeps when every hart waits (a replication driver with a pending coalescing window
+    /// shortens it).
+    pub max_idle: Duration,
+    /// Reports fault-tolerance status for `status` requests, once a replication driver installed it.
+    pub protection: Option<Box<dyn Fn() -> crate::control::Protection + Send>>,
 }
 
 impl Machine {
     /// Builds the machine and loads what `cfg` boots.
     pub fn new(cfg: &MachineConfig, console: Box<dyn Write + Send>, wake: Wake) -> Result<Machine, BuildError> {
         Machine::build(cfg, console, wake, true)
+    }
+
+    /// A machine of `cfg`'s shape and devices with zeroed RAM and nothing loaded, for a restore (or a
+    /// replication secondary) to fill in.
+    pub fn empty(cfg: &MachineConfig, console: Box<dyn Write + Send>, wake: Wake) -> Result<Machine, BuildError> {
+        Machine::build(cfg, console, wake, false)
+    }
+
+    /// Console input for the guest, as if typed.
+    pub fn push_input(&mut self, bytes: &[u8]) {
+        self.pending_input.extend(bytes);
     }
 
     /// Builds the machine with zeroed RAM and nothing loaded, for a restore to fill in.
@@ -427,7 +443,19 @@ impl Machine {
             gate,
             virtio,
         };
-        Ok(Machine { ram, harts, dev, builtin_sbi, tohost, pending_input: VecDeque::new(), input_open: true, paused: false, migration: None })
+        Ok(Machine {
+            ram,
+            harts,
+            dev,
+            builtin_sbi,
+            tohost,
+            pending_input: VecDeque::new(),
+            input_open: true,
+            paused: false,
+            migration: None,
+            max_idle: Duration::from_millis(10),
+            protection: None,
+        })
     }
 
     /// Recomputes every hart's interrupt lines from timers, CLINT and PLIC.
@@ -572,7 +600,7 @@ impl Machine {
             }
             if !busy {
                 // Every hart waits: sleep until the next timer deadline or input.
-                let wait = self.dev.clock.until(self.next_deadline()).min(Duration::from_millis(10));
+                let wait = self.dev.clock.until(self.next_deadline()).min(self.max_idle);
                 if wait.is_zero() {
                     return None;
                 }

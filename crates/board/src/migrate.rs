@@ -83,12 +83,70 @@ enum Phase {
     Rounds,
 }
 
-pub(crate) struct Migration {
-    stream: TcpStream,
+/// Full-memory pre-copy while the guest runs, then dirty-page rounds until the rest fits a downtime budget.
+/// Live migration and the first synchronisation of fault tolerance both use it; the caller sends each batch
+/// and, when [`PreCopy::next_batch`] says the rest fits, stops the guest and sends the final state.
+pub struct PreCopy {
     phase: Phase,
     budget: Duration,
     started: Instant,
-    pub(crate) progress: Progress,
+    pub progress: Progress,
+}
+
+impl PreCopy {
+    /// Starts tracking: every page written from now on is resent in a dirty round.
+    pub fn start(m: &Machine, budget: Duration) -> PreCopy {
+        m.ram.take_dirty();
+        PreCopy {
+            phase: Phase::FullPass(0),
+            budget,
+            started: Instant::now(),
+            progress: Progress { pages_left: m.ram.size() / PAGE_SIZE, ..Progress::default() },
+        }
+    }
+
+    fn bandwidth(&self) -> f64 {
+        (self.progress.bytes as f64 / self.started.elapsed().as_secs_f64().max(1e-3)).max(1.0)
+    }
+
+    /// The next batch of pages to send (a state stream of PAGS sections), or `None` once the memory dirtied
+    /// since the last batch would take at most the budget to send (or rounds stopped converging): then it is
+    /// time to stop the guest and send the final state with [`Machine::save`] of the dirty pages.
+    pub fn next_batch(&mut self, m: &Machine) -> Option<Vec<u8>> {
+        let total = m.ram.size() / PAGE_SIZE;
+        let bytes = match self.phase {
+            Phase::FullPass(next) => {
+                let end = (next + BATCH_PAGES).min(total);
+                let pages: Vec<u64> = (next..end).filter(|&p| !m.page_is_zero(p)).collect();
+                self.progress.pages_left = total - end;
+                self.phase = if end == total { Phase::Rounds } else { Phase::FullPass(end) };
+                m.save_pages(&pages)
+            }
+            Phase::Rounds => {
+                let dirty = m.ram.dirty_count();
+                let expected = Duration::from_secs_f64((dirty * PAGE_SIZE) as f64 / self.bandwidth());
+                if expected <= self.budget || self.progress.round >= MAX_ROUNDS {
+                    return None;
+                }
+                let pages = m.ram.take_dirty();
+                self.progress.round += 1;
+                self.progress.dirty_pages_last_round = pages.len() as u64;
+                m.save_pages(&pages)
+            }
+        };
+        self.progress.bytes += bytes.len() as u64;
+        Some(bytes)
+    }
+
+    /// Time since the pre-copy started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+pub(crate) struct Migration {
+    stream: TcpStream,
+    pub(crate) copy: PreCopy,
     reply: Sender<Reply>,
 }
 
@@ -100,20 +158,7 @@ impl Migration {
         hello.extend_from_slice(&(m.harts.len() as u32).to_le_bytes());
         hello.extend_from_slice(&m.ram.size().to_le_bytes());
         send(&mut stream, HELLO, &hello)?;
-        // Everything written from now on is resent in a dirty round.
-        m.ram.take_dirty();
-        Ok(Migration {
-            stream,
-            phase: Phase::FullPass(0),
-            budget,
-            started: Instant::now(),
-            progress: Progress { pages_left: m.ram.size() / PAGE_SIZE, ..Progress::default() },
-            reply,
-        })
-    }
-
-    fn bandwidth(&self) -> f64 {
-        (self.progress.bytes as f64 / self.started.elapsed().as_secs_f64().max(1e-3)).max(1.0)
+        Ok(Migration { stream, copy: PreCopy::start(m, budget), reply })
     }
 }
 
@@ -141,51 +186,29 @@ impl Machine {
     }
 
     fn migration_advance(&mut self, mig: &mut Migration) -> Result<Option<Reply>, MigrateError> {
-        let total = self.ram.size() / PAGE_SIZE;
-        match mig.phase {
-            Phase::FullPass(next) => {
-                let end = (next + BATCH_PAGES).min(total);
-                let pages: Vec<u64> = (next..end).filter(|&p| !self.page_is_zero(p)).collect();
-                let bytes = self.save_pages(&pages);
-                send(&mut mig.stream, PAGES, &bytes)?;
-                mig.progress.bytes += bytes.len() as u64;
-                mig.progress.pages_left = total - end;
-                mig.phase = if end == total { Phase::Rounds } else { Phase::FullPass(end) };
-                Ok(None)
-            }
-            Phase::Rounds => {
-                let dirty = self.ram.dirty_count();
-                let expected = Duration::from_secs_f64((dirty * PAGE_SIZE) as f64 / mig.bandwidth());
-                if expected > mig.budget && mig.progress.round < MAX_ROUNDS {
-                    let pages = self.ram.take_dirty();
-                    let bytes = self.save_pages(&pages);
-                    send(&mut mig.stream, PAGES, &bytes)?;
-                    mig.progress.bytes += bytes.len() as u64;
-                    mig.progress.round += 1;
-                    mig.progress.dirty_pages_last_round = pages.len() as u64;
-                    return Ok(None);
-                }
-                // Stop and copy: the machine is quiesced here (between slices).
-                let stop = Instant::now();
-                self.dev.clock.pause();
-                let pages = self.ram.take_dirty();
-                let state = self.save(Pages::Only(&pages));
-                send(&mut mig.stream, FINAL, &state)?;
-                mig.stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-                let mut ack = [0u8; 1];
-                mig.stream.read_exact(&mut ack)?;
-                if ack[0] != ACK {
-                    return Err(MigrateError::Protocol(format!("unexpected reply {} to the final state", ack[0])));
-                }
-                mig.progress.bytes += state.len() as u64;
-                Ok(Some(Reply::Migrated {
-                    rounds: mig.progress.round,
-                    bytes: mig.progress.bytes,
-                    total_millis: mig.started.elapsed().as_millis() as u64,
-                    downtime_micros: stop.elapsed().as_micros() as u64,
-                }))
-            }
+        if let Some(batch) = mig.copy.next_batch(self) {
+            send(&mut mig.stream, PAGES, &batch)?;
+            return Ok(None);
         }
+        // Stop and copy: the machine is quiesced here (between slices).
+        let stop = Instant::now();
+        self.dev.clock.pause();
+        let pages = self.ram.take_dirty();
+        let state = self.save(Pages::Only(&pages));
+        send(&mut mig.stream, FINAL, &state)?;
+        mig.stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut ack = [0u8; 1];
+        mig.stream.read_exact(&mut ack)?;
+        if ack[0] != ACK {
+            return Err(MigrateError::Protocol(format!("unexpected reply {} to the final state", ack[0])));
+        }
+        mig.copy.progress.bytes += state.len() as u64;
+        Ok(Some(Reply::Migrated {
+            rounds: mig.copy.progress.round,
+            bytes: mig.copy.progress.bytes,
+            total_millis: mig.copy.elapsed().as_millis() as u64,
+            downtime_micros: stop.elapsed().as_micros() as u64,
+        }))
     }
 }
 

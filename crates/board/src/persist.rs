@@ -121,26 +121,23 @@ impl Machine {
                 &all
             }
         };
-        let mut page = vec![0u8; PAGE_SIZE as usize];
-        for chunk in list.chunks(PAGES_PER_SECTION) {
-            let mut w = Writer::default();
-            w.u32(chunk.len() as u32);
-            for &p in chunk {
-                self.ram.read(self.ram.base() + p * PAGE_SIZE, &mut page).expect("page index inside RAM");
-                w.u64(p);
-                w.0.extend_from_slice(&page);
-            }
-            f.push(&PAGS, w.0);
-        }
+        self.push_pages(&mut f, list);
         f.encode()
     }
 
     /// Encodes just these guest pages (a live-migration round).
     pub fn save_pages(&self, list: &[u64]) -> Vec<u8> {
         let mut f = StateFile::new();
+        self.push_pages(&mut f, list);
+        f.encode()
+    }
+
+    /// Adds PAGS sections holding the pages of `list` (indices inside RAM).
+    fn push_pages(&self, f: &mut StateFile, list: &[u64]) {
         let mut page = vec![0u8; PAGE_SIZE as usize];
         for chunk in list.chunks(PAGES_PER_SECTION) {
             let mut w = Writer::default();
+            w.0.reserve(4 + chunk.len() * (8 + PAGE_SIZE as usize));
             w.u32(chunk.len() as u32);
             for &p in chunk {
                 self.ram.read(self.ram.base() + p * PAGE_SIZE, &mut page).expect("page index inside RAM");
@@ -149,35 +146,30 @@ impl Machine {
             }
             f.push(&PAGS, w.0);
         }
-        f.encode()
     }
 
-    /// Applies a stream of pages made by `save_pages` (validated like any state stream).
+    /// Applies a stream of pages made by `save_pages` (validated like any state stream, before any page is
+    /// written).
     pub fn restore_pages(&mut self, bytes: &[u8]) -> Result<u64, StateError> {
         let f = StateFile::decode(bytes, &[PAGS])?;
-        let pages = self.ram.size() / PAGE_SIZE;
-        let mut n_total = 0;
-        for payload in f.all(&PAGS)? {
-            let mut r = Reader::new(payload, "PAGS");
-            let n = r.u32()? as usize;
-            if n > PAGES_PER_SECTION {
-                return Err(r.invalid("too many pages in one section"));
-            }
-            for _ in 0..n {
-                let p = r.u64()?;
-                if p >= pages {
-                    return Err(r.invalid(format!("page {p} is beyond RAM")));
-                }
-                let data = r.raw(PAGE_SIZE as usize)?;
-                self.ram.write(self.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
-            }
-            r.finish()?;
-            n_total += n as u64;
+        let pages = checked_pages(&f, self.ram.size() / PAGE_SIZE)?;
+        for (p, data) in &pages {
+            self.ram.write(self.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
         }
-        Ok(n_total)
+        Ok(pages.len() as u64)
     }
 
-    pub(crate) fn page_is_zero(&self, page: u64) -> bool {
+    /// Applies a checkpoint atomically: all of it, or on any error nothing (the machine keeps the state it had).
+    /// Every check of [`Machine::restore_into`] runs before RAM is touched; should a device section fail half-way,
+    /// the device state saved just before is put back.
+    pub fn apply_checkpoint(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+        let undo = self.save(Pages::Only(&[]));
+        self.restore_into(bytes).inspect_err(|_| {
+            self.restore_into(&undo).expect("a state this machine just saved restores");
+        })
+    }
+
+    pub fn page_is_zero(&self, page: u64) -> bool {
         let mut buf = [0u8; PAGE_SIZE as usize];
         self.ram.read(self.ram.base() + page * PAGE_SIZE, &mut buf).expect("page inside RAM");
         buf.iter().all(|&b| b == 0)
@@ -202,6 +194,8 @@ impl Machine {
     pub fn restore_into(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         let m = self;
         let f = StateFile::decode(bytes, &known())?;
+        // Pages are checked first and written last, so that a failing check leaves RAM untouched.
+        let pages = checked_pages(&f, m.ram.size() / PAGE_SIZE)?;
         let mut r = Reader::new(f.one(&BORD)?, "BORD");
         let harts = r.u32()? as u64;
         let ram_size = r.u64()?;
@@ -301,25 +295,32 @@ impl Machine {
         m.dev.gate.lock().expect("gate lock").restore(&mut r)?;
         r.finish()?;
 
-        let pages = m.ram.size() / PAGE_SIZE;
-        for payload in f.all(&PAGS)? {
-            let mut r = Reader::new(payload, "PAGS");
-            let n = r.u32()? as usize;
-            if n > PAGES_PER_SECTION {
-                return Err(r.invalid("too many pages in one section").into());
-            }
-            for _ in 0..n {
-                let p = r.u64()?;
-                if p >= pages {
-                    return Err(r.invalid(format!("page {p} is beyond RAM")).into());
-                }
-                let data = r.raw(PAGE_SIZE as usize)?;
-                m.ram.write(m.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
-            }
-            r.finish()?;
+        for (p, data) in &pages {
+            m.ram.write(m.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
         }
         Ok(())
     }
+}
+
+/// Every page of the PAGS sections of `f` as (page index, 4 KiB), checked against a RAM of `pages` pages.
+fn checked_pages(f: &StateFile, pages: u64) -> Result<Vec<(u64, &[u8])>, StateError> {
+    let mut out = Vec::new();
+    for payload in f.all(&PAGS)? {
+        let mut r = Reader::new(payload, "PAGS");
+        let n = r.u32()? as usize;
+        if n > PAGES_PER_SECTION {
+            return Err(r.invalid("too many pages in one section"));
+        }
+        for _ in 0..n {
+            let p = r.u64()?;
+            if p >= pages {
+                return Err(r.invalid(format!("page {p} is beyond RAM")));
+            }
+            out.push((p, r.raw(PAGE_SIZE as usize)?));
+        }
+        r.finish()?;
+    }
+    Ok(out)
 }
 
 /// Reads the machine shape (harts, MiB of memory) from a state stream, so `kemari restore` can build the

@@ -52,12 +52,15 @@ pub struct OutputGate {
     holding: bool,
     held: VecDeque<(u64, Effect)>,
     next_seq: u64,
+    /// Block writes performed in pass-through mode (replicated storage cannot be protected once the copies
+    /// diverged this way).
+    passed_block_writes: u64,
 }
 
 impl OutputGate {
     /// A pass-through gate over `backend`.
     pub fn new(backend: Box<dyn Backend>) -> OutputGate {
-        OutputGate { backend, holding: false, held: VecDeque::new(), next_seq: 1 }
+        OutputGate { backend, holding: false, held: VecDeque::new(), next_seq: 1, passed_block_writes: 0 }
     }
 
     /// Hands an effect to the gate. In pass-through mode the backend's error (if any) is returned so the
@@ -69,9 +72,32 @@ impl OutputGate {
             self.held.push_back((seq, effect));
             Ok(Submitted::Held(seq))
         } else {
+            if matches!(effect, Effect::BlockWrite { .. }) {
+                self.passed_block_writes += 1;
+            }
             self.backend.perform(&effect)?;
             Ok(Submitted::Performed)
         }
+    }
+
+    /// Block writes performed at once (pass-through) since the gate was made.
+    pub fn passed_block_writes(&self) -> u64 {
+        self.passed_block_writes
+    }
+
+    /// Performs the held block writes and flushes with a sequence number above `after`, in order, and keeps
+    /// holding them (a secondary with its own disk copy applies them when it commits the checkpoint that
+    /// carries them; re-issuing them at failover is harmless because a block write is idempotent). Returns the
+    /// highest sequence number performed, or `after`.
+    pub fn perform_held_blocks(&mut self, after: u64) -> io::Result<u64> {
+        let mut last = after;
+        for (seq, effect) in self.held.iter().filter(|(s, _)| *s > after) {
+            if matches!(effect, Effect::BlockWrite { .. } | Effect::BlockFlush { .. }) {
+                self.backend.perform(effect)?;
+            }
+            last = *seq;
+        }
+        Ok(last)
     }
 
     /// Starts or stops holding. Stopping does not release what is held; call `release_through` first.
@@ -258,6 +284,25 @@ mod tests {
         let mut bad = w.0.clone();
         bad[13] = 9; // first held seq := 9, beyond next_seq
         assert!(OutputGate::new(Box::new(Recorder::default())).restore(&mut Reader::new(&bad, "GATE")).is_err());
+    }
+
+    #[test]
+    fn held_block_writes_are_applied_once_each_and_stay_held() {
+        let rec = Recorder::default();
+        let mut g = OutputGate::new(Box::new(rec.clone()));
+        g.set_holding(true);
+        g.submit(Effect::BlockWrite { disk: 0, offset: 0, data: vec![1] }).unwrap();
+        g.submit(Effect::Console(b"c".to_vec())).unwrap();
+        assert_eq!(g.perform_held_blocks(0).unwrap(), 2);
+        g.submit(Effect::BlockFlush { disk: 0 }).unwrap();
+        assert_eq!(g.perform_held_blocks(2).unwrap(), 3);
+        assert_eq!(
+            rec.0.lock().unwrap().as_slice(),
+            &[Effect::BlockWrite { disk: 0, offset: 0, data: vec![1] }, Effect::BlockFlush { disk: 0 }],
+            "each block effect once, console untouched"
+        );
+        assert_eq!(g.held().count(), 3, "still held for re-issue at failover");
+        assert_eq!(g.passed_block_writes(), 0);
     }
 
     #[test]

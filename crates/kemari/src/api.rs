@@ -10,6 +10,10 @@
 //! → {"op":"migrate","to":"10.0.0.2:7000","downtime_ms":50}
 //!                                       ← {"ok":true,"rounds":3,"bytes":..,"total_millis":..,"downtime_micros":..}
 //!                                         (answered once the receiver took over; this VM then exits)
+//! → {"op":"status"} on a protected VM adds  "role":"primary","protection":"protected","fence":3,
+//!                                         "checkpoints":812,"effects_held":0,"pause_us":{"last":..,"p50":..,
+//!                                         "p99":..,"max":..},"pages_last":..,"bytes_last":..,...
+//! → {"op":"metrics"}                    ← {"ok":true,"text":"# TYPE kemari_checkpoints gauge\n..."} (Prometheus)
 //! → {"op":"bogus"}                      ← {"ok":false,"error":"unknown variant `bogus`, ..."}
 //! ```
 //!
@@ -35,6 +39,8 @@ enum Wire {
     Pause,
     Resume,
     Status,
+    /// The status as Prometheus text exposition.
+    Metrics,
     Snapshot { dir: PathBuf },
     Migrate {
         to: String,
@@ -66,7 +72,34 @@ fn answer(reply: Reply) -> Answer {
     };
     match reply {
         Reply::Ok => {}
-        Reply::Status { paused, harts, memory_mib, instret, migration } => {
+        Reply::Status { paused, harts, memory_mib, instret, migration, protection } => {
+            match protection {
+                Some(p) => {
+                    put("role", p.role.clone().into());
+                    put("protection", p.state.clone().into());
+                    put("peer", p.peer.clone().into());
+                    put("fence", p.fence.into());
+                    put("checkpoints", p.checkpoints.into());
+                    put("rejected", p.rejected.into());
+                    put("effects_held", p.effects_held.into());
+                    put(
+                        "pause_us",
+                        serde_json::json!({"last": p.pause_last_us, "p50": p.pause_p50_us,
+                                           "p99": p.pause_p99_us, "max": p.pause_max_us}),
+                    );
+                    put("pages_last", p.pages_last.into());
+                    put("bytes_last", p.bytes_last.into());
+                    put("pages_total", p.pages_total.into());
+                    put("bytes_total", p.bytes_total.into());
+                    if let Some(ms) = p.failover_ms {
+                        put("failover_ms", ms.into());
+                    }
+                }
+                None => {
+                    put("role", "standalone".into());
+                    put("protection", "none".into());
+                }
+            }
             put("paused", paused.into());
             put("harts", harts.into());
             put("memory_mib", memory_mib.into());
@@ -94,6 +127,29 @@ fn answer(reply: Reply) -> Answer {
     Answer { ok: true, error: None, fields }
 }
 
+/// The numeric status fields as Prometheus text (`kemari_<field>`, role and protection state as labels).
+fn prometheus(fields: &serde_json::Map<String, serde_json::Value>) -> String {
+    let label = |k: &str| fields.get(k).and_then(|v| v.as_str()).unwrap_or("none").to_string();
+    let labels = format!("{{role=\"{}\",protection=\"{}\"}}", label("role"), label("protection"));
+    let mut out = String::new();
+    let mut emit = |name: String, v: &serde_json::Value| {
+        if let Some(n) = v.as_u64().or_else(|| v.as_bool().map(u64::from)) {
+            out.push_str(&format!("# TYPE {name} gauge\n{name}{labels} {n}\n"));
+        }
+    };
+    for (k, v) in fields {
+        match v {
+            serde_json::Value::Object(inner) => {
+                for (k2, v2) in inner {
+                    emit(format!("kemari_{k}_{k2}"), v2);
+                }
+            }
+            v => emit(format!("kemari_{k}"), v),
+        }
+    }
+    out
+}
+
 /// Starts serving the API on `path` (an existing socket file is replaced).
 pub fn serve(path: &Path, events: Sender<Event>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
@@ -118,13 +174,15 @@ fn handle(conn: UnixStream, events: Sender<Event>) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let reply = match serde_json::from_str::<Wire>(line.trim()) {
+        let wire = serde_json::from_str::<Wire>(line.trim());
+        let as_metrics = matches!(wire, Ok(Wire::Metrics));
+        let reply = match wire {
             Err(e) => Reply::Error(format!("bad request: {e}")),
             Ok(w) => {
                 let req = match w {
                     Wire::Pause => Request::Pause,
                     Wire::Resume => Request::Resume,
-                    Wire::Status => Request::Status,
+                    Wire::Status | Wire::Metrics => Request::Status,
                     Wire::Snapshot { dir } => Request::Snapshot { dir },
                     Wire::Migrate { to, downtime_ms } => Request::Migrate { to, downtime_ms },
                 };
@@ -135,7 +193,12 @@ fn handle(conn: UnixStream, events: Sender<Event>) {
                 rx.recv().unwrap_or(Reply::Error("the VM stopped".into()))
             }
         };
-        let mut text = serde_json::to_string(&answer(reply)).expect("serialisable");
+        let mut answer = answer(reply);
+        if as_metrics && answer.ok {
+            let text = prometheus(&answer.fields);
+            answer.fields = serde_json::Map::from_iter([("text".to_string(), text.into())]);
+        }
+        let mut text = serde_json::to_string(&answer).expect("serialisable");
         text.push('\n');
         if out.write_all(text.as_bytes()).is_err() {
             return;

@@ -29,6 +29,45 @@ enum Command {
     Ctl(CtlArgs),
     /// Live-migrate a running VM to a `kemari run --incoming` on another host, showing progress.
     Migrate(MigrateArgs),
+    /// Be the secondary of a protected VM: hold its replica and take over when the primary fails.
+    Standby(StandbyArgs),
+}
+
+#[derive(Args)]
+struct StandbyArgs {
+    /// Where the primary connects (ADDR:PORT).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: String,
+    /// Guest RAM in MiB (optional: taken from the primary, checked when given).
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Number of harts (optional: taken from the primary, checked when given).
+    #[arg(long)]
+    cpus: Option<usize>,
+    #[command(flatten)]
+    ft: FtArgs,
+    #[command(flatten)]
+    devices: DeviceArgs,
+}
+
+/// Fault-tolerance settings, common to the primary (`run --protect`) and the secondary (`standby`).
+#[derive(Args)]
+struct FtArgs {
+    /// Arbiter that decides which node is active: file:DIR (a lease in a directory both nodes reach).
+    #[arg(long, value_name = "file:DIR")]
+    arbiter: Option<String>,
+    /// This node's name at the arbiter (default: primary-PID or secondary-PID).
+    #[arg(long)]
+    node: Option<String>,
+    /// shared: both nodes name the same disk image; replicated: each has its own identical copy.
+    #[arg(long, default_value = "shared")]
+    storage: kemari_replication::Storage,
+    /// Heartbeat interval (and lease renewal) in ms.
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// Silence after which the peer counts as failed, in ms (also the lease's time to live).
+    #[arg(long, default_value_t = 200)]
+    heartbeat_timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -63,8 +102,10 @@ struct CtlArgs {
 
 #[derive(Subcommand)]
 enum CtlOp {
-    /// Show the VM's state.
+    /// Show the VM's state (with role and protection figures on a protected pair).
     Status,
+    /// Print the status as Prometheus text.
+    Metrics,
     /// Stop the guest (harts and guest time).
     Pause,
     /// Let a paused guest run again.
@@ -94,10 +135,35 @@ struct RunArgs {
     #[arg(long)]
     firmware: Option<PathBuf>,
     /// Receive a live-migrating VM on ADDR:PORT instead of booting (give the same devices as the sender).
-    #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["kernel", "firmware"])]
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["kernel", "firmware", "protect"])]
     incoming: Option<String>,
     #[command(flatten)]
     devices: DeviceArgs,
+    #[command(flatten)]
+    protect: ProtectArgs,
+}
+
+/// Running as a protected primary.
+#[derive(Args)]
+struct ProtectArgs {
+    /// Protect the VM: replicate it to the `kemari standby` at HOST:PORT (needs --arbiter).
+    #[arg(long, value_name = "HOST:PORT")]
+    protect: Option<String>,
+    /// When to checkpoint: event (Kemari: on the first pending output) or interval (Remus: every --interval-ms).
+    #[arg(long, default_value = "event", value_parser = ["event", "interval"])]
+    sync: String,
+    /// event: batch outputs arriving within this many microseconds of the first into one checkpoint.
+    #[arg(long, default_value_t = 0)]
+    window_us: u64,
+    /// interval: checkpoint period in ms.
+    #[arg(long, default_value_t = 20)]
+    interval_ms: u64,
+    /// Keep the guest paused until each checkpoint is acknowledged (default: speculative resume, only the
+    /// outputs wait).
+    #[arg(long)]
+    strict: bool,
+    #[command(flatten)]
+    ft: FtArgs,
 }
 
 /// Devices and control, common to `run` and `restore`.
@@ -178,7 +244,132 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore(args),
         Command::Ctl(args) => ctl(args),
         Command::Migrate(args) => migrate(args),
+        Command::Standby(args) => standby(args),
     }
+}
+
+/// Exit code of a node that found another one active and stopped without releasing anything.
+const EXIT_FENCED: u8 = 3;
+
+impl FtArgs {
+    fn options(&self) -> kemari_replication::Options {
+        kemari_replication::Options {
+            storage: self.storage,
+            heartbeat: std::time::Duration::from_millis(self.heartbeat_ms.max(1)),
+            heartbeat_timeout: std::time::Duration::from_millis(self.heartbeat_timeout_ms.max(1)),
+            ..kemari_replication::Options::default()
+        }
+    }
+
+    fn arbiter(&self, role: &str) -> Result<Box<dyn kemari_replication::arbiter::Arbiter>, String> {
+        let spec = self.arbiter.as_deref().ok_or("fault tolerance needs --arbiter file:DIR")?;
+        if self.heartbeat_timeout_ms <= self.heartbeat_ms {
+            return Err(format!(
+                "--heartbeat-timeout-ms {} must be longer than --heartbeat-ms {}",
+                self.heartbeat_timeout_ms, self.heartbeat_ms
+            ));
+        }
+        let node = self.node.clone().unwrap_or_else(|| format!("{role}-{}", std::process::id()));
+        kemari_replication::arbiter::from_spec(spec, &node, std::time::Duration::from_millis(self.heartbeat_timeout_ms))
+            .map_err(|e| format!("--arbiter {spec}: {e}"))
+    }
+}
+
+impl ProtectArgs {
+    fn options(&self) -> kemari_replication::Options {
+        let sync = if self.sync == "interval" {
+            kemari_replication::SyncPolicy::Interval {
+                period: std::time::Duration::from_millis(self.interval_ms.max(1)),
+            }
+        } else {
+            kemari_replication::SyncPolicy::Event { window: std::time::Duration::from_micros(self.window_us) }
+        };
+        kemari_replication::Options { sync, speculative: !self.strict, ..self.ft.options() }
+    }
+}
+
+fn disk_sizes(cfg: &MachineConfig) -> Vec<u64> {
+    cfg.disks.iter().map(|d| std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0)).collect()
+}
+
+fn standby(args: StandbyArgs) -> ExitCode {
+    let arbiter = match args.ft.arbiter("secondary") {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kemari: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let machine = machine_config(&args.devices);
+    let expect_shape = match (args.cpus, args.memory) {
+        (None, None) => None,
+        (c, m) => Some((c.unwrap_or(machine.harts), m.unwrap_or(machine.memory_mib))),
+    };
+    let cfg = kemari_replication::secondary::StandbyConfig {
+        listen: args.listen,
+        opts: args.ft.options(),
+        arbiter,
+        machine,
+        expect_shape,
+    };
+    let console = console::Console::start();
+    if let Some(path) = &args.devices.api {
+        if let Err(e) = api::serve(path, console.sender()) {
+            eprintln!("kemari: cannot serve the control API on {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    let stdout = || -> Box<dyn std::io::Write + Send> { Box::new(std::io::stdout()) };
+    let end = kemari_replication::secondary::standby(cfg, &stdout, console.waker(), console.input());
+    match end {
+        Ok(kemari_replication::secondary::StandbyEnd::Shutdown) => {
+            if let Some(path) = &args.devices.api {
+                let _ = std::fs::remove_file(path);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(kemari_replication::secondary::StandbyEnd::TookOver { machine, arbiter, metrics }) => {
+            let opts = args.ft.options();
+            let primary = kemari_replication::primary::PrimaryConfig {
+                peer: None,
+                opts,
+                arbiter,
+                disk_sizes: Vec::new(),
+                wake: console.waker(),
+                metrics: Some(metrics),
+            };
+            drive(*machine, console, args.devices.api.as_deref(), Some(primary))
+        }
+        Err(e) => {
+            eprintln!("kemari: standby: {e}");
+            ExitCode::from(match e {
+                kemari_replication::secondary::StandbyError::Stale { .. } => EXIT_FENCED,
+                _ => 2,
+            })
+        }
+    }
+}
+
+/// The primary driver for `run`/`restore` with --protect, or None.
+fn protection(
+    args: &ProtectArgs,
+    cfg: &MachineConfig,
+    console: &console::Console,
+) -> Result<Option<kemari_replication::primary::PrimaryConfig>, String> {
+    let Some(peer) = &args.protect else {
+        if args.ft.arbiter.is_some() {
+            return Err("--arbiter is for protected VMs: give --protect HOST:PORT too".into());
+        }
+        return Ok(None);
+    };
+    Ok(Some(kemari_replication::primary::PrimaryConfig {
+        peer: Some(peer.clone()),
+        opts: args.options(),
+        arbiter: args.ft.arbiter("primary")?,
+        disk_sizes: disk_sizes(cfg),
+        wake: console.waker(),
+        metrics: None,
+    }))
 }
 
 fn machine_config(devices: &DeviceArgs) -> MachineConfig {
@@ -216,7 +407,7 @@ fn run(args: RunArgs) -> ExitCode {
         {
             Ok(m) => {
                 eprintln!("kemari: migration from the sender complete; running here");
-                drive(m, console, args.devices.api.as_deref())
+                drive(m, console, args.devices.api.as_deref(), None)
             }
             Err(e) => {
                 eprintln!("kemari: incoming migration failed: {e}");
@@ -224,8 +415,15 @@ fn run(args: RunArgs) -> ExitCode {
             }
         };
     }
+    let primary = match protection(&args.protect, &cfg, &console) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kemari: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match Machine::new(&cfg, Box::new(std::io::stdout()), console.waker()) {
-        Ok(m) => drive(m, console, args.devices.api.as_deref()),
+        Ok(m) => drive(m, console, args.devices.api.as_deref(), primary),
         Err(e) => {
             eprintln!("kemari: {e}");
             ExitCode::from(2)
@@ -307,7 +505,7 @@ fn restore(args: RestoreArgs) -> ExitCode {
     let cfg = MachineConfig { harts, memory_mib, ..machine_config(&args.devices) };
     let console = console::Console::start();
     match Machine::restore(&cfg, &bytes, Box::new(std::io::stdout()), console.waker()) {
-        Ok(m) => drive(m, console, args.devices.api.as_deref()),
+        Ok(m) => drive(m, console, args.devices.api.as_deref(), None),
         Err(e) => {
             eprintln!("kemari: cannot restore {}: {e}", path.display());
             ExitCode::from(2)
@@ -318,6 +516,7 @@ fn restore(args: RestoreArgs) -> ExitCode {
 fn ctl(args: CtlArgs) -> ExitCode {
     let request = match &args.op {
         CtlOp::Status => serde_json::json!({"op": "status"}),
+        CtlOp::Metrics => serde_json::json!({"op": "metrics"}),
         CtlOp::Pause => serde_json::json!({"op": "pause"}),
         CtlOp::Resume => serde_json::json!({"op": "resume"}),
         CtlOp::Snapshot { dir } => {
@@ -328,8 +527,12 @@ fn ctl(args: CtlArgs) -> ExitCode {
     };
     match api::call(&args.api, &request) {
         Ok(reply) => {
-            println!("{reply}");
-            let ok = serde_json::from_str::<serde_json::Value>(&reply).ok().and_then(|v| v["ok"].as_bool());
+            let v = serde_json::from_str::<serde_json::Value>(&reply).unwrap_or_default();
+            match (&args.op, v["text"].as_str()) {
+                (CtlOp::Metrics, Some(text)) => print!("{text}"),
+                _ => println!("{reply}"),
+            }
+            let ok = v["ok"].as_bool();
             if ok == Some(true) { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Err(e) => {
@@ -339,15 +542,34 @@ fn ctl(args: CtlArgs) -> ExitCode {
     }
 }
 
-/// Runs a built machine with the console (and the control API, if asked for) until it ends.
-fn drive(mut machine: Machine, console: console::Console, api: Option<&std::path::Path>) -> ExitCode {
-    if let Some(path) = api {
+/// Runs a built machine with the console (and the control API, if asked for) until it ends; with `primary`
+/// as the active node of a protected pair.
+fn drive(
+    mut machine: Machine,
+    console: console::Console,
+    api: Option<&std::path::Path>,
+    primary: Option<kemari_replication::primary::PrimaryConfig>,
+) -> ExitCode {
+    // A standby that took over serves the API already.
+    let serving = primary.as_ref().is_some_and(|p| p.peer.is_none());
+    if let Some(path) = api.filter(|_| !serving) {
         if let Err(e) = api::serve(path, console.sender()) {
             eprintln!("kemari: cannot serve the control API on {}: {e}", path.display());
             return ExitCode::from(2);
         }
     }
-    let outcome = machine.run(console.input());
+    let outcome = match primary {
+        None => machine.run(console.input()),
+        Some(p) => match kemari_replication::primary::run(&mut machine, console.input(), p) {
+            kemari_replication::primary::Ended::Machine(outcome) => outcome,
+            kemari_replication::primary::Ended::Fenced(why) => {
+                drop(console);
+                eprintln!("kemari: fenced: {why}; this copy stops without releasing its held outputs");
+                // Leave at once: nothing held may leave through a destructor.
+                std::process::exit(EXIT_FENCED.into());
+            }
+        },
+    };
     drop(console);
     if let Some(path) = api {
         let _ = std::fs::remove_file(path);

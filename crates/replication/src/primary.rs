@@ -1,0 +1,552 @@
+//! The primary: runs the guest, and before any effect leaves the VM brings the secondary up to date.
+//!
+//! The machine loop stays the board's (`Machine::step_round`); between two rounds the machine is quiesced
+//! (harts at instruction boundaries, device work done), which is where this driver checkpoints:
+//!
+//! ```text
+//!  trigger (policy) → take dirty log → save(dirty pages + whole state + held effects) → queue for the sender
+//!  thread → [strict: wait for ACK] → guest runs on … ACK(epoch) → arbiter check → gate releases what the
+//!  checkpoint covers
+//! ```
+//!
+//! Phases: *connecting* (the guest runs unprotected, effects pass at once) → *syncing* (the gate holds; full
+//! pre-copy while the guest runs, then the first checkpoint) → *protected* once that checkpoint is
+//! acknowledged. Losing the secondary: the gate keeps holding until the arbiter confirms this node is still the
+//! active one and the fence is bumped (the stale replica can then never take over); only then are the held
+//! effects released and the guest goes on *unprotected*, waiting for a new secondary. A node that finds
+//! another one active stops without releasing anything ([`Ended::Fenced`]).
+
+use std::collections::VecDeque;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kemari_board::migrate::PreCopy;
+use kemari_board::persist::Pages;
+use kemari_board::{Event, Machine, RunOutcome};
+use kemari_devices::host::Wake;
+
+use crate::arbiter::Arbiter;
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::wire::{self, Hello, LastHeard, Tracked};
+use crate::{Options, Storage, SyncPolicy};
+
+/// Checkpoints sent but not yet acknowledged, at most (speculative mode); the guest waits beyond that.
+const MAX_IN_FLIGHT: usize = 8;
+/// Downtime budget of the pre-copy's last round: the first checkpoint carries what is dirty after it.
+const PRECOPY_BUDGET: Duration = Duration::from_millis(10);
+/// Refusals of one checkpoint before the link counts as broken.
+const MAX_NACKS: u32 = 3;
+/// Messages queued for the sender thread (back-pressure on the machine loop beyond that).
+const SEND_QUEUE: usize = 16;
+
+/// How a protected run ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The guest's run ended (power-off, crash, quit).
+    Machine(RunOutcome),
+    /// Another node holds the active role: this copy stopped without releasing what it held.
+    Fenced(String),
+}
+
+/// What the primary needs besides the machine.
+pub struct PrimaryConfig {
+    /// The secondary to protect to (`HOST:PORT`); `None` runs active without protection (a node that took
+    /// over, until re-protection).
+    pub peer: Option<String>,
+    pub opts: Options,
+    pub arbiter: Box<dyn Arbiter>,
+    /// Sizes of the disks, in order (the secondary checks its own against them).
+    pub disk_sizes: Vec<u64>,
+    /// Wakes the machine loop (an acknowledgement arrived).
+    pub wake: Wake,
+    /// Metrics to continue (a node that failed over keeps its figures), or fresh ones.
+    pub metrics: Option<SharedMetrics>,
+}
+
+struct Outgoing {
+    kind: u8,
+    epoch: Option<u64>,
+    body: Arc<Vec<u8>>,
+}
+
+enum Incoming {
+    Ack(u64),
+    Nack(u64),
+    Closed(String),
+}
+
+/// The connection to the secondary: a sender thread, a reader thread, and when the peer was last heard.
+struct Link {
+    out: SyncSender<Outgoing>,
+    events: Receiver<Incoming>,
+    heard: Arc<LastHeard>,
+    sender: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Link {
+    fn open(stream: TcpStream, wake: Wake) -> std::io::Result<Link> {
+        let heard = Arc::new(LastHeard::default());
+        heard.touch();
+        let (out, queue) = mpsc::sync_channel::<Outgoing>(SEND_QUEUE);
+        let (events_tx, events) = mpsc::channel();
+        let mut writer = std::io::BufWriter::with_capacity(1 << 16, stream.try_clone()?);
+        let closer = stream.try_clone()?;
+        let sender = std::thread::Builder::new().name("ft-send".into()).spawn(move || {
+            for m in queue {
+                let epoch = m.epoch.map(u64::to_le_bytes);
+                let parts: Vec<&[u8]> = epoch.iter().map(|e| &e[..]).chain([&m.body[..]]).collect();
+                if let Err(e) = wire::send(&mut writer, m.kind, &parts) {
+                    tracing::debug!("replication send failed: {e}");
+                    break;
+                }
+            }
+            // The reader then sees the connection end and reports it.
+            let _ = closer.shutdown(std::net::Shutdown::Both);
+        })?;
+        let mut reader = Tracked::new(stream, heard.clone());
+        std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
+            let ev = match wire::receive(&mut reader) {
+                Ok((wire::ACK, p)) => wire::split_epoch(&p).map(|(e, _)| Incoming::Ack(e)),
+                Ok((wire::NACK, p)) => wire::split_epoch(&p).map(|(e, _)| Incoming::Nack(e)),
+                Ok((wire::HEARTBEAT, _)) => continue,
+                Ok((k, _)) => Err(wire::WireError::Protocol(format!("unexpected message kind {k} from the secondary"))),
+                Err(e) => Err(e),
+            };
+            let ev = ev.unwrap_or_else(|e| Incoming::Closed(e.to_string()));
+            let closed = matches!(ev, Incoming::Closed(_));
+            if events_tx.send(ev).is_err() || closed {
+                wake();
+                return;
+            }
+            wake();
+        })?;
+        Ok(Link { out, events, heard, sender: Some(sender) })
+    }
+
+    fn send(&self, kind: u8, epoch: Option<u64>, body: Arc<Vec<u8>>) {
+        // A full queue blocks (back-pressure); a gone sender thread shows up as a closed link.
+        let _ = self.out.send(Outgoing { kind, epoch, body });
+    }
+
+    fn try_send(&self, kind: u8) {
+        if let Err(TrySendError::Disconnected(_)) = self.out.try_send(Outgoing { kind, epoch: None, body: Arc::default() }) {
+            tracing::debug!("replication sender is gone");
+        }
+    }
+
+    /// Waits until everything queued went out (or the connection failed).
+    fn close(mut self) {
+        drop(self.out);
+        if let Some(t) = self.sender.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct InFlight {
+    epoch: u64,
+    /// Highest gate sequence number the checkpoint covers.
+    covered: u64,
+    body: Arc<Vec<u8>>,
+    nacks: u32,
+}
+
+enum Phase {
+    /// Waiting for a connection to the secondary (the guest runs unprotected).
+    Connecting(Receiver<TcpStream>),
+    /// Connected: pre-copy while `copy` is set, then checkpoints; protected once the first one is acknowledged.
+    Linked { link: Link, copy: Option<PreCopy>, established: bool },
+    /// No secondary (none configured, or replicated disks diverged): active, effects pass at once.
+    Unprotected,
+}
+
+pub struct Primary {
+    cfg: PrimaryConfig,
+    metrics: SharedMetrics,
+    phase: Phase,
+    epoch: u64,
+    /// Highest gate sequence number some checkpoint covers.
+    covered: u64,
+    pending_since: Option<Instant>,
+    last_checkpoint: Instant,
+    last_beat: Instant,
+    last_renew: Instant,
+    in_flight: VecDeque<InFlight>,
+    sync_started: Instant,
+}
+
+/// Runs the guest as the active node until its run ends or another node is found active.
+pub fn run(machine: &mut Machine, input: &Receiver<Event>, cfg: PrimaryConfig) -> Ended {
+    let mut p = match Primary::start(machine, cfg) {
+        Ok(p) => p,
+        Err(why) => return Ended::Fenced(why),
+    };
+    loop {
+        if let Some(outcome) = machine.step_round(input) {
+            return p.finish(machine, outcome);
+        }
+        if let Err(why) = p.tick(machine) {
+            return Ended::Fenced(why);
+        }
+    }
+}
+
+fn connector(peer: String, wake: Wake) -> Receiver<TcpStream> {
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new().name("ft-connect".into()).spawn(move || {
+        let mut told = false;
+        loop {
+            let attempt = peer
+                .to_socket_addrs()
+                .and_then(|mut a| a.next().ok_or_else(|| std::io::Error::other("no address")))
+                .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)));
+            match attempt {
+                Ok(s) => {
+                    let _ = tx.send(s);
+                    wake();
+                    return;
+                }
+                Err(e) => {
+                    if !told {
+                        eprintln!("kemari: waiting for the secondary at {peer} ({e}); the guest runs unprotected");
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the connector thread: {e}");
+    }
+    rx
+}
+
+impl Primary {
+    fn start(machine: &mut Machine, mut cfg: PrimaryConfig) -> Result<Primary, String> {
+        let fence = cfg.arbiter.acquire().map_err(|e| format!("cannot take the active role: {e}"))?;
+        let metrics = cfg.metrics.take().unwrap_or_else(|| Metrics::new("primary", "connecting"));
+        {
+            let mut m = metrics.lock().expect("metrics lock");
+            m.role = "primary";
+            m.fence = fence;
+            m.peer = cfg.peer.clone().unwrap_or_default();
+            m.state = if cfg.peer.is_some() { "connecting" } else { "unprotected" };
+        }
+        let (m2, gate) = (metrics.clone(), machine.dev.gate.clone());
+        machine.protection = Some(Box::new(move || {
+            let held = gate.lock().expect("gate lock").held().count() as u64;
+            m2.lock().expect("metrics lock").report(held)
+        }));
+        let phase = match &cfg.peer {
+            Some(peer) => Phase::Connecting(connector(peer.clone(), cfg.wake.clone())),
+            None => Phase::Unprotected,
+        };
+        let now = Instant::now();
+        Ok(Primary {
+            cfg,
+            metrics,
+            phase,
+            epoch: 0,
+            covered: 0,
+            pending_since: None,
+            last_checkpoint: now,
+            last_beat: now,
+            last_renew: now,
+            in_flight: VecDeque::new(),
+            sync_started: now,
+        })
+    }
+
+    fn set_state(&self, state: &'static str) {
+        self.metrics.lock().expect("metrics lock").state = state;
+    }
+
+    fn peer(&self) -> &str {
+        self.cfg.peer.as_deref().unwrap_or("-")
+    }
+
+    /// Work between two rounds of the machine: lease, link, pre-copy, checkpoint triggers.
+    fn tick(&mut self, machine: &mut Machine) -> Result<(), String> {
+        self.housekeeping(machine)?;
+        match &mut self.phase {
+            Phase::Connecting(rx) => match rx.try_recv() {
+                Ok(stream) => self.begin_sync(machine, stream),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => self.phase = Phase::Unprotected,
+            },
+            Phase::Linked { link, copy: Some(copy), .. } => {
+                if let Some(batch) = copy.next_batch(machine) {
+                    link.send(wire::PAGES, None, Arc::new(batch));
+                } else {
+                    let mib = copy.progress.bytes >> 20;
+                    tracing::info!("pre-copy done: {mib} MiB in {:?}", copy.elapsed());
+                    if let Phase::Linked { copy, .. } = &mut self.phase {
+                        *copy = None;
+                    }
+                    self.checkpoint(machine)?;
+                }
+            }
+            Phase::Linked { copy: None, .. } => self.maybe_checkpoint(machine)?,
+            Phase::Unprotected => {}
+        }
+        Ok(())
+    }
+
+    /// Lease renewal, heartbeats, incoming acknowledgements and liveness; runs in every phase and while
+    /// waiting.
+    fn housekeeping(&mut self, machine: &mut Machine) -> Result<(), String> {
+        if self.last_renew.elapsed() >= self.cfg.opts.heartbeat {
+            self.cfg.arbiter.renew().map_err(|e| format!("the arbiter refused to renew this node's lease: {e}"))?;
+            self.last_renew = Instant::now();
+        }
+        let Phase::Linked { link, .. } = &self.phase else { return Ok(()) };
+        if self.last_beat.elapsed() >= self.cfg.opts.heartbeat {
+            link.try_send(wire::HEARTBEAT);
+            self.last_beat = Instant::now();
+        }
+        loop {
+            let Phase::Linked { link, .. } = &self.phase else { return Ok(()) };
+            let ev = match link.events.try_recv() {
+                Ok(ev) => ev,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => Incoming::Closed("reader stopped".into()),
+            };
+            self.handle(machine, ev)?;
+        }
+        if let Phase::Linked { link, .. } = &self.phase {
+            let silence = link.heard.silence();
+            if silence > self.cfg.opts.heartbeat_timeout {
+                self.lost(machine, &format!("no heartbeat for {} ms", silence.as_millis()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, machine: &mut Machine, ev: Incoming) -> Result<(), String> {
+        match ev {
+            Incoming::Ack(epoch) => self.acknowledged(machine, epoch),
+            Incoming::Nack(epoch) => {
+                let Some(f) = self.in_flight.iter_mut().find(|f| f.epoch == epoch) else {
+                    return self.lost(machine, &format!("refusal of checkpoint {epoch}, which is not in flight"));
+                };
+                f.nacks += 1;
+                let (nacks, body) = (f.nacks, f.body.clone());
+                if nacks > MAX_NACKS {
+                    return self.lost(machine, &format!("checkpoint {epoch} refused {nacks} times"));
+                }
+                tracing::warn!("the secondary refused checkpoint {epoch}; sending it again");
+                if let Phase::Linked { link, .. } = &self.phase {
+                    link.send(wire::CHECKPOINT, Some(epoch), body);
+                }
+                Ok(())
+            }
+            Incoming::Closed(why) => self.lost(machine, &why),
+        }
+    }
+
+    /// The secondary committed `epoch`: release what it covers (after making sure this node is still the
+    /// active one).
+    fn acknowledged(&mut self, machine: &mut Machine, epoch: u64) -> Result<(), String> {
+        let mut covered = None;
+        while self.in_flight.front().is_some_and(|f| f.epoch <= epoch) {
+            covered = self.in_flight.pop_front().map(|f| f.covered);
+        }
+        let Some(covered) = covered else { return Ok(()) };
+        self.cfg.arbiter.check().map_err(|e| format!("this node is no longer the active one: {e}"))?;
+        if let Err(e) = machine.dev.gate.lock().expect("gate lock").release_through(covered) {
+            tracing::warn!("releasing effects: {e}");
+        }
+        if let Phase::Linked { established: established @ false, .. } = &mut self.phase {
+            *established = true;
+            let took = self.sync_started.elapsed();
+            eprintln!(
+                "kemari: protection established with the secondary at {} (first synchronisation {} ms)",
+                self.cfg.peer.as_deref().unwrap_or("-"),
+                took.as_millis()
+            );
+            self.set_state("protected");
+        }
+        Ok(())
+    }
+
+    fn begin_sync(&mut self, machine: &mut Machine, mut stream: TcpStream) {
+        let gate = machine.dev.gate.clone();
+        let diverged = gate.lock().expect("gate lock").passed_block_writes();
+        if self.cfg.opts.storage == Storage::Replicated && diverged > 0 {
+            eprintln!(
+                "kemari: cannot protect with replicated storage: {diverged} block writes were made without a \
+                 secondary, so the disk copies differ; copy the disk to the secondary and start again"
+            );
+            self.phase = Phase::Unprotected;
+            self.set_state("unprotected");
+            return;
+        }
+        let hello = Hello {
+            harts: machine.harts.len() as u32,
+            memory: machine.ram.size(),
+            storage: self.cfg.opts.storage,
+            disks: self.cfg.disk_sizes.clone(),
+            node: self.cfg.arbiter.node().to_string(),
+            fence: self.metrics.lock().expect("metrics lock").fence,
+        };
+        let opened = stream
+            .set_nodelay(true)
+            .and_then(|()| wire::send(&mut stream, wire::HELLO, &[&hello.encode()]))
+            .and_then(|()| Link::open(stream, self.cfg.wake.clone()));
+        match opened {
+            Ok(link) => {
+                // From here every effect waits for a checkpoint; the first one covers all held so far.
+                gate.lock().expect("gate lock").set_holding(true);
+                self.sync_started = Instant::now();
+                self.phase = Phase::Linked { link, copy: Some(PreCopy::start(machine, PRECOPY_BUDGET)), established: false };
+                self.set_state("syncing");
+                eprintln!("kemari: synchronising with the secondary at {}", self.peer());
+            }
+            Err(e) => {
+                eprintln!("kemari: cannot start replication to {}: {e}", self.peer());
+                self.reconnect();
+            }
+        }
+    }
+
+    fn reconnect(&mut self) {
+        self.phase = match &self.cfg.peer {
+            Some(peer) => Phase::Connecting(connector(peer.clone(), self.cfg.wake.clone())),
+            None => Phase::Unprotected,
+        };
+    }
+
+    /// Takes a checkpoint when the policy says so; otherwise tells the machine loop how long it may sleep.
+    fn maybe_checkpoint(&mut self, machine: &mut Machine) -> Result<(), String> {
+        let newest = machine.dev.gate.lock().expect("gate lock").next_seq() - 1;
+        machine.max_idle = Duration::from_millis(10).min(self.cfg.opts.heartbeat);
+        if newest <= self.covered {
+            return Ok(());
+        }
+        let since = *self.pending_since.get_or_insert_with(Instant::now);
+        let wait = match self.cfg.opts.sync {
+            SyncPolicy::Event { window } => window.saturating_sub(since.elapsed()),
+            SyncPolicy::Interval { period } => period.saturating_sub(self.last_checkpoint.elapsed()),
+        };
+        if wait.is_zero() {
+            self.checkpoint(machine)
+        } else {
+            machine.max_idle = machine.max_idle.min(wait);
+            Ok(())
+        }
+    }
+
+    /// Captures the machine (quiesced: we are between rounds) and ships it.
+    fn checkpoint(&mut self, machine: &mut Machine) -> Result<(), String> {
+        let start = Instant::now();
+        // Bounded speculation: with too much unacknowledged, wait like strict mode.
+        self.wait_in_flight(machine, MAX_IN_FLIGHT - 1)?;
+        if !matches!(self.phase, Phase::Linked { copy: None, .. }) {
+            return Ok(());
+        }
+        let pages = machine.ram.take_dirty();
+        let covered = machine.dev.gate.lock().expect("gate lock").next_seq() - 1;
+        let body = Arc::new(machine.save(Pages::Only(&pages)));
+        self.epoch += 1;
+        if let Phase::Linked { link, .. } = &self.phase {
+            link.send(wire::CHECKPOINT, Some(self.epoch), body.clone());
+        }
+        let bytes = body.len() as u64;
+        self.in_flight.push_back(InFlight { epoch: self.epoch, covered, body, nacks: 0 });
+        self.covered = covered;
+        self.pending_since = None;
+        self.last_checkpoint = Instant::now();
+        if !self.cfg.opts.speculative {
+            self.wait_in_flight(machine, 0)?;
+        }
+        let pause = start.elapsed().as_micros() as u64;
+        self.metrics.lock().expect("metrics lock").checkpoint(pause, pages.len() as u64, bytes);
+        Ok(())
+    }
+
+    /// Waits (guest paused) until at most `max` checkpoints are unacknowledged, or the link is gone.
+    fn wait_in_flight(&mut self, machine: &mut Machine, max: usize) -> Result<(), String> {
+        while self.in_flight.len() > max {
+            let Phase::Linked { link, .. } = &self.phase else { return Ok(()) };
+            let ev = match link.events.recv_timeout(self.cfg.opts.heartbeat.min(Duration::from_millis(10))) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Incoming::Closed("reader stopped".into())),
+            };
+            if let Some(ev) = ev {
+                self.handle(machine, ev)?;
+            }
+            self.housekeeping(machine)?;
+        }
+        Ok(())
+    }
+
+    /// The secondary is gone. Go on alone only as the confirmed active node, with the fence bumped so the
+    /// replica left behind can never take over; then release what was held.
+    fn lost(&mut self, machine: &mut Machine, why: &str) -> Result<(), String> {
+        let Phase::Linked { .. } = &self.phase else { return Ok(()) };
+        eprintln!("kemari: secondary at {} lost: {why}", self.peer());
+        let fence = self
+            .cfg
+            .arbiter
+            .bump_fence()
+            .map_err(|e| format!("lost the secondary and the arbiter does not confirm this node as active: {e}"))?;
+        self.last_renew = Instant::now();
+        {
+            let mut gate = machine.dev.gate.lock().expect("gate lock");
+            gate.set_holding(false);
+            if let Err(e) = gate.release_through(u64::MAX) {
+                tracing::warn!("releasing effects: {e}");
+            }
+        }
+        self.in_flight.clear();
+        self.covered = machine.dev.gate.lock().expect("gate lock").next_seq() - 1;
+        self.pending_since = None;
+        {
+            let mut m = self.metrics.lock().expect("metrics lock");
+            m.fence = fence;
+            m.state = "unprotected";
+        }
+        eprintln!("kemari: unprotected: this node stays active without a secondary (fence {fence})");
+        if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Unprotected) {
+            drop(link);
+        }
+        let replicated_diverges = self.cfg.opts.storage == Storage::Replicated;
+        if !replicated_diverges {
+            self.reconnect();
+        }
+        Ok(())
+    }
+
+    /// The guest's run ended: let the secondary catch up so that nothing held is lost, release, and tell it.
+    fn finish(&mut self, machine: &mut Machine, outcome: RunOutcome) -> Ended {
+        let result = (|| {
+            if let Phase::Linked { copy: None, .. } = &self.phase {
+                self.checkpoint(machine)?;
+                self.wait_in_flight(machine, 0)?;
+            }
+            if machine.dev.gate.lock().expect("gate lock").held().count() > 0 {
+                // Still held (the link went away during the final checkpoint, or during pre-copy).
+                self.cfg.arbiter.check().map_err(|e| format!("this node is no longer the active one: {e}"))?;
+                let mut gate = machine.dev.gate.lock().expect("gate lock");
+                gate.set_holding(false);
+                let _ = gate.release_through(u64::MAX);
+            }
+            Ok::<(), String>(())
+        })();
+        if let Err(why) = result {
+            return Ended::Fenced(why);
+        }
+        if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Unprotected) {
+            link.send(wire::SHUTDOWN, None, Arc::default());
+            link.close();
+        }
+        if let Err(e) = self.cfg.arbiter.release() {
+            tracing::warn!("giving up the lease: {e}");
+        }
+        Ended::Machine(outcome)
+    }
+}

@@ -1,0 +1,390 @@
+//! The secondary (`kemari standby`): holds one complete, consistent replica and takes over when the primary
+//! fails.
+//!
+//! Per connection (a *session*): HELLO → an empty machine of the primary's shape with this node's own devices
+//! → pre-copy pages → checkpoints. Each checkpoint arrives whole (the reader thread hands over complete
+//! messages only), is verified and committed atomically by `Machine::apply_checkpoint`, and only then
+//! acknowledged; a checkpoint that fails verification is refused (NACK) and the last committed state stays.
+//! With replicated storage the block writes a committed checkpoint carries are applied to this node's disk
+//! copy at commit, in sequence order, each once.
+//!
+//! The primary counts as failed when the connection ends or nothing was heard for the heartbeat timeout.
+//! Failover: take the active role through the arbiter (refused for good if the primary went on without us:
+//! the fence moved), re-issue the effects held in the committed checkpoint, announce the guest's MACs, and hand
+//! the machine back to run as the active node.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kemari_board::control::{Reply, Request};
+use kemari_board::{Event, Machine, MachineConfig};
+use kemari_devices::host::Wake;
+
+use crate::arbiter::{Arbiter, TakeOver};
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::wire::{self, Hello, LastHeard, Tracked, WireError};
+use crate::{Options, Storage};
+
+/// Bytes one page takes inside a checkpoint (index + data), to report page counts.
+const PAGE_RECORD: u64 = 8 + 4096;
+
+pub struct StandbyConfig {
+    pub listen: String,
+    pub opts: Options,
+    pub arbiter: Box<dyn Arbiter>,
+    /// This node's devices (disks, taps, rng); harts and memory come from the primary's HELLO.
+    pub machine: MachineConfig,
+    /// Harts and MiB given on this node's command line, if any: the primary must match them.
+    pub expect_shape: Option<(usize, u64)>,
+}
+
+/// How standing by ended.
+pub enum StandbyEnd {
+    /// This node took over: run `machine` as the active node.
+    TookOver { machine: Box<Machine>, arbiter: Box<dyn Arbiter>, metrics: SharedMetrics },
+    /// The primary's guest ended (powered off); so does this replica.
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandbyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error(
+        "the primary went on without this secondary (arbiter fence {fence}, this replica is from fence {ours}): \
+         its state is stale, so this node must not take over"
+    )]
+    Stale { fence: u64, ours: u64 },
+    #[error("applying a committed checkpoint's block writes to this node's disk failed: {0}")]
+    Disk(std::io::Error),
+}
+
+enum SessionEnd {
+    /// The primary is gone after at least one commit: fail over.
+    Lost { why: String, machine: Box<Machine>, hello: Hello },
+    /// The session ended before protection was established: wait for the next primary.
+    Retry(String),
+    Shutdown,
+}
+
+/// Waits for a primary, replicates it, and fails over when it dies.
+pub fn standby(
+    mut cfg: StandbyConfig,
+    console: &dyn Fn() -> Box<dyn Write + Send>,
+    wake: Wake,
+    input: &Receiver<Event>,
+) -> Result<StandbyEnd, StandbyError> {
+    let listener =
+        TcpListener::bind(&cfg.listen).map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
+    eprintln!("kemari: standby: waiting for a primary on {}", cfg.listen);
+    let (conns_tx, conns) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("ft-accept".into())
+        .spawn(move || {
+            for c in listener.incoming() {
+                match c {
+                    Ok(s) => {
+                        if conns_tx.send(s).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!("accepting a replication connection: {e}"),
+                }
+            }
+        })
+        .map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
+    let metrics = Metrics::new("secondary", "standby");
+    let mut s = Standby { metrics, input_bytes: Vec::new() };
+    loop {
+        let stream = loop {
+            s.serve_events(input);
+            match conns.recv_timeout(Duration::from_millis(20)) {
+                Ok(c) => break c,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(StandbyError::Listen {
+                        addr: cfg.listen.clone(),
+                        source: std::io::Error::other("the listener stopped"),
+                    })
+                }
+            }
+        };
+        match s.session(&mut cfg, stream, &conns, console, wake.clone(), input) {
+            Ok(SessionEnd::Shutdown) => return Ok(StandbyEnd::Shutdown),
+            Ok(SessionEnd::Retry(why)) => {
+                eprintln!("kemari: standby: the session ended before protection was established ({why}); waiting for a primary");
+            }
+            Ok(SessionEnd::Lost { why, machine, hello }) => {
+                return s.fail_over(cfg.arbiter, *machine, &hello, &why, input);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Standby {
+    metrics: SharedMetrics,
+    /// Console input typed before this node became active, for the guest once it runs here.
+    input_bytes: Vec<u8>,
+}
+
+impl Standby {
+    /// Answers control requests while no guest runs here.
+    fn serve_events(&mut self, input: &Receiver<Event>) {
+        loop {
+            match input.try_recv() {
+                Ok(Event::Console(b)) => self.input_bytes.extend(b),
+                Ok(Event::Control(req, reply)) => {
+                    let answer = match req {
+                        Request::Status => Reply::Status {
+                            paused: true,
+                            harts: 0,
+                            memory_mib: 0,
+                            instret: 0,
+                            migration: None,
+                            protection: Some(self.metrics.lock().expect("metrics lock").report(0)),
+                        },
+                        _ => Reply::Error("this node is a standby: no guest runs here".into()),
+                    };
+                    let _ = reply.send(answer);
+                }
+                Ok(Event::Quit) => std::process::exit(0),
+                Ok(Event::Wake) => {}
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn session(
+        &mut self,
+        cfg: &mut StandbyConfig,
+        mut stream: TcpStream,
+        others: &Receiver<TcpStream>,
+        console: &dyn Fn() -> Box<dyn Write + Send>,
+        wake: Wake,
+        input: &Receiver<Event>,
+    ) -> Result<SessionEnd, StandbyError> {
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(cfg.opts.heartbeat_timeout.max(Duration::from_secs(2))));
+        let hello = match wire::receive(&mut stream).and_then(|(k, p)| match k {
+            wire::HELLO => Hello::decode(&p),
+            k => Err(WireError::Protocol(format!("expected HELLO, got message kind {k}"))),
+        }) {
+            Ok(h) => h,
+            Err(e) => return Ok(SessionEnd::Retry(format!("refused {peer}: {e}"))),
+        };
+        if let Err(why) = self.check_hello(cfg, &hello) {
+            eprintln!("kemari: standby: refused the primary at {peer}: {why}");
+            return Ok(SessionEnd::Retry(why));
+        }
+        let shape = MachineConfig { harts: hello.harts as usize, memory_mib: hello.memory >> 20, ..cfg.machine.clone() };
+        let mut machine = match Machine::empty(&shape, console(), wake) {
+            Ok(m) => Box::new(m),
+            Err(e) => return Ok(SessionEnd::Retry(format!("cannot build the replica machine: {e}"))),
+        };
+        {
+            let mut m = self.metrics.lock().expect("metrics lock");
+            m.peer = peer.clone();
+            m.fence = hello.fence;
+            m.state = "syncing";
+        }
+        let _ = stream.set_read_timeout(None);
+        let heard = Arc::new(LastHeard::default());
+        heard.touch();
+        let (msgs_tx, msgs) = mpsc::channel();
+        let mut reader = Tracked::new(stream.try_clone().map_err(StandbyError::Disk)?, heard.clone());
+        let _ = std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
+            let m = wire::receive(&mut reader);
+            let end = m.is_err();
+            if msgs_tx.send(m).is_err() || end {
+                return;
+            }
+        });
+        let mut out = stream;
+        let mut committed = 0u64;
+        let mut applied_seq = 0u64;
+        let mut last_beat = Instant::now();
+        let lost = |why: String, machine: Box<Machine>, committed: u64| {
+            if committed == 0 {
+                SessionEnd::Retry(why)
+            } else {
+                SessionEnd::Lost { why, machine, hello: hello.clone() }
+            }
+        };
+        loop {
+            self.serve_events(input);
+            // One primary at a time: anyone else is turned away.
+            while let Ok(other) = others.try_recv() {
+                let who = other.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                eprintln!("kemari: standby: refused a second primary connection from {who} while protecting {peer}");
+                drop(other);
+            }
+            if last_beat.elapsed() >= cfg.opts.heartbeat {
+                let _ = wire::send(&mut out, wire::HEARTBEAT, &[]);
+                last_beat = Instant::now();
+            }
+            let silence = heard.silence();
+            if silence > cfg.opts.heartbeat_timeout {
+                return Ok(lost(format!("no heartbeat for {} ms", silence.as_millis()), machine, committed));
+            }
+            let msg = match msgs.recv_timeout(Duration::from_millis(10)) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => Err(WireError::Closed),
+            };
+            let (kind, payload) = match msg {
+                Ok(m) => m,
+                Err(e) => return Ok(lost(e.to_string(), machine, committed)),
+            };
+            match kind {
+                wire::PAGES if committed == 0 => {
+                    if let Err(e) = machine.restore_pages(&payload) {
+                        return Ok(SessionEnd::Retry(format!("bad pre-copy pages from {peer}: {e}")));
+                    }
+                }
+                wire::CHECKPOINT => {
+                    let (epoch, state) = match wire::split_epoch(&payload) {
+                        Ok(x) => x,
+                        Err(e) => return Ok(lost(e.to_string(), machine, committed)),
+                    };
+                    if epoch == committed {
+                        // A resend of what we hold (our ACK was lost or late): acknowledge again.
+                        let _ = wire::send(&mut out, wire::ACK, &[&epoch.to_le_bytes()]);
+                        continue;
+                    }
+                    if epoch != committed + 1 {
+                        let why = format!("checkpoint {epoch} out of sequence (committed {committed})");
+                        return Ok(lost(why, machine, committed));
+                    }
+                    let start = Instant::now();
+                    match machine.apply_checkpoint(state) {
+                        Ok(()) => {
+                            if cfg.opts.storage == Storage::Replicated {
+                                let mut gate = machine.dev.gate.lock().expect("gate lock");
+                                applied_seq = gate.perform_held_blocks(applied_seq).map_err(StandbyError::Disk)?;
+                            }
+                            committed = epoch;
+                            let us = start.elapsed().as_micros() as u64;
+                            let bytes = state.len() as u64;
+                            {
+                                let mut m = self.metrics.lock().expect("metrics lock");
+                                m.checkpoint(us, bytes / PAGE_RECORD, bytes);
+                                m.state = "protected";
+                            }
+                            let _ = wire::send(&mut out, wire::ACK, &[&epoch.to_le_bytes()]);
+                            if committed == 1 {
+                                eprintln!(
+                                    "kemari: protection established: standing by for the primary {} at {peer}",
+                                    hello.node
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            self.metrics.lock().expect("metrics lock").rejected += 1;
+                            eprintln!(
+                                "kemari: standby: rejected checkpoint {epoch} from {peer}: {e}; keeping checkpoint {committed}"
+                            );
+                            let _ = wire::send(&mut out, wire::NACK, &[&epoch.to_le_bytes()]);
+                        }
+                    }
+                }
+                wire::HEARTBEAT => {}
+                wire::SHUTDOWN => {
+                    eprintln!("kemari: standby: the primary's guest ended; so does this replica");
+                    return Ok(SessionEnd::Shutdown);
+                }
+                k => {
+                    let why = format!("unexpected message kind {k} from the primary");
+                    return Ok(lost(why, machine, committed));
+                }
+            }
+        }
+    }
+
+    fn check_hello(&self, cfg: &mut StandbyConfig, hello: &Hello) -> Result<(), String> {
+        if hello.storage != cfg.opts.storage {
+            return Err(format!("the primary uses {:?} storage, this node {:?}", hello.storage, cfg.opts.storage));
+        }
+        if let Some((harts, mib)) = cfg.expect_shape {
+            if harts != hello.harts as usize || mib != hello.memory >> 20 {
+                return Err(format!(
+                    "the primary has {} harts and {} MiB, this node was given {harts} and {mib}",
+                    hello.harts,
+                    hello.memory >> 20
+                ));
+            }
+        }
+        if hello.disks.len() != cfg.machine.disks.len() {
+            return Err(format!("the primary has {} disks, this node {}", hello.disks.len(), cfg.machine.disks.len()));
+        }
+        for (i, (size, d)) in hello.disks.iter().zip(&cfg.machine.disks).enumerate() {
+            let ours = std::fs::metadata(&d.path).map(|m| m.len()).map_err(|e| format!("disk {i}: {e}"))?;
+            if ours != *size {
+                return Err(format!("disk {i} is {size} bytes on the primary, {ours} here ({})", d.path.display()));
+            }
+        }
+        let lease = cfg.arbiter.read().map_err(|e| format!("cannot read the arbiter: {e}"))?;
+        if lease.owner != hello.node || lease.fence != hello.fence {
+            return Err(format!(
+                "the primary {} claims fence {}, but the arbiter names {} with fence {}",
+                hello.node, hello.fence, lease.owner, lease.fence
+            ));
+        }
+        Ok(())
+    }
+
+    fn fail_over(
+        mut self,
+        mut arbiter: Box<dyn Arbiter>,
+        mut machine: Machine,
+        hello: &Hello,
+        why: &str,
+        input: &Receiver<Event>,
+    ) -> Result<StandbyEnd, StandbyError> {
+        let start = Instant::now();
+        eprintln!("kemari: primary {} lost ({why}): failing over", hello.node);
+        self.metrics.lock().expect("metrics lock").state = "failing-over";
+        let mut told = false;
+        let fence = loop {
+            match arbiter.take_over(hello.fence) {
+                Ok(TakeOver::Won { fence }) => break fence,
+                Ok(TakeOver::Stale { fence }) => {
+                    self.metrics.lock().expect("metrics lock").state = "stale";
+                    return Err(StandbyError::Stale { fence, ours: hello.fence });
+                }
+                Ok(TakeOver::Wait) => {}
+                Err(e) if !told => {
+                    eprintln!("kemari: standby: the arbiter is not answering yet ({e}); retrying");
+                    told = true;
+                }
+                Err(_) => {}
+            }
+            self.serve_events(input);
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        {
+            // Re-issue: what the committed checkpoint still held may never have left the old primary.
+            let mut gate = machine.dev.gate.lock().expect("gate lock");
+            gate.set_holding(false);
+            if let Err(e) = gate.release_through(u64::MAX) {
+                tracing::warn!("re-issuing effects: {e}");
+            }
+        }
+        machine.announce();
+        machine.push_input(&self.input_bytes);
+        let took = start.elapsed().as_millis() as u64;
+        {
+            let mut m = self.metrics.lock().expect("metrics lock");
+            m.failover_ms = Some(took);
+            m.fence = fence;
+            m.role = "primary";
+            m.state = "unprotected";
+        }
+        eprintln!("kemari: failover complete in {took} ms; this node is now active (fence {fence})");
+        Ok(StandbyEnd::TookOver { machine: Box::new(machine), arbiter, metrics: self.metrics })
+    }
+}

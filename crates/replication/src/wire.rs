@@ -1,0 +1,283 @@
+//! The replication wire protocol between a primary and its secondary, over one TCP connection.
+//!
+//! ```text
+//!  primary                                          secondary (kemari standby)
+//!  HELLO       shape, storage mode, node, fence ──►  builds an empty machine of that shape, checks the arbiter
+//!  PAGES       state stream of PAGS sections    ──►  writes pages (first synchronisation: pre-copy rounds)
+//!  CHECKPOINT  epoch u64, state stream          ──►  stages, verifies, commits atomically
+//!                                               ◄──  ACK epoch  (committed)  |  NACK epoch (refused; resend it)
+//!  HEARTBEAT   (both ways, every interval)      ◄─►  liveness: silence longer than the timeout is a failure
+//!  SHUTDOWN    the guest powered off            ──►  the secondary ends too
+//! ```
+//!
+//! Every message is `kind u8, length u64 (little-endian), payload`. The receiver caps lengths and treats
+//! every payload as untrusted (state streams are validated by the one decoder of `kemari-state`).
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::Storage;
+
+pub const HELLO: u8 = 1;
+pub const PAGES: u8 = 2;
+pub const CHECKPOINT: u8 = 5;
+pub const ACK: u8 = 6;
+pub const NACK: u8 = 7;
+pub const HEARTBEAT: u8 = 8;
+pub const SHUTDOWN: u8 = 9;
+
+/// Largest message accepted (a first checkpoint of a very large guest stays below).
+pub const MAX_MESSAGE: u64 = 8 << 30;
+/// Version of this protocol; HELLO carries it.
+pub const PROTOCOL_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"KEMARIFT";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed by the peer")]
+    Closed,
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Writes one message made of `parts` (sent back to back, so a large state needs no extra copy).
+pub fn send(w: &mut impl Write, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut head = [0u8; 9];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(len as u64).to_le_bytes());
+    w.write_all(&head)?;
+    for p in parts {
+        w.write_all(p)?;
+    }
+    w.flush()
+}
+
+/// Reads one message, refusing lengths above [`MAX_MESSAGE`].
+pub fn receive(r: &mut impl Read) -> Result<(u8, Vec<u8>), WireError> {
+    let mut head = [0u8; 9];
+    if let Err(e) = r.read_exact(&mut head) {
+        return Err(if e.kind() == io::ErrorKind::UnexpectedEof { WireError::Closed } else { e.into() });
+    }
+    let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
+    if len > MAX_MESSAGE {
+        return Err(WireError::Protocol(format!("message of {len} bytes is too large")));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            WireError::Protocol(format!("connection closed inside a message of {len} bytes"))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok((head[0], payload))
+}
+
+/// A reader that notes the time of every byte received, so silence (not message boundaries) measures
+/// liveness: a checkpoint that takes long to arrive is not mistaken for a dead peer.
+pub struct Tracked<R> {
+    inner: R,
+    last: Arc<LastHeard>,
+}
+
+impl<R: Read> Tracked<R> {
+    pub fn new(inner: R, last: Arc<LastHeard>) -> Tracked<R> {
+        Tracked { inner, last }
+    }
+}
+
+impl<R: Read> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.last.touch();
+        }
+        Ok(n)
+    }
+}
+
+/// When the peer was last heard from.
+pub struct LastHeard {
+    origin: Instant,
+    micros: AtomicU64,
+}
+
+impl Default for LastHeard {
+    fn default() -> LastHeard {
+        LastHeard { origin: Instant::now(), micros: AtomicU64::new(0) }
+    }
+}
+
+impl LastHeard {
+    pub fn touch(&self) {
+        self.micros.store(self.origin.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the peer was last heard from.
+    pub fn silence(&self) -> std::time::Duration {
+        let now = self.origin.elapsed().as_micros() as u64;
+        std::time::Duration::from_micros(now.saturating_sub(self.micros.load(Ordering::Relaxed)))
+    }
+}
+
+/// The primary's introduction: what the secondary must build and whom it protects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub harts: u32,
+    pub memory: u64,
+    pub storage: Storage,
+    /// Size in bytes of each disk, in order (the secondary's must match).
+    pub disks: Vec<u64>,
+    /// The primary's node name and the arbiter fence it holds.
+    pub node: String,
+    pub fence: u64,
+}
+
+impl Hello {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(MAGIC);
+        v.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        v.extend_from_slice(&self.harts.to_le_bytes());
+        v.extend_from_slice(&self.memory.to_le_bytes());
+        v.push(match self.storage {
+            Storage::Shared => 0,
+            Storage::Replicated => 1,
+        });
+        v.extend_from_slice(&(self.disks.len() as u32).to_le_bytes());
+        for d in &self.disks {
+            v.extend_from_slice(&d.to_le_bytes());
+        }
+        v.extend_from_slice(&self.fence.to_le_bytes());
+        v.extend_from_slice(&(self.node.len() as u32).to_le_bytes());
+        v.extend_from_slice(self.node.as_bytes());
+        v
+    }
+
+    /// Decodes and checks a HELLO (untrusted).
+    pub fn decode(b: &[u8]) -> Result<Hello, WireError> {
+        let bad = |why: &str| WireError::Protocol(format!("bad HELLO: {why}"));
+        let mut r = Cursor(b);
+        if r.take(8).ok_or_else(|| bad("truncated"))? != MAGIC {
+            return Err(bad("not a kemari primary (bad magic)"));
+        }
+        let version = r.u32().ok_or_else(|| bad("truncated"))?;
+        if version != PROTOCOL_VERSION {
+            return Err(bad(&format!("protocol version {version}, this kemari speaks {PROTOCOL_VERSION}")));
+        }
+        let harts = r.u32().ok_or_else(|| bad("truncated"))?;
+        let memory = r.u64().ok_or_else(|| bad("truncated"))?;
+        let storage = match r.take(1).ok_or_else(|| bad("truncated"))?[0] {
+            0 => Storage::Shared,
+            1 => Storage::Replicated,
+            k => return Err(bad(&format!("unknown storage mode {k}"))),
+        };
+        let n = r.u32().ok_or_else(|| bad("truncated"))?;
+        if n > 64 {
+            return Err(bad("too many disks"));
+        }
+        let disks = (0..n).map(|_| r.u64().ok_or_else(|| bad("truncated"))).collect::<Result<_, _>>()?;
+        let fence = r.u64().ok_or_else(|| bad("truncated"))?;
+        let len = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+        if len > 256 {
+            return Err(bad("node name too long"));
+        }
+        let node = String::from_utf8(r.take(len).ok_or_else(|| bad("truncated"))?.to_vec())
+            .map_err(|_| bad("node name is not UTF-8"))?;
+        if !r.0.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        if harts == 0 || memory == 0 || memory % (1 << 20) != 0 {
+            return Err(bad(&format!("impossible machine shape: {harts} harts, {memory} bytes")));
+        }
+        Ok(Hello { harts, memory, storage, disks, node, fence })
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+}
+
+/// The epoch at the front of a CHECKPOINT, ACK or NACK payload, and the rest.
+pub fn split_epoch(payload: &[u8]) -> Result<(u64, &[u8]), WireError> {
+    if payload.len() < 8 {
+        return Err(WireError::Protocol("message too short for its epoch".into()));
+    }
+    let (e, rest) = payload.split_at(8);
+    Ok((u64::from_le_bytes(e.try_into().expect("8 bytes")), rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            harts: 2,
+            memory: 256 << 20,
+            storage: Storage::Replicated,
+            disks: vec![64 << 20],
+            node: "pri".into(),
+            fence: 7,
+        }
+    }
+
+    #[test]
+    fn hello_round_trips_and_every_truncation_is_refused() {
+        let b = hello().encode();
+        assert_eq!(Hello::decode(&b).unwrap(), hello());
+        for n in 0..b.len() {
+            assert!(Hello::decode(&b[..n]).is_err(), "truncated at {n} accepted");
+        }
+        let mut extra = b.clone();
+        extra.push(0);
+        assert!(Hello::decode(&extra).is_err());
+    }
+
+    #[test]
+    fn hello_with_bad_fields_is_refused() {
+        let mut h = hello();
+        h.memory = 12345;
+        assert!(Hello::decode(&h.encode()).is_err());
+        let mut b = hello().encode();
+        b[8] = 9; // protocol version 9
+        assert!(matches!(Hello::decode(&b), Err(WireError::Protocol(m)) if m.contains("version 9")));
+        b = hello().encode();
+        b[0] = b'X';
+        assert!(Hello::decode(&b).is_err());
+    }
+
+    #[test]
+    fn messages_round_trip_and_oversized_lengths_are_refused() {
+        let mut buf = Vec::new();
+        send(&mut buf, CHECKPOINT, &[&5u64.to_le_bytes(), b"state"]).unwrap();
+        let (kind, payload) = receive(&mut buf.as_slice()).unwrap();
+        assert_eq!(kind, CHECKPOINT);
+        assert_eq!(split_epoch(&payload).unwrap(), (5, &b"state"[..]));
+        let mut huge = vec![CHECKPOINT];
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(receive(&mut huge.as_slice()), Err(WireError::Protocol(_))));
+        assert!(matches!(receive(&mut &buf[..5]), Err(WireError::Closed)));
+        assert!(matches!(receive(&mut &buf[..12]), Err(WireError::Protocol(_))));
+    }
+}
