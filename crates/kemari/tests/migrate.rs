@@ -56,7 +56,10 @@ fn guest_moves_to_the_receiver_without_losing_a_tick() {
     assert_eq!(after[0], last + 1, "the receiver continues right after the sender's last tick: {after:?}");
     assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "gap or repeat in {after:?}");
     // The receiver's guest is fully alive: a fresh command runs.
-    assert_eq!(receiver.sh("echo $((6*7))"), "42");
+    // (The tick loop keeps printing in the background: leave its lines out.)
+    let answer = receiver.sh("echo $((6*7))");
+    let answer: Vec<&str> = answer.lines().filter(|l| !l.trim().starts_with("tick-")).collect();
+    assert_eq!(answer, ["42"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -9,9 +9,10 @@
 //!  checkpoint covers
 //! ```
 //!
-//! Phases: *connecting* (the guest runs unprotected, effects pass at once) → *syncing* (the gate holds; full
-//! pre-copy while the guest runs, then the first checkpoint) → *protected* once that checkpoint is
-//! acknowledged. Losing the secondary: the gate keeps holding until the arbiter confirms this node is still the
+//! Phases: *connecting* (the guest runs unprotected, effects pass at once) → *syncing* (full pre-copy while
+//! the guest runs, then the first checkpoint, from which on the gate holds; with replicated disks it holds from
+//! the start of the pre-copy, so that the secondary's copy sees every write) → *protected* once that
+//! checkpoint is acknowledged. Losing the secondary: the gate keeps holding until the arbiter confirms this node is still the
 //! active one and the fence is bumped (the stale replica can then never take over); only then are the held
 //! effects released and the guest goes on *unprotected*, waiting for a new secondary. A node that finds
 //! another one active stops without releasing anything ([`Ended::Fenced`]).
@@ -38,6 +39,9 @@ const MAX_IN_FLIGHT: usize = 8;
 const PRECOPY_BUDGET: Duration = Duration::from_millis(10);
 /// Refusals of one checkpoint before the link counts as broken.
 const MAX_NACKS: u32 = 3;
+/// Back-off between attempts to protect again after a lost secondary.
+const MIN_RECONNECT: Duration = Duration::from_secs(1);
+const MAX_RECONNECT: Duration = Duration::from_secs(16);
 /// Messages queued for the sender thread (back-pressure on the machine loop beyond that).
 const SEND_QUEUE: usize = 16;
 
@@ -175,6 +179,7 @@ pub struct Primary {
     last_renew: Instant,
     in_flight: VecDeque<InFlight>,
     sync_started: Instant,
+    reconnect_delay: Duration,
 }
 
 /// Runs the guest as the active node until its run ends or another node is found active.
@@ -193,9 +198,11 @@ pub fn run(machine: &mut Machine, input: &Receiver<Event>, cfg: PrimaryConfig) -
     }
 }
 
-fn connector(peer: String, wake: Wake) -> Receiver<TcpStream> {
+/// Connects to the secondary from a thread (the guest runs meanwhile), first after `delay`.
+fn connector(peer: String, wake: Wake, delay: Duration) -> Receiver<TcpStream> {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new().name("ft-connect".into()).spawn(move || {
+        std::thread::sleep(delay);
         let mut told = false;
         loop {
             let attempt = peer
@@ -241,7 +248,7 @@ impl Primary {
             m2.lock().expect("metrics lock").report(held)
         }));
         let phase = match &cfg.peer {
-            Some(peer) => Phase::Connecting(connector(peer.clone(), cfg.wake.clone())),
+            Some(peer) => Phase::Connecting(connector(peer.clone(), cfg.wake.clone(), Duration::ZERO)),
             None => Phase::Unprotected,
         };
         let now = Instant::now();
@@ -257,6 +264,7 @@ impl Primary {
             last_renew: now,
             in_flight: VecDeque::new(),
             sync_started: now,
+            reconnect_delay: MIN_RECONNECT,
         })
     }
 
@@ -286,6 +294,8 @@ impl Primary {
                     if let Phase::Linked { copy, .. } = &mut self.phase {
                         *copy = None;
                     }
+                    // From here every effect waits for a checkpoint that covers it.
+                    machine.dev.gate.lock().expect("gate lock").set_holding(true);
                     self.checkpoint(machine)?;
                 }
             }
@@ -368,6 +378,7 @@ impl Primary {
                 took.as_millis()
             );
             self.set_state("protected");
+            self.reconnect_delay = MIN_RECONNECT;
         }
         Ok(())
     }
@@ -398,8 +409,11 @@ impl Primary {
             .and_then(|()| Link::open(stream, self.cfg.wake.clone()));
         match opened {
             Ok(link) => {
-                // From here every effect waits for a checkpoint; the first one covers all held so far.
-                gate.lock().expect("gate lock").set_holding(true);
+                // Replicated disks must see every write from here on, so the gate holds from now; with a
+                // shared disk the effects pass until the first checkpoint (the replica starts after them).
+                if self.cfg.opts.storage == Storage::Replicated {
+                    gate.lock().expect("gate lock").set_holding(true);
+                }
                 self.sync_started = Instant::now();
                 self.phase = Phase::Linked { link, copy: Some(PreCopy::start(machine, PRECOPY_BUDGET)), established: false };
                 self.set_state("syncing");
@@ -412,9 +426,13 @@ impl Primary {
         }
     }
 
+    /// Waits for a (new) secondary, backing off after failed sessions: a secondary that accepts but never
+    /// answers (stopped) must not stall the guest's outputs over and over.
     fn reconnect(&mut self) {
+        let delay = self.reconnect_delay;
+        self.reconnect_delay = (delay * 2).clamp(MIN_RECONNECT, MAX_RECONNECT);
         self.phase = match &self.cfg.peer {
-            Some(peer) => Phase::Connecting(connector(peer.clone(), self.cfg.wake.clone())),
+            Some(peer) => Phase::Connecting(connector(peer.clone(), self.cfg.wake.clone(), delay)),
             None => Phase::Unprotected,
         };
     }
