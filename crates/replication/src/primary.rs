@@ -339,17 +339,21 @@ impl Primary {
         match ev {
             Incoming::Ack(epoch) => self.acknowledged(machine, epoch),
             Incoming::Nack(epoch) => {
+                // The secondary refused `epoch` and drops what follows it: send it and everything after again,
+                // in order (each is a delta on the one before).
                 let Some(f) = self.in_flight.iter_mut().find(|f| f.epoch == epoch) else {
                     return self.lost(machine, &format!("refusal of checkpoint {epoch}, which is not in flight"));
                 };
                 f.nacks += 1;
-                let (nacks, body) = (f.nacks, f.body.clone());
+                let nacks = f.nacks;
                 if nacks > MAX_NACKS {
                     return self.lost(machine, &format!("checkpoint {epoch} refused {nacks} times"));
                 }
-                tracing::warn!("the secondary refused checkpoint {epoch}; sending it again");
+                tracing::warn!("the secondary refused checkpoint {epoch}; sending it and its successors again");
                 if let Phase::Linked { link, .. } = &self.phase {
-                    link.send(wire::CHECKPOINT, Some(epoch), body);
+                    for f in self.in_flight.iter().filter(|f| f.epoch >= epoch) {
+                        link.send(wire::CHECKPOINT, Some(f.epoch), f.body.clone());
+                    }
                 }
                 Ok(())
             }

@@ -4,7 +4,8 @@
 //! Per connection (a *session*): HELLO → an empty machine of the primary's shape with this node's own devices
 //! → pre-copy pages → checkpoints. Each checkpoint arrives whole (the reader thread hands over complete
 //! messages only), is verified and committed atomically by `Machine::apply_checkpoint`, and only then
-//! acknowledged; a checkpoint that fails verification is refused (NACK) and the last committed state stays.
+//! acknowledged; a checkpoint that fails verification is refused (NACK) and the last committed state stays;
+//! the checkpoints already on the wire behind it are dropped until the primary resends it and its successors.
 //! With replicated storage the block writes a committed checkpoint carries are applied to this node's disk
 //! copy at commit, in sequence order, each once.
 //!
@@ -206,6 +207,9 @@ impl Standby {
         });
         let mut out = stream;
         let mut committed = 0u64;
+        // After a refusal the checkpoints already on the wire behind the refused one are dropped until the
+        // primary's resend of it arrives.
+        let mut resyncing = false;
         let mut applied_seq = 0u64;
         let mut last_beat = Instant::now();
         let lost = |why: String, machine: Box<Machine>, committed: u64| {
@@ -251,9 +255,14 @@ impl Standby {
                         Ok(x) => x,
                         Err(e) => return Ok(lost(e.to_string(), machine, committed)),
                     };
-                    if epoch == committed {
-                        // A resend of what we hold (our ACK was lost or late): acknowledge again.
-                        let _ = wire::send(&mut out, wire::ACK, &[&epoch.to_le_bytes()]);
+                    if epoch <= committed {
+                        // A resend of what we hold: acknowledge the newest again.
+                        if epoch == committed {
+                            let _ = wire::send(&mut out, wire::ACK, &[&epoch.to_le_bytes()]);
+                        }
+                        continue;
+                    }
+                    if resyncing && epoch != committed + 1 {
                         continue;
                     }
                     if epoch != committed + 1 {
@@ -268,6 +277,7 @@ impl Standby {
                                 applied_seq = gate.perform_held_blocks(applied_seq).map_err(StandbyError::Disk)?;
                             }
                             committed = epoch;
+                            resyncing = false;
                             let us = start.elapsed().as_micros() as u64;
                             let bytes = state.len() as u64;
                             {
@@ -289,6 +299,7 @@ impl Standby {
                                 "kemari: standby: rejected checkpoint {epoch} from {peer}: {e}; keeping checkpoint {committed}"
                             );
                             let _ = wire::send(&mut out, wire::NACK, &[&epoch.to_le_bytes()]);
+                            resyncing = true;
                         }
                     }
                 }

@@ -5,7 +5,8 @@
 //!  HELLO       shape, storage mode, node, fence ──►  builds an empty machine of that shape, checks the arbiter
 //!  PAGES       state stream of PAGS sections    ──►  writes pages (first synchronisation: pre-copy rounds)
 //!  CHECKPOINT  epoch u64, state stream          ──►  stages, verifies, commits atomically
-//!                                               ◄──  ACK epoch  (committed)  |  NACK epoch (refused; resend it)
+//!                                               ◄──  ACK epoch  (committed)  |  NACK epoch (refused: the
+//!                                                    secondary drops what follows; resend it and its successors)
 //!  HEARTBEAT   (both ways, every interval)      ◄─►  liveness: silence longer than the timeout is a failure
 //!  SHUTDOWN    the guest powered off            ──►  the secondary ends too
 //! ```
