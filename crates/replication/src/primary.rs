@@ -83,10 +83,12 @@ enum Incoming {
 
 /// The connection to the secondary: a sender thread, a reader thread, and when the peer was last heard.
 struct Link {
-    out: SyncSender<Outgoing>,
+    /// To the sender thread (taken away to let it finish).
+    out: Option<SyncSender<Outgoing>>,
     events: Receiver<Incoming>,
     heard: Arc<LastHeard>,
     sender: Option<std::thread::JoinHandle<()>>,
+    socket: TcpStream,
 }
 
 impl Link {
@@ -97,6 +99,7 @@ impl Link {
         let (events_tx, events) = mpsc::channel();
         let mut writer = std::io::BufWriter::with_capacity(1 << 16, stream.try_clone()?);
         let closer = stream.try_clone()?;
+        let socket = stream.try_clone()?;
         let sender = std::thread::Builder::new().name("ft-send".into()).spawn(move || {
             for m in queue {
                 let epoch = m.epoch.map(u64::to_le_bytes);
@@ -126,26 +129,52 @@ impl Link {
             }
             wake();
         })?;
-        Ok(Link { out, events, heard, sender: Some(sender) })
+        Ok(Link { out: Some(out), events, heard, sender: Some(sender), socket })
     }
 
-    fn send(&self, kind: u8, epoch: Option<u64>, body: Arc<Vec<u8>>) {
-        // A full queue blocks (back-pressure); a gone sender thread shows up as a closed link.
-        let _ = self.out.send(Outgoing { kind, epoch, body });
+    /// Queues a message. A full queue is back-pressure: wait, but not past `patience` of silence from the
+    /// peer (a partition or a stopped secondary must not wedge the machine loop; the caller then finds the peer
+    /// silent and gives up on it). A gone sender thread shows up as a closed link.
+    fn send(&self, kind: u8, epoch: Option<u64>, body: Arc<Vec<u8>>, patience: Duration) {
+        let Some(out) = &self.out else { return };
+        let mut msg = Outgoing { kind, epoch, body };
+        loop {
+            match out.try_send(msg) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(m)) => {
+                    if self.heard.silence() > patience {
+                        return;
+                    }
+                    msg = m;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
     }
 
     fn try_send(&self, kind: u8) {
-        if let Err(TrySendError::Disconnected(_)) = self.out.try_send(Outgoing { kind, epoch: None, body: Arc::default() }) {
+        let Some(out) = &self.out else { return };
+        if let Err(TrySendError::Disconnected(_)) = out.try_send(Outgoing { kind, epoch: None, body: Arc::default() }) {
             tracing::debug!("replication sender is gone");
         }
     }
 
-    /// Waits until everything queued went out (or the connection failed).
-    fn close(mut self) {
-        drop(self.out);
+    /// Waits until everything queued went out, the connection failed, or `patience` passed.
+    fn close(mut self, patience: Duration) {
+        self.out = None;
+        let deadline = Instant::now() + patience;
         if let Some(t) = self.sender.take() {
-            let _ = t.join();
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
+    }
+}
+
+impl Drop for Link {
+    /// Ends the connection, so that both threads finish even when the peer stopped reading.
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -287,7 +316,7 @@ impl Primary {
             },
             Phase::Linked { link, copy: Some(copy), .. } => {
                 if let Some(batch) = copy.next_batch(machine) {
-                    link.send(wire::PAGES, None, Arc::new(batch));
+                    link.send(wire::PAGES, None, Arc::new(batch), self.cfg.opts.heartbeat_timeout);
                 } else {
                     let mib = copy.progress.bytes >> 20;
                     tracing::info!("pre-copy done: {mib} MiB in {:?}", copy.elapsed());
@@ -352,7 +381,7 @@ impl Primary {
                 tracing::warn!("the secondary refused checkpoint {epoch}; sending it and its successors again");
                 if let Phase::Linked { link, .. } = &self.phase {
                     for f in self.in_flight.iter().filter(|f| f.epoch >= epoch) {
-                        link.send(wire::CHECKPOINT, Some(f.epoch), f.body.clone());
+                        link.send(wire::CHECKPOINT, Some(f.epoch), f.body.clone(), self.cfg.opts.heartbeat_timeout);
                     }
                 }
                 Ok(())
@@ -474,7 +503,7 @@ impl Primary {
         let body = Arc::new(machine.save(Pages::Only(&pages)));
         self.epoch += 1;
         if let Phase::Linked { link, .. } = &self.phase {
-            link.send(wire::CHECKPOINT, Some(self.epoch), body.clone());
+            link.send(wire::CHECKPOINT, Some(self.epoch), body.clone(), self.cfg.opts.heartbeat_timeout);
         }
         let bytes = body.len() as u64;
         self.in_flight.push_back(InFlight { epoch: self.epoch, covered, body, nacks: 0 });
@@ -563,8 +592,8 @@ impl Primary {
             return Ended::Fenced(why);
         }
         if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Unprotected) {
-            link.send(wire::SHUTDOWN, None, Arc::default());
-            link.close();
+            link.send(wire::SHUTDOWN, None, Arc::default(), self.cfg.opts.heartbeat_timeout);
+            link.close(self.cfg.opts.heartbeat_timeout);
         }
         if let Err(e) = self.cfg.arbiter.release() {
             tracing::warn!("giving up the lease: {e}");

@@ -140,6 +140,75 @@ impl Vm {
         body.trim_end_matches("KM-END").trim().replace('\r', "")
     }
 
+    /// The kemari process id (for signals).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends signal `sig` (e.g. `libc::SIGKILL`, `libc::SIGSTOP`) to the kemari process. Panics if it already
+    /// ended (its pid could belong to someone else once reaped).
+    pub fn signal(&mut self, sig: i32) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("kemari already exited ({status}) before signal {sig}\n--- stderr ---\n{}", self.stderr());
+        }
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet (checked above), so it is still ours.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}): {}", self.pid(), std::io::Error::last_os_error());
+    }
+
+    /// Everything the process printed on stdout so far, as bytes.
+    pub fn output_bytes(&self) -> Vec<u8> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// How many bytes the process printed on stdout so far.
+    pub fn output_len(&self) -> usize {
+        self.out.lock().unwrap().len()
+    }
+
+    /// How many complete lines the process printed on stderr so far (a mark for [`Vm::expect_stderr_after`]).
+    pub fn stderr_lines(&self) -> usize {
+        self.err.lock().unwrap().iter().filter(|&&b| b == b'\n').count()
+    }
+
+    /// Waits until a line of stderr (from the start, nothing is consumed) contains `needle`; returns that line.
+    /// Panics with both streams if the process exits first or after [`GUEST_TIMEOUT`].
+    pub fn expect_stderr(&mut self, needle: &str) -> String {
+        self.expect_stderr_after(needle, 0)
+    }
+
+    /// Like [`Vm::expect_stderr`], looking only at lines after the first `mark` ones (see [`Vm::stderr_lines`]).
+    pub fn expect_stderr_after(&mut self, needle: &str, mark: usize) -> String {
+        let find = |vm: &Vm| vm.stderr().lines().skip(mark).find(|l| l.contains(needle)).map(str::to_string);
+        let start = Instant::now();
+        loop {
+            if let Some(line) = find(self) {
+                return line;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // The drain thread may still hold the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                if let Some(line) = find(self) {
+                    return line;
+                }
+                panic!(
+                    "kemari exited ({status}) before printing {needle:?} on stderr\n--- stderr ---\n{}\n--- console ---\n{}",
+                    self.stderr(),
+                    self.output()
+                );
+            }
+            if start.elapsed() > GUEST_TIMEOUT {
+                panic!("no {needle:?} on stderr\n--- stderr ---\n{}\n--- console ---\n{}", self.stderr(), self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit status if the process has ended, without waiting.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// Waits for the process to end.
     pub fn wait(&mut self) -> ExitStatus {
         let start = Instant::now();

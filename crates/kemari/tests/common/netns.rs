@@ -87,6 +87,54 @@ impl NetNs {
         self.ip(&["link", "set", tap, "up"]);
     }
 
+    /// Creates a persistent tap `tap` with no address, up (an administrator's tap for a bridge port).
+    pub fn add_bare_tap(&self, tap: &str) {
+        self.ip(&["tuntap", "add", "dev", tap, "mode", "tap"]);
+        self.ip(&["link", "set", tap, "up"]);
+    }
+
+    /// Creates a bridge `bridge` (no STP, so ports forward at once), up.
+    pub fn add_bridge(&self, bridge: &str) {
+        self.ip(&["link", "add", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0"]);
+        self.ip(&["link", "set", bridge, "up"]);
+    }
+
+    /// Makes `dev` a port of `bridge`.
+    pub fn join_bridge(&self, dev: &str, bridge: &str) {
+        self.ip(&["link", "set", dev, "master", bridge]);
+    }
+
+    /// Creates a veth pair: `local` in this namespace and `remote` in `other`, both up.
+    pub fn add_veth_to(&self, local: &str, other: &NetNs, remote: &str) {
+        self.ip(&["link", "add", local, "type", "veth", "peer", "name", remote, "netns", other.name()]);
+        self.ip(&["link", "set", local, "up"]);
+        other.ip(&["link", "set", remote, "up"]);
+    }
+
+    /// Gives `dev` the address `cidr`.
+    pub fn add_addr(&self, dev: &str, cidr: &str) {
+        self.ip(&["addr", "add", cidr, "dev", dev]);
+    }
+
+    pub fn link_up(&self, dev: &str) {
+        self.ip(&["link", "set", dev, "up"]);
+    }
+
+    pub fn link_down(&self, dev: &str) {
+        self.ip(&["link", "set", dev, "down"]);
+    }
+
+    /// Writes `value` to `/proc/sys/<key>` (dots or slashes) as seen from inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.enter(|| std::fs::write(&path, value)).unwrap_or_else(|e| panic!("sysctl {key}={value} in {}: {e}", self.name));
+    }
+
+    /// Starts capturing every frame on interface `dev` of this namespace (see [`PacketCapture`]).
+    pub fn capture(&self, dev: &str) -> PacketCapture {
+        PacketCapture::start(self, dev)
+    }
+
     fn join_this_thread(&self) {
         let f = File::open(format!("{NETNS_DIR}/{}", self.name)).expect("open the namespace");
         // SAFETY: setns(2) on a namespace file descriptor we hold open; it switches only the calling thread.
@@ -224,4 +272,160 @@ fn ping(dst: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// One frame seen by a [`PacketCapture`].
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// `sll_pkttype`: `libc::PACKET_OUTGOING` for frames the namespace's kernel sends out of the interface; any
+    /// other value for frames that came in (on a tap: frames the process behind the tap wrote).
+    pub pkttype: u8,
+    pub bytes: Vec<u8>,
+}
+
+impl Frame {
+    /// True for a frame that entered the namespace through the interface (on a tap: written by the VMM).
+    pub fn incoming(&self) -> bool {
+        self.pkttype != libc::PACKET_OUTGOING
+    }
+
+    /// Source MAC address of the Ethernet frame.
+    pub fn src_mac(&self) -> [u8; 6] {
+        let mut m = [0u8; 6];
+        if self.bytes.len() >= 12 {
+            m.copy_from_slice(&self.bytes[6..12]);
+        }
+        m
+    }
+}
+
+/// A raw AF_PACKET capture of one interface, on a thread inside the interface's namespace; stops when dropped.
+/// No tcpdump needed.
+pub struct PacketCapture {
+    frames: std::sync::Arc<std::sync::Mutex<Vec<Frame>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PacketCapture {
+    fn start(ns: &NetNs, dev: &str) -> PacketCapture {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let dev = dev.to_string();
+        let (f2, s2) = (frames.clone(), stop.clone());
+        let thread = ns.spawn(move || {
+            let sock = match open_packet_socket(&dev) {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = vec![0u8; 65536];
+            while !s2.load(Ordering::Relaxed) {
+                // SAFETY: all-zero is a valid sockaddr_ll.
+                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                // SAFETY: `buf` and `from` are valid for writes of the lengths passed.
+                let n = unsafe {
+                    libc::recvfrom(
+                        sock.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&mut from as *mut libc::sockaddr_ll).cast(),
+                        &mut len,
+                    )
+                };
+                if n < 0 {
+                    continue; // SO_RCVTIMEO (EAGAIN) or EINTR: look at the stop flag again
+                }
+                f2.lock().unwrap().push(Frame { pkttype: from.sll_pkttype, bytes: buf[..n as usize].to_vec() });
+            }
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("cannot capture on {}: {e}", ns.name()),
+            Err(_) => panic!("capture thread in {} died", ns.name()),
+        }
+        PacketCapture { frames, stop, thread: Some(thread) }
+    }
+
+    /// Every frame captured so far.
+    pub fn frames(&self) -> Vec<Frame> {
+        self.frames.lock().unwrap().clone()
+    }
+
+    /// Frames captured so far that entered through the interface with source MAC `mac`.
+    pub fn incoming_from(&self, mac: [u8; 6]) -> Vec<Frame> {
+        self.frames().into_iter().filter(|f| f.incoming() && f.src_mac() == mac).collect()
+    }
+
+    /// Forgets what was captured so far.
+    pub fn clear(&self) {
+        self.frames.lock().unwrap().clear();
+    }
+}
+
+impl Drop for PacketCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An AF_PACKET socket bound to `dev` in the calling thread's namespace, with a short receive timeout.
+fn open_packet_socket(dev: &str) -> io::Result<std::os::fd::OwnedFd> {
+    let cname = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: `cname` is a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // Protocol 0 receives nothing until bind() names the interface and the protocol: no stray frames from other
+    // interfaces in between.
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid sockaddr_ll; the fields we need are set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: `addr` is a sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    // SAFETY: SO_RCVTIMEO takes a timeval of the size we pass.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    Ok(sock)
 }

@@ -1,0 +1,543 @@
+//! Transparent fault tolerance end to end: a protected guest keeps its TCP connections, its acknowledged writes and
+//! its console across the death of its primary; a stopped primary is fenced; a dead secondary costs nothing but
+//! protection; a corrupt checkpoint is refused.
+//!
+//! # Hosts
+//! Network namespaces stand in for machines (see `common/ft.rs` for the picture): `br` holds the bridge `br0`;
+//! `pri` (primary host) and `sec` (secondary host) each have the tap `kmrtap0` on a local bridge with an uplink
+//! veth to `br0`; `cli` is the client, 10.0.3.100/24 on `br0`. The guest is 10.0.3.15/24 with MAC
+//! 52:54:00:12:34:56 on both taps. The replication link is a separate veth pair, `pri` 10.0.9.1 ↔ `sec`
+//! 10.0.9.2. The primary is `kemari run --protect 10.0.9.2:7700 ...` in `pri`, the secondary
+//! `kemari standby --listen 10.0.9.2:7700 ...` in `sec`, both with a file arbiter in a shared temp directory;
+//! the guest is the real Linux guest on our RISC-V engine. Everything is removed afterwards, also on failure.
+//!
+//! # What each test proves
+//! - `topology_*`, `replication_link_*`, `record_workload_*`: the harness itself, without fault tolerance: the
+//!   client reaches a guest on either host through `br0`, the link can be cut, and the write workload and its
+//!   checker agree on a run where nothing fails. They make a failure of the tests below mean the product.
+//! - `tcp_stream_survives_sigkill_of_the_primary`: 64 MiB through a guest echo service while the primary is
+//!   SIGKILLed at a random byte offset; the stream completes, nothing is reset, sha256 matches. 10 rounds.
+//! - `no_acknowledged_write_is_lost_with_{shared,replicated}_storage`: every record the guest reported to the
+//!   client after fsync is on the surviving disk image, intact and in order, and the file system checks clean.
+//! - `console_has_no_gap_across_a_failover`: the user's console (primary's, then secondary's) misses no tick.
+//! - `stopped_primary_is_fenced_and_releases_nothing_when_it_wakes`: SIGSTOP → takeover by heartbeat timeout;
+//!   SIGCONT → the old primary puts not one frame on its tap, not one byte on its disk or console, and exits 3
+//!   saying `fenced`.
+//! - `primary_carries_on_unprotected_when_the_secondary_dies`: SIGKILL of the secondary mid-stream; the primary
+//!   reports `unprotected` and the client's stream is unaffected.
+//! - `corrupt_checkpoint_is_rejected_and_failover_still_works`: a proxy on the replication link flips one bit in
+//!   one CHECKPOINT; the secondary rejects it, the primary resends, protection goes on, and a later failover
+//!   resumes the guest from good state with no console gap.
+//!
+//! The fault-tolerance tests fail (they do not skip) when `kemari` lacks the fault-tolerance command line.
+//! Knobs for local runs: `KEMARI_FT_SEED` replays the random moments, `KEMARI_FT_REPEATS` (default 10) and
+//! `KEMARI_FT_STREAM_MIB` (default 64) size the SIGKILL test.
+//!
+//! Needs root. Timeouts only guard against hangs; nothing asserts on time.
+
+mod common;
+#[path = "common/ft.rs"]
+mod ft;
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::{guest_file, Vm, GUEST_TIMEOUT};
+use ft::{
+    assert_fsck_clean, assert_no_console_gap, complete_ticks, debugfs_cat, env_u64, sha256_file, EchoStream, Pair,
+    PairOptions, Rng, Storage, Topology, CLIENT_IP, GUEST_IP, GUEST_MAC, GUEST_MAC_BYTES, SECONDARY_REPL_IP, TAP,
+};
+
+const ECHO_PORT: u16 = 7100;
+const REPORT_PORT: u16 = 7200;
+
+// ------------------------------------------------------------------------------------------------ helpers --
+
+/// Runs `cmd` in the guest and insists that it succeeds.
+fn guest_ok(vm: &mut Vm, cmd: &str) -> String {
+    let out = vm.sh(&format!("{cmd}; echo RC=$?"));
+    let (body, rc) = out.rsplit_once("RC=").unwrap_or_else(|| panic!("no exit status in {out:?}"));
+    assert_eq!(rc.trim(), "0", "guest command failed: {cmd}\n{out}");
+    body.trim().to_string()
+}
+
+/// Boots an unprotected guest (`kemari run` without `--protect`) on `host`'s tap and gives it the guest address.
+fn boot_unprotected(host: &netns::NetNs, disk: Option<&std::path::Path>) -> Vm {
+    let kernel = guest_file("Image");
+    let initrd = guest_file("initramfs.cpio.gz");
+    let net = format!("tap={TAP},mac={GUEST_MAC}");
+    let mut args = vec![
+        "run".to_string(),
+        "--kernel".into(),
+        kernel.display().to_string(),
+        "--initrd".into(),
+        initrd.display().to_string(),
+        "--memory".into(),
+        "256".into(),
+        "--net".into(),
+        net,
+    ];
+    if let Some(d) = disk {
+        args.extend(["--disk".into(), d.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let mut vm = host.enter(|| Vm::start(&args));
+    vm.expect("KEMARI-GUEST-READY");
+    eprintln!("guest boot to KEMARI-GUEST-READY: {:?}", started.elapsed());
+    assert_eq!(
+        vm.sh(&format!("ip link set eth0 up && ip addr add {GUEST_IP}/24 dev eth0 && echo configured")),
+        "configured"
+    );
+    vm
+}
+
+/// Echoes `len` bytes through the guest's echo service from the client and checks them; returns bytes/second.
+fn echo_round_trip(vm: &mut Vm, topo: &Topology, len: usize, seed: u64) -> f64 {
+    ft::start_guest_echo(vm, ECHO_PORT);
+    let started = Instant::now();
+    let stream = EchoStream::start(&topo.cli, ECHO_PORT, len, seed);
+    stream.finish();
+    len as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The guest's write workload: `count` records `rec-N <sha256 of "rec-N\n">`, each appended to /mnt/log with
+/// fsync, and only after the fsync returned is N sent to the client over TCP (one connection, one number per
+/// line). When the client closes the connection, the guest unmounts the file system and powers off.
+fn record_workload(count: u64) -> String {
+    format!(
+        "( i=0; while [ $i -lt {count} ]; do i=$((i+1)); h=$(echo rec-$i | sha256sum); \
+         echo \"rec-$i ${{h%% *}}\" | dd of=/mnt/log oflag=append conv=notrunc,fsync 2>/dev/null || break; \
+         echo $i; done ) | nc {CLIENT_IP} {REPORT_PORT}; umount /mnt && echo UMOUNT''-OK; poweroff -f"
+    )
+}
+
+/// Checks the record file read from a disk image: records 1..=M in order, each intact, M at least `acked`.
+/// Returns M.
+fn check_records(log: &[u8], acked: u64) -> u64 {
+    let text = String::from_utf8_lossy(log);
+    assert!(text.is_empty() || text.ends_with('\n'), "the record file ends in a torn record: {:?}", text.lines().last());
+    let mut n = 0u64;
+    for line in text.lines() {
+        n += 1;
+        let want = format!("rec-{n} {}", ft::sha256(format!("rec-{n}\n").as_bytes()));
+        assert_eq!(line, want, "record {n} on the disk is wrong (missing, repeated or damaged)");
+    }
+    assert!(n >= acked, "the guest reported {acked} records durable, but the disk holds only {n}");
+    n
+}
+
+/// Reads the numbers the guest reports on `conn` until `last`; after the `kill_after`-th, runs `kill` once.
+/// Panics if the connection fails. Returns the numbers.
+fn read_reports(conn: std::net::TcpStream, last: u64, kill_after: u64, mut kill: impl FnMut()) -> Vec<u64> {
+    let mut reader = BufReader::new(conn);
+    let mut got = Vec::new();
+    let mut line = String::new();
+    while got.last() != Some(&last) {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => panic!("the guest closed the report connection after {:?}", got.last()),
+            Ok(_) => {}
+            Err(e) => panic!("the report connection failed after {:?}: {e} ({:?})", got.last(), e.kind()),
+        }
+        let n: u64 = line.trim().parse().unwrap_or_else(|_| panic!("bad report line {line:?}"));
+        got.push(n);
+        if got.len() as u64 == kill_after {
+            kill();
+        }
+    }
+    got
+}
+
+// ------------------------------------------------------------------------------------ harness self-checks --
+
+#[test]
+fn topology_connects_the_client_to_an_unprotected_guest_on_either_host() {
+    let _serial = ft::serial();
+    let topo = Topology::new();
+
+    // On the primary's host, with a capture on its tap (the oracle of the silent-failure test).
+    let capture = topo.pri.capture(TAP);
+    let mut vm = boot_unprotected(&topo.pri, None);
+    assert!(topo.cli.ping(GUEST_IP, GUEST_TIMEOUT).unwrap(), "client → guest ping through br0 failed");
+    let out = vm.sh(&format!("ping -c 2 {CLIENT_IP}"));
+    assert!(out.contains("2 packets received"), "guest → client ping failed:\n{out}");
+    let frames = capture.frames();
+    let from_vmm = capture.incoming_from(GUEST_MAC_BYTES).len();
+    assert!(from_vmm >= 2, "the capture did not see the guest's frames enter through the tap ({} frames)", frames.len());
+    assert!(
+        frames.iter().all(|f| f.incoming() || f.src_mac() != GUEST_MAC_BYTES),
+        "a frame from the guest MAC was classified as sent by the host"
+    );
+    assert!(frames.iter().any(|f| !f.incoming()), "the capture saw no frame going to the guest");
+    drop(capture);
+    let rate = echo_round_trip(&mut vm, &topo, 16 << 20, 1);
+    eprintln!("unprotected echo through br0 from the primary's host: {:.1} MiB/s", rate / f64::from(1 << 20));
+    drop(vm);
+
+    // The same MAC on the secondary's host: br0 learns the new port from the guest's first frames.
+    let mut vm = boot_unprotected(&topo.sec, None);
+    let out = vm.sh(&format!("ping -c 2 {CLIENT_IP}"));
+    assert!(out.contains("2 packets received"), "guest on the secondary's host → client ping failed:\n{out}");
+    assert!(topo.cli.ping(GUEST_IP, GUEST_TIMEOUT).unwrap(), "client → guest on the secondary's host failed");
+    echo_round_trip(&mut vm, &topo, 1 << 20, 2);
+}
+
+#[test]
+fn replication_link_can_be_cut_and_restored() {
+    let _serial = ft::serial();
+    let topo = Topology::new();
+    assert!(topo.pri.ping(SECONDARY_REPL_IP, Duration::from_secs(10)).unwrap(), "replication link down at start");
+    topo.cut_link();
+    assert!(!topo.pri.ping(SECONDARY_REPL_IP, Duration::from_secs(2)).unwrap(), "cut_link left the hosts connected");
+    topo.restore_link();
+    assert!(topo.pri.ping(SECONDARY_REPL_IP, Duration::from_secs(10)).unwrap(), "restore_link did not reconnect");
+}
+
+#[test]
+fn record_workload_and_its_checker_agree_without_protection() {
+    let _serial = ft::serial();
+    let topo = Topology::new();
+    let dir = ft::TempDir::new("records");
+    let image = dir.path("disk.img");
+    ft::make_image(&image);
+    let mut vm = boot_unprotected(&topo.pri, Some(&image));
+    guest_ok(&mut vm, "mkfs.ext4 -q -F /dev/vda && mount -t ext4 /dev/vda /mnt");
+    let listener = topo.cli.enter(|| TcpListener::bind(SocketAddr::from((CLIENT_IP, REPORT_PORT))).unwrap());
+    let started = Instant::now();
+    vm.send(&record_workload(40));
+    let got = read_reports(ft::accept(&listener), 40, 0, || {});
+    eprintln!("40 fsynced records unprotected: {:?}", started.elapsed());
+    assert_eq!(got, (1..=40).collect::<Vec<_>>());
+    assert_eq!(vm.wait().code(), Some(0), "the workload powers the guest off: {}", vm.stderr());
+    assert!(vm.output().contains("UMOUNT-OK"), "umount failed:\n{}", vm.output());
+    assert_fsck_clean(&image);
+    assert_eq!(check_records(&debugfs_cat(&image, "/log"), 40), 40);
+}
+
+#[test]
+fn console_checker_accepts_a_replayed_seam_and_catches_gaps() {
+    let p = b"boot\r\ntick-1\r\ntick-2\r\ntick-3\r\ntick-";
+    // The secondary re-prints the last line(s) it cannot know were released, then carries on.
+    assert_eq!(assert_no_console_gap(p, b"tick-3\r\ntick-4\r\ntick-5\r\n"), (5, 1));
+    assert_eq!(assert_no_console_gap(p, b"tick-2\r\ntick-3\r\ntick-4\r\n"), (4, 2));
+    assert_eq!(assert_no_console_gap(p, b"4\r\ntick-5\r\n"), (5, 0), "a line finished by the secondary");
+    assert_eq!(complete_ticks(b"tick-4tick-42\r\ntick-43\n tick-44"), vec![42, 43]);
+    for bad in [&b"tick-5\r\n"[..], b"tick-4\r\ntick-6\r\n", b"tick-4\r\ntick-3\r\n", b""] {
+        let r = std::panic::catch_unwind(|| assert_no_console_gap(p, bad));
+        assert!(r.is_err(), "accepted {:?}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn record_checker_catches_lost_repeated_and_damaged_records() {
+    let rec = |n: u64| format!("rec-{n} {}\n", ft::sha256(format!("rec-{n}\n").as_bytes()));
+    let good: String = (1..=5).map(rec).collect();
+    assert_eq!(check_records(good.as_bytes(), 5), 5);
+    assert_eq!(check_records(good.as_bytes(), 3), 5, "records written but not yet reported are fine");
+    let lost: String = [1, 2, 4, 5].into_iter().map(rec).collect();
+    let repeated: String = [1, 2, 3, 3, 4].into_iter().map(rec).collect();
+    let damaged = good.replacen("rec-3 ", "rec-3 0", 1);
+    let torn = &good[..good.len() - 3];
+    for (what, log, acked) in [
+        ("a lost record", lost.as_str(), 4),
+        ("a repeated record", repeated.as_str(), 4),
+        ("a damaged record", damaged.as_str(), 5),
+        ("a torn record", torn, 4),
+        ("too few records", good.as_str(), 6),
+    ] {
+        let r = std::panic::catch_unwind(|| check_records(log.as_bytes(), acked));
+        assert!(r.is_err(), "the record checker accepted {what}");
+    }
+}
+
+#[test]
+fn proxy_flips_one_bit_in_one_checkpoint_and_forwards_the_rest() {
+    use std::io::{Read, Write};
+    use ft::wire;
+    let _serial = ft::serial();
+    let ns = netns::NetNs::new("proxy");
+    let standby_addr = SocketAddr::from(([127, 0, 0, 1], 7700));
+    let standby = ns.enter(|| TcpListener::bind(standby_addr).unwrap());
+    let proxy = ft::Proxy::start(&ns, SocketAddr::from(([127, 0, 0, 1], 7701)), standby_addr);
+    let msg = |kind: u8, payload: &[u8]| {
+        let mut m = vec![kind];
+        m.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        m.extend_from_slice(payload);
+        m
+    };
+    let checkpoint = |epoch: u64| {
+        let mut p = epoch.to_le_bytes().to_vec();
+        p.extend(ft::pseudo_random(4000, epoch));
+        p
+    };
+    let mut primary = ns.enter(|| ft::connect(SocketAddr::from(([127, 0, 0, 1], 7701))));
+    let mut secondary = ft::accept(&standby);
+    let sent = [msg(wire::HELLO, b"shape"), msg(wire::CHECKPOINT, &checkpoint(1)), msg(wire::HEARTBEAT, b"")];
+    for m in &sent {
+        primary.write_all(m).unwrap();
+    }
+    let mut got = vec![0u8; sent.iter().map(Vec::len).sum()];
+    secondary.read_exact(&mut got).unwrap();
+    assert_eq!(got, sent.concat(), "an unarmed proxy changes nothing");
+    assert!(proxy.corruption().is_none());
+
+    proxy.arm();
+    let bad = msg(wire::CHECKPOINT, &checkpoint(2));
+    primary.write_all(&bad).unwrap();
+    primary.write_all(&bad).unwrap(); // the resend
+    let mut got = vec![0u8; bad.len() * 2];
+    secondary.read_exact(&mut got).unwrap();
+    let (first, second) = got.split_at(bad.len());
+    let diff: Vec<usize> = (0..bad.len()).filter(|&i| first[i] != bad[i]).collect();
+    assert_eq!(diff.len(), 1, "exactly one byte differs");
+    assert_eq!((first[diff[0]] ^ bad[diff[0]]).count_ones(), 1, "by exactly one bit");
+    assert!(diff[0] >= 9 + 8, "the flip is past the header and the epoch");
+    assert_eq!(second, &bad[..], "only one checkpoint is corrupted");
+    let c = proxy.corruption().unwrap();
+    assert_eq!((c.epoch, c.offset as usize), (2, diff[0] - 9));
+    assert_eq!(proxy.epochs_after_corruption(), vec![2]);
+
+    let nack = msg(wire::NACK, &2u64.to_le_bytes());
+    secondary.write_all(&nack).unwrap();
+    let mut back = vec![0u8; nack.len()];
+    primary.read_exact(&mut back).unwrap();
+    assert_eq!(back, nack);
+    assert_eq!(proxy.sent_by_secondary(wire::NACK), 1);
+
+    // The primary dies: the proxy closes the secondary's side too.
+    drop(primary);
+    let mut rest = Vec::new();
+    assert_eq!(secondary.read_to_end(&mut rest).unwrap(), 0, "the secondary sees the close");
+}
+
+// ---------------------------------------------------------------------------------- fault tolerance --
+
+#[test]
+fn tcp_stream_survives_sigkill_of_the_primary() {
+    let _serial = ft::serial();
+    let mut rng = Rng::new("tcp_stream_survives_sigkill_of_the_primary");
+    let rounds = env_u64("KEMARI_FT_REPEATS", 10);
+    let len = (env_u64("KEMARI_FT_STREAM_MIB", 64) << 20) as usize;
+    for round in 1..=rounds {
+        let mut pair = Pair::start(PairOptions::default());
+        ft::start_guest_echo(&mut pair.primary, ECHO_PORT);
+        let stream = EchoStream::start(&pair.net.cli, ECHO_PORT, len, rng.next_u64());
+        // A random moment: once this many bytes came back (not too close to either end).
+        let kill_at = rng.range(len as u64 / 32, len as u64 - len as u64 / 8);
+        stream.wait_received(kill_at);
+        pair.kill_primary();
+        let killed_at = stream.received();
+        assert!(killed_at < len as u64, "round {round}: the stream ended before the kill, nothing was tested");
+        let failover = pair.wait_failover();
+        let result = stream.finish();
+        eprintln!(
+            "round {round}/{rounds}: SIGKILL after {killed_at} of {len} bytes echoed; {failover}; sha256 {}",
+            result.got_sha256
+        );
+    }
+}
+
+fn no_acknowledged_write_is_lost(storage: Storage) {
+    const RECORDS: u64 = 200;
+    let _serial = ft::serial();
+    let mut rng = Rng::new(&format!("no_acknowledged_write_is_lost({storage:?})"));
+    let mut pair = Pair::start(PairOptions { disk: Some(storage), ..Default::default() });
+    guest_ok(&mut pair.primary, "mkfs.ext4 -q -F /dev/vda && mount -t ext4 /dev/vda /mnt");
+    let listener = pair.net.cli.enter(|| TcpListener::bind(SocketAddr::from((CLIENT_IP, REPORT_PORT))).unwrap());
+    pair.primary.send(&record_workload(RECORDS));
+    let conn = ft::accept(&listener);
+
+    let kill_after = rng.range(10, RECORDS / 2);
+    let got = read_reports(conn, RECORDS, kill_after, || pair.primary.signal(libc::SIGKILL));
+    // The client closed the connection: the guest unmounts and powers off, on the secondary now.
+    let failover = pair.wait_failover();
+    assert_eq!(got, (1..=RECORDS).collect::<Vec<_>>(), "the report stream lost or repeated numbers across failover");
+    let status = pair.secondary.wait();
+    assert_eq!(status.code(), Some(0), "the new primary's guest powers off cleanly; stderr:\n{}", pair.secondary.stderr());
+    assert!(pair.secondary.output().contains("UMOUNT-OK"), "umount failed:\n{}", pair.secondary.output());
+
+    let image = pair.secondary_disk.clone().unwrap();
+    assert_fsck_clean(&image);
+    let on_disk = check_records(&debugfs_cat(&image, "/log"), RECORDS);
+    eprintln!("{storage:?}: SIGKILL after {kill_after} acknowledged records; {failover}; {on_disk} records on disk");
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_with_shared_storage() {
+    no_acknowledged_write_is_lost(Storage::Shared);
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_with_replicated_storage() {
+    no_acknowledged_write_is_lost(Storage::Replicated);
+}
+
+#[test]
+fn console_has_no_gap_across_a_failover() {
+    let _serial = ft::serial();
+    let mut rng = Rng::new("console_has_no_gap_across_a_failover");
+    let mut pair = Pair::start(PairOptions::default());
+    pair.start_ticks();
+    let kill_at = rng.range(10, 60);
+    ft::wait_tick(&mut pair.primary, kill_at);
+    pair.kill_primary();
+    let failover = pair.wait_failover();
+    // Let the primary's last output drain, then see the secondary carry on well past it.
+    std::thread::sleep(Duration::from_millis(200));
+    let last = *complete_ticks(&pair.primary.output_bytes()).last().unwrap();
+    ft::wait_tick(&mut pair.secondary, last + 20);
+    let (seen, repeats) = assert_no_console_gap(&pair.primary.output_bytes(), &pair.secondary.output_bytes());
+    eprintln!("{failover}; primary's last tick {last}; {seen} ticks without a gap; {repeats} repeated at the seam");
+}
+
+#[test]
+fn stopped_primary_is_fenced_and_releases_nothing_when_it_wakes() {
+    let _serial = ft::serial();
+    let mut pair = Pair::start(PairOptions { disk: Some(Storage::Replicated), ..Default::default() });
+    // Effects of every kind pending all the time: console ticks, ICMP frames to the client, block writes.
+    pair.start_ticks();
+    pair.primary.send(&format!("ping -i 0.2 {CLIENT_IP} >/dev/null 2>&1 &"));
+    pair.primary.send(
+        "j=0; while true; do j=$(((j+1)%1024)); \
+         dd if=/dev/urandom of=/dev/vda bs=4096 seek=$j count=1 conv=fsync 2>/dev/null; sleep 0.02; done &",
+    );
+    let capture = pair.net.pri.capture(TAP);
+    // The capture sees what the primary puts on its tap while it is the active one.
+    let start = Instant::now();
+    while capture.incoming_from(GUEST_MAC_BYTES).len() < 3 {
+        assert!(start.elapsed() < GUEST_TIMEOUT, "the capture on the primary's tap never saw the guest's frames");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ft::wait_tick(&mut pair.primary, 20);
+
+    pair.primary.signal(libc::SIGSTOP);
+    let failover = pair.wait_failover();
+    // The new primary runs the guest on.
+    let start = Instant::now();
+    while complete_ticks(&pair.secondary.output_bytes()).len() < 10 {
+        assert!(start.elapsed() < GUEST_TIMEOUT, "no ticks from the new primary:\n{}", pair.secondary.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What the old primary had released before it stopped has drained by now.
+    std::thread::sleep(Duration::from_millis(300));
+    let console_before = pair.primary.output_len();
+    let disk = pair.primary_disk.clone().unwrap();
+    let disk_before = sha256_file(&disk);
+    capture.clear();
+    let mark = pair.primary.stderr_lines();
+
+    pair.primary.signal(libc::SIGCONT);
+    let status = pair.primary.wait();
+    // Frames it might still write take a moment to reach the capture.
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = capture.incoming_from(GUEST_MAC_BYTES);
+    assert!(frames.is_empty(), "the fenced old primary put {} frame(s) on its tap after SIGCONT", frames.len());
+    assert_eq!(
+        pair.primary.output_len(),
+        console_before,
+        "the fenced old primary printed console bytes after SIGCONT: {:?}",
+        String::from_utf8_lossy(&pair.primary.output_bytes()[console_before..])
+    );
+    assert_eq!(sha256_file(&disk), disk_before, "the fenced old primary wrote to its disk after SIGCONT");
+    let fenced = pair.primary.stderr().lines().skip(mark).any(|l| l.contains("fenced"));
+    assert!(fenced, "no `fenced` message after SIGCONT:\n{}", pair.primary.stderr());
+    assert_eq!(status.code(), Some(3), "a fenced primary exits 3; stderr:\n{}", pair.primary.stderr());
+
+    // The guest lives on at the secondary, and the user's console has no gap.
+    let last = *complete_ticks(&pair.secondary.output_bytes()).last().unwrap();
+    ft::wait_tick(&mut pair.secondary, last + 5);
+    let (_, repeats) = assert_no_console_gap(&pair.primary.output_bytes(), &pair.secondary.output_bytes());
+    eprintln!("{failover}; old primary fenced with exit 3; {repeats} console line(s) repeated at the seam");
+}
+
+#[test]
+fn primary_carries_on_unprotected_when_the_secondary_dies() {
+    let _serial = ft::serial();
+    let mut rng = Rng::new("primary_carries_on_unprotected_when_the_secondary_dies");
+    let len = (env_u64("KEMARI_FT_STREAM_MIB", 64) << 20) as usize;
+    let mut pair = Pair::start(PairOptions::default());
+    ft::start_guest_echo(&mut pair.primary, ECHO_PORT);
+    let stream = EchoStream::start(&pair.net.cli, ECHO_PORT, len, rng.next_u64());
+    let kill_at = rng.range(len as u64 / 32, len as u64 / 2);
+    stream.wait_received(kill_at);
+    // Only what the primary says after the kill counts (it may have said "unprotected" while connecting).
+    let mark = pair.primary.stderr_lines();
+    pair.kill_secondary();
+    let killed_at = stream.received();
+    assert!(killed_at < len as u64, "the stream ended before the kill, nothing was tested");
+    let line = pair.primary.expect_stderr_after("unprotected", mark);
+    let result = stream.finish();
+    let status = pair.primary_status();
+    assert_eq!(status["protection"], "unprotected", "status after losing the secondary: {status}");
+    eprintln!("secondary SIGKILLed after {killed_at} bytes; primary: {line}; sha256 {}", result.got_sha256);
+}
+
+#[test]
+fn corrupt_checkpoint_is_rejected_and_failover_still_works() {
+    let _serial = ft::serial();
+    let mut pair = Pair::start(PairOptions { proxy: true, ..Default::default() });
+    pair.start_ticks();
+    ft::wait_tick(&mut pair.primary, 10);
+    let proxy = pair.proxy.as_ref().unwrap();
+    proxy.arm();
+    proxy.wait_until("a CHECKPOINT to corrupt", |p| p.corruption().is_some());
+    let corruption = proxy.corruption().unwrap();
+    let rejected = pair.secondary.expect_stderr("rejected checkpoint");
+    let proxy = pair.proxy.as_ref().unwrap();
+    proxy.wait_until("a NACK from the secondary", |p| p.sent_by_secondary(ft::wire::NACK) >= 1);
+    // After the NACK the primary sends the same checkpoint again (checkpoints it had already sent behind it,
+    // speculatively, may come first).
+    proxy.wait_until("the corrupted checkpoint sent again", |p| p.epochs_after_corruption().contains(&corruption.epoch));
+    // Protection goes on: the primary releases console output only after acknowledgements, so new ticks on its
+    // console prove the secondary acknowledges again.
+    let last = *complete_ticks(&pair.primary.output_bytes()).last().unwrap();
+    ft::wait_tick(&mut pair.primary, last + 10);
+    let status = pair.secondary_status();
+    assert_eq!(status["role"], "secondary", "the secondary keeps its role after rejecting: {status}");
+
+    pair.kill_primary();
+    let failover = pair.wait_failover();
+    std::thread::sleep(Duration::from_millis(200));
+    let last = *complete_ticks(&pair.primary.output_bytes()).last().unwrap();
+    ft::wait_tick(&mut pair.secondary, last + 10);
+    let (_, repeats) = assert_no_console_gap(&pair.primary.output_bytes(), &pair.secondary.output_bytes());
+    // The resumed guest is fully alive.
+    assert_eq!(pair.secondary.sh("echo $((6*7))"), "42");
+    eprintln!(
+        "flipped a bit at offset {} of a {}-byte CHECKPOINT (epoch {}); secondary: {rejected}; {failover}; \
+         {repeats} console line(s) repeated",
+        corruption.offset, corruption.payload_len, corruption.epoch
+    );
+}
+
+#[test]
+fn partition_leaves_exactly_one_active_node() {
+    let _serial = ft::serial();
+    let mut rng = Rng::new("partition_leaves_exactly_one_active_node");
+    let len = (env_u64("KEMARI_FT_STREAM_MIB", 64) << 20) as usize;
+    let mut pair = Pair::start(PairOptions::default());
+    ft::start_guest_echo(&mut pair.primary, ECHO_PORT);
+    let stream = EchoStream::start(&pair.net.cli, ECHO_PORT, len, rng.next_u64());
+    stream.wait_received(rng.range(len as u64 / 32, len as u64 / 4));
+    let mark = pair.primary.stderr_lines();
+    let secondary_console = pair.secondary.output_len();
+    // Both hosts stay up and reach the client; only the replication link between them goes.
+    pair.net.cut_link();
+    // The primary keeps the lease, bumps the fence and goes on alone; the secondary sees the fence moved and
+    // stands down instead of taking over.
+    let line = pair.primary.expect_stderr_after("unprotected", mark);
+    let status = pair.secondary.wait();
+    let said = pair.secondary.stderr();
+    assert_eq!(status.code(), Some(3), "the cut-off secondary stands down with exit code 3:\n{said}");
+    assert!(said.contains("stale"), "the secondary says why it did not take over:\n{said}");
+    assert!(!said.contains("failover complete"), "the secondary must not take over a live primary:\n{said}");
+    assert_eq!(pair.secondary.output_len(), secondary_console, "the secondary's guest never ran (no console)");
+    let result = stream.finish();
+    assert_eq!(pair.primary_status()["protection"], "unprotected");
+    pair.net.restore_link();
+    eprintln!("partition: primary: {line}; stream sha256 {}", result.got_sha256);
+}
