@@ -208,6 +208,8 @@ pub struct Primary {
     last_renew: Instant,
     in_flight: VecDeque<InFlight>,
     sync_started: Instant,
+    /// Bytes the pre-copy sent (reported when protection is established).
+    sync_bytes: u64,
     reconnect_delay: Duration,
 }
 
@@ -293,6 +295,7 @@ impl Primary {
             last_renew: now,
             in_flight: VecDeque::new(),
             sync_started: now,
+            sync_bytes: 0,
             reconnect_delay: MIN_RECONNECT,
         })
     }
@@ -318,8 +321,7 @@ impl Primary {
                 if let Some(batch) = copy.next_batch(machine) {
                     link.send(wire::PAGES, None, Arc::new(batch), self.cfg.opts.heartbeat_timeout);
                 } else {
-                    let mib = copy.progress.bytes >> 20;
-                    tracing::info!("pre-copy done: {mib} MiB in {:?}", copy.elapsed());
+                    self.sync_bytes = copy.progress.bytes;
                     if let Phase::Linked { copy, .. } = &mut self.phase {
                         *copy = None;
                     }
@@ -406,8 +408,9 @@ impl Primary {
             *established = true;
             let took = self.sync_started.elapsed();
             eprintln!(
-                "kemari: protection established with the secondary at {} (first synchronisation {} ms)",
+                "kemari: protection established with the secondary at {} (first synchronisation: {} MiB in {} ms)",
                 self.cfg.peer.as_deref().unwrap_or("-"),
+                self.sync_bytes >> 20,
                 took.as_millis()
             );
             self.set_state("protected");
