@@ -75,6 +75,11 @@ impl Machine {
             if self.migration.is_some() {
                 return Some(Reply::Error("a migration is already running".into()));
             }
+            if self.protection.is_some() {
+                return Some(Reply::Error(
+                    "this VM is protected by a secondary: live migration of a protected pair is not supported".into(),
+                ));
+            }
             let budget = std::time::Duration::from_millis(downtime_ms.max(1));
             return match crate::migrate::Migration::start(self, &to, budget, reply) {
                 Ok(m) => {

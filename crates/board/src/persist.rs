@@ -185,6 +185,14 @@ impl Machine {
     ) -> Result<Machine, RestoreError> {
         let mut m = Machine::build(cfg, console, wake, false)?;
         m.restore_into(bytes)?;
+        // A snapshot of a protected VM may hold effects no secondary acknowledged yet. The restored machine
+        // runs on its own: perform them now (at least once, as a failover does) and let later ones pass.
+        let mut gate = m.dev.gate.lock().expect("gate lock");
+        gate.set_holding(false);
+        if let Err(e) = gate.release_through(u64::MAX) {
+            tracing::warn!("performing the snapshot's held effects: {e}");
+        }
+        drop(gate);
         Ok(m)
     }
 

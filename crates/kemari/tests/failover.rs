@@ -19,7 +19,11 @@
 //!   SIGKILLed at a random byte offset; the stream completes, nothing is reset, sha256 matches. 10 rounds.
 //! - `no_acknowledged_write_is_lost_with_{shared,replicated}_storage`: every record the guest reported to the
 //!   client after fsync is on the surviving disk image, intact and in order, and the file system checks clean.
-//! - `console_has_no_gap_across_a_failover`: the user's console (primary's, then secondary's) misses no tick.
+//! - `console_has_no_gap_*`: the user's console (primary's, then secondary's) misses no tick; under the default
+//!   policy (event, speculative), strict checkpoints with a coalescing window, and Remus-style intervals.
+//! - `partition_leaves_exactly_one_active_node`: the replication link is cut with both hosts alive; the primary
+//!   goes on unprotected (fence bumped), the secondary stands down (exit 3, "stale") and never runs the guest,
+//!   and the client's stream is unaffected.
 //! - `stopped_primary_is_fenced_and_releases_nothing_when_it_wakes`: SIGSTOP → takeover by heartbeat timeout;
 //!   SIGCONT → the old primary puts not one frame on its tap, not one byte on its disk or console, and exits 3
 //!   saying `fenced`.
@@ -376,11 +380,12 @@ fn no_acknowledged_write_is_lost_with_replicated_storage() {
     no_acknowledged_write_is_lost(Storage::Replicated);
 }
 
-#[test]
-fn console_has_no_gap_across_a_failover() {
+/// The console test under a given synchronisation policy (extra `kemari run` arguments).
+fn console_has_no_gap(test: &str, policy: &[&str]) {
     let _serial = ft::serial();
-    let mut rng = Rng::new("console_has_no_gap_across_a_failover");
-    let mut pair = Pair::start(PairOptions::default());
+    let mut rng = Rng::new(test);
+    let primary_args = policy.iter().map(|a| a.to_string()).collect();
+    let mut pair = Pair::start(PairOptions { primary_args, ..PairOptions::default() });
     pair.start_ticks();
     let kill_at = rng.range(10, 60);
     ft::wait_tick(&mut pair.primary, kill_at);
@@ -392,6 +397,21 @@ fn console_has_no_gap_across_a_failover() {
     ft::wait_tick(&mut pair.secondary, last + 20);
     let (seen, repeats) = assert_no_console_gap(&pair.primary.output_bytes(), &pair.secondary.output_bytes());
     eprintln!("{failover}; primary's last tick {last}; {seen} ticks without a gap; {repeats} repeated at the seam");
+}
+
+#[test]
+fn console_has_no_gap_across_a_failover() {
+    console_has_no_gap("console_has_no_gap_across_a_failover", &[]);
+}
+
+#[test]
+fn console_has_no_gap_with_strict_checkpoints_and_a_coalescing_window() {
+    console_has_no_gap("console_has_no_gap_with_strict_checkpoints", &["--strict", "--window-us", "500"]);
+}
+
+#[test]
+fn console_has_no_gap_with_interval_checkpoints() {
+    console_has_no_gap("console_has_no_gap_with_interval_checkpoints", &["--sync", "interval", "--interval-ms", "20"]);
 }
 
 #[test]

@@ -197,7 +197,10 @@ impl Standby {
         let heard = Arc::new(LastHeard::default());
         heard.touch();
         let (msgs_tx, msgs) = mpsc::channel();
-        let mut reader = Tracked::new(stream.try_clone().map_err(StandbyError::Disk)?, heard.clone());
+        let mut reader = match stream.try_clone() {
+            Ok(s) => Tracked::new(s, heard.clone()),
+            Err(e) => return Ok(SessionEnd::Retry(format!("cannot read from {peer}: {e}"))),
+        };
         let _ = std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
             let m = wire::receive(&mut reader);
             let end = m.is_err();
