@@ -49,12 +49,14 @@ fn guest_moves_to_the_receiver_without_losing_a_tick() {
     assert!(stdout.contains("\"downtime_micros\""), "no downtime reported: {stdout}");
     assert_eq!(sender.wait().code(), Some(0), "the sender stops after the switch: {}", sender.stderr());
 
+    // The switch may fall inside a line ("tick-" on the sender, "11" on the receiver): the user sees the two
+    // consoles one after the other, so check the ticks of that one stream.
     let before = ticks(&sender.output());
     let last = *before.last().unwrap();
     receiver.expect(&format!("tick-{}", last + 10));
-    let after = ticks(&receiver.output());
-    assert_eq!(after[0], last + 1, "the receiver continues right after the sender's last tick: {after:?}");
-    assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "gap or repeat in {after:?}");
+    let seen = ticks(&(sender.output() + &receiver.output()));
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "gap or repeat across the switch: {seen:?}");
+    assert!(ticks(&receiver.output()).iter().all(|&t| t > last), "the receiver repeated a tick of the sender");
     // The receiver's guest is fully alive: a fresh command runs.
     // (The tick loop keeps printing in the background: leave its lines out.)
     let answer = receiver.sh("echo $((6*7))");
