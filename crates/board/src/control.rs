@@ -61,7 +61,7 @@ pub enum Reply {
         memory_mib: u64,
         instret: u64,
         migration: Option<crate::migrate::Progress>,
-        protection: Option<Protection>,
+        protection: Option<Box<Protection>>,
     },
     Migrated { rounds: u32, bytes: u64, total_millis: u64, downtime_micros: u64 },
     Snapshot { bytes: u64, millis: u64 },
@@ -105,7 +105,7 @@ impl Machine {
                 memory_mib: self.ram.size() >> 20,
                 instret: self.harts.iter().map(|h| h.state().instret).sum(),
                 migration: self.migration.as_ref().map(|m| m.copy.progress.clone()),
-                protection: self.protection.as_ref().map(|status| status()),
+                protection: self.protection.as_ref().map(|status| Box::new(status())),
             },
             Request::Snapshot { dir } => {
                 let start = std::time::Instant::now();

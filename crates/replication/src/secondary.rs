@@ -146,7 +146,7 @@ impl Standby {
                             memory_mib: 0,
                             instret: 0,
                             migration: None,
-                            protection: Some(self.metrics.lock().expect("metrics lock").report(0)),
+                            protection: Some(Box::new(self.metrics.lock().expect("metrics lock").report(0))),
                         },
                         _ => Reply::Error("this node is a standby: no guest runs here".into()),
                     };
