@@ -23,7 +23,7 @@ use crate::loader::{self, LoadError};
 use crate::plic::Plic;
 use crate::sbi::{self, SbiOutcome};
 use crate::{clint, fdt, plic};
-use kemari_devices::gate::{Effect, OutputGate};
+use kemari_devices::gate::{Effect, Outlets, OutputGate};
 use kemari_devices::host::{HostBackend, Wake};
 use kemari_devices::memory::{device_view, GuestMemory};
 use kemari_devices::virtio::mmio::MmioTransport;
@@ -155,7 +155,7 @@ impl GuestClock {
         if self.paused {
             return self.offset;
         }
-        self.offset + (self.start.elapsed().as_nanos() as u64) / (1_000_000_000 / layout::TIMEBASE_HZ)
+        self.offset.saturating_add((self.start.elapsed().as_nanos() as u64) / (1_000_000_000 / layout::TIMEBASE_HZ))
     }
 
     pub fn pause(&mut self) {
@@ -388,11 +388,13 @@ impl Machine {
         }
         // Devices first: their slots go into the device tree. Only the gate's backend writes to the outside.
         let mut backend = HostBackend::new(console);
-        let virtio = build_virtio(cfg, &mut backend, wake)?;
+        let (virtio, outlets) = build_virtio(cfg, &mut backend, wake)?;
         let slots: Vec<(u64, u32)> = (0..virtio.len())
             .map(|i| (layout::VIRTIO_BASE + i as u64 * layout::VIRTIO_SIZE, layout::VIRTIO_IRQ_BASE + i as u32))
             .collect();
-        let gate = Arc::new(Mutex::new(OutputGate::new(Box::new(backend))));
+        let mut gate = OutputGate::new(Box::new(backend));
+        gate.set_outlets(outlets);
+        let gate = Arc::new(Mutex::new(gate));
         let dtb = fdt::build(&fdt::FdtConfig {
             harts: cfg.harts,
             ram_base: RAM_BASE,
@@ -667,8 +669,13 @@ impl Write for GateConsole {
 }
 
 /// Creates the virtio devices of `cfg` in slot order: disks, network interfaces, entropy.
-fn build_virtio(cfg: &MachineConfig, backend: &mut HostBackend, wake: Wake) -> Result<Vec<MmioTransport>, BuildError> {
+fn build_virtio(
+    cfg: &MachineConfig,
+    backend: &mut HostBackend,
+    wake: Wake,
+) -> Result<(Vec<MmioTransport>, Outlets), BuildError> {
     let mut devices: Vec<MmioTransport> = Vec::new();
+    let mut outlets = Outlets { disk_bytes: Vec::new(), nics: cfg.nets.len() };
     for (i, d) in cfg.disks.iter().enumerate() {
         let path = d.path.display().to_string();
         let open = |write: bool| {
@@ -682,6 +689,7 @@ fn build_virtio(cfg: &MachineConfig, backend: &mut HostBackend, wake: Wake) -> R
         let id = format!("kemari-disk{i}");
         let blk = Block::new(index, open(false)?, d.readonly, &id)
             .map_err(|source| BuildError::Disk { path: path.clone(), source })?;
+        outlets.disk_bytes.push(blk.sectors() * 512);
         devices.push(MmioTransport::new(Box::new(blk)));
     }
     for n in &cfg.nets {
@@ -697,5 +705,5 @@ fn build_virtio(cfg: &MachineConfig, backend: &mut HostBackend, wake: Wake) -> R
     if devices.len() > layout::VIRTIO_SLOTS {
         return Err(BuildError::TooManyDevices(devices.len()));
     }
-    Ok(devices)
+    Ok((devices, outlets))
 }

@@ -164,8 +164,11 @@ impl Machine {
     /// the device state saved just before is put back.
     pub fn apply_checkpoint(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         let undo = self.save(Pages::Only(&[]));
+        let clock = self.dev.clock.clone();
         self.restore_into(bytes).inspect_err(|_| {
             self.restore_into(&undo).expect("a state this machine just saved restores");
+            // The clock as it was (running or not), not the stopped copy the undo state holds.
+            self.dev.clock = clock;
         })
     }
 
@@ -225,7 +228,19 @@ impl Machine {
                 given: m.dev.virtio.len() as u64,
             });
         }
+        // Guest time far beyond any real uptime (2^62 ticks at 10 MHz is 14,000 years) is a hostile stream.
+        if mtime >= 1 << 62 {
+            return Err(StateError::Invalid { tag: "BORD".into(), why: format!("impossible guest time {mtime}") }.into());
+        }
         m.builtin_sbi = builtin_sbi;
+        let virt = f.all(&VIRT)?;
+        if virt.len() != m.dev.virtio.len() {
+            return Err(StateError::Invalid {
+                tag: "VIRT".into(),
+                why: format!("{} virtio sections for {} devices", virt.len(), m.dev.virtio.len()),
+            }
+            .into());
+        }
         m.dev.clock = GuestClock::paused(mtime);
         m.dev.stimecmp = stimecmp;
 
@@ -244,7 +259,6 @@ impl Machine {
             restored.push(h);
         }
         m.harts = restored;
-        m.paused = false;
 
         let mut r = Reader::new(f.one(&CLNT)?, "CLNT");
         for h in 0..harts as usize {
@@ -292,7 +306,6 @@ impl Machine {
         )
         .map_err(|e| StateError::Invalid { tag: "UART".into(), why: format!("{e:?}") })?;
 
-        let virt = f.all(&VIRT)?;
         for (t, payload) in m.dev.virtio.iter_mut().zip(virt) {
             let mut r = Reader::new(payload, "VIRT");
             t.restore(&mut r, &m.dev.mem)?;

@@ -47,8 +47,20 @@ pub enum Submitted {
     Held(u64),
 }
 
+/// What the machine's devices can take. A restored held effect for anything else is refused (a state stream
+/// is untrusted: a held write must not reach past its disk, or a disk the machine does not have).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outlets {
+    /// Size in bytes of each disk, by index.
+    pub disk_bytes: Vec<u64>,
+    /// Number of network interfaces.
+    pub nics: usize,
+}
+
 pub struct OutputGate {
     backend: Box<dyn Backend>,
+    /// When set, restored held effects are checked against it.
+    outlets: Option<Outlets>,
     holding: bool,
     held: VecDeque<(u64, Effect)>,
     next_seq: u64,
@@ -60,7 +72,7 @@ pub struct OutputGate {
 impl OutputGate {
     /// A pass-through gate over `backend`.
     pub fn new(backend: Box<dyn Backend>) -> OutputGate {
-        OutputGate { backend, holding: false, held: VecDeque::new(), next_seq: 1, passed_block_writes: 0 }
+        OutputGate { backend, outlets: None, holding: false, held: VecDeque::new(), next_seq: 1, passed_block_writes: 0 }
     }
 
     /// Hands an effect to the gate. In pass-through mode the backend's error (if any) is returned so the
@@ -98,6 +110,11 @@ impl OutputGate {
             last = *seq;
         }
         Ok(last)
+    }
+
+    /// Declares the devices effects may go to (checked when held effects are restored).
+    pub fn set_outlets(&mut self, outlets: Outlets) {
+        self.outlets = Some(outlets);
     }
 
     /// Starts or stops holding. Stopping does not release what is held; call `release_through` first.
@@ -210,12 +227,32 @@ impl OutputGate {
                 3 => Effect::BlockFlush { disk: r.u32()? as usize },
                 k => return Err(r.invalid(format!("unknown effect kind {k}"))),
             };
+            if let Some(o) = &self.outlets {
+                check_outlet(o, &effect).map_err(|why| r.invalid(format!("held effect {seq}: {why}")))?;
+            }
             held.push_back((seq, effect));
         }
         self.holding = holding;
         self.next_seq = next_seq.max(1);
         self.held = held;
         Ok(())
+    }
+}
+
+fn check_outlet(o: &Outlets, effect: &Effect) -> Result<(), String> {
+    let disk = |d: usize| o.disk_bytes.get(d).copied().ok_or(format!("disk {d} does not exist"));
+    match effect {
+        Effect::Console(_) => Ok(()),
+        Effect::NetTx { nic, .. } if *nic < o.nics => Ok(()),
+        Effect::NetTx { nic, .. } => Err(format!("network interface {nic} does not exist")),
+        Effect::BlockWrite { disk: d, offset, data } => {
+            let size = disk(*d)?;
+            match offset.checked_add(data.len() as u64) {
+                Some(end) if end <= size => Ok(()),
+                _ => Err(format!("write of {} bytes at {offset} is beyond disk {d} ({size} bytes)", data.len())),
+            }
+        }
+        Effect::BlockFlush { disk: d } => disk(*d).map(|_| ()),
     }
 }
 
