@@ -92,7 +92,9 @@ struct Link {
 }
 
 impl Link {
-    fn open(stream: TcpStream, wake: Wake) -> std::io::Result<Link> {
+    /// Starts the threads. The sender also beats every `heartbeat` the queue is idle, so that a busy machine
+    /// loop (a long checkpoint, a loaded host) is not mistaken for a dead primary.
+    fn open(stream: TcpStream, wake: Wake, heartbeat: Duration) -> std::io::Result<Link> {
         let heard = Arc::new(LastHeard::default());
         heard.touch();
         let (out, queue) = mpsc::sync_channel::<Outgoing>(SEND_QUEUE);
@@ -101,7 +103,12 @@ impl Link {
         let closer = stream.try_clone()?;
         let socket = stream.try_clone()?;
         let sender = std::thread::Builder::new().name("ft-send".into()).spawn(move || {
-            for m in queue {
+            loop {
+                let m = match queue.recv_timeout(heartbeat) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => Outgoing { kind: wire::HEARTBEAT, epoch: None, body: Arc::default() },
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
                 let epoch = m.epoch.map(u64::to_le_bytes);
                 let parts: Vec<&[u8]> = epoch.iter().map(|e| &e[..]).chain([&m.body[..]]).collect();
                 if let Err(e) = wire::send(&mut writer, m.kind, &parts) {
@@ -152,13 +159,6 @@ impl Link {
         }
     }
 
-    fn try_send(&self, kind: u8) {
-        let Some(out) = &self.out else { return };
-        if let Err(TrySendError::Disconnected(_)) = out.try_send(Outgoing { kind, epoch: None, body: Arc::default() }) {
-            tracing::debug!("replication sender is gone");
-        }
-    }
-
     /// Waits until everything queued went out, the connection failed, or `patience` passed.
     fn close(mut self, patience: Duration) {
         self.out = None;
@@ -204,7 +204,6 @@ pub struct Primary {
     covered: u64,
     pending_since: Option<Instant>,
     last_checkpoint: Instant,
-    last_beat: Instant,
     last_renew: Instant,
     in_flight: VecDeque<InFlight>,
     sync_started: Instant,
@@ -291,7 +290,6 @@ impl Primary {
             covered: 0,
             pending_since: None,
             last_checkpoint: now,
-            last_beat: now,
             last_renew: now,
             in_flight: VecDeque::new(),
             sync_started: now,
@@ -342,11 +340,6 @@ impl Primary {
         if self.last_renew.elapsed() >= self.cfg.opts.heartbeat {
             self.cfg.arbiter.renew().map_err(|e| format!("the arbiter refused to renew this node's lease: {e}"))?;
             self.last_renew = Instant::now();
-        }
-        let Phase::Linked { link, .. } = &self.phase else { return Ok(()) };
-        if self.last_beat.elapsed() >= self.cfg.opts.heartbeat {
-            link.try_send(wire::HEARTBEAT);
-            self.last_beat = Instant::now();
         }
         loop {
             let Phase::Linked { link, .. } = &self.phase else { return Ok(()) };
@@ -442,7 +435,7 @@ impl Primary {
         let opened = stream
             .set_nodelay(true)
             .and_then(|()| wire::send(&mut stream, wire::HELLO, &[&hello.encode()]))
-            .and_then(|()| Link::open(stream, self.cfg.wake.clone()));
+            .and_then(|()| Link::open(stream, self.cfg.wake.clone(), self.cfg.opts.heartbeat));
         match opened {
             Ok(link) => {
                 // Replicated disks must see every write from here on, so the gate holds from now; with a
