@@ -44,6 +44,10 @@ struct StandbyArgs {
     /// Number of harts (optional: taken from the primary, checked when given).
     #[arg(long)]
     cpus: Option<usize>,
+    /// After taking over, protect the guest again by replicating to the `kemari standby` at HOST:PORT
+    /// (retried until it answers; shared storage).
+    #[arg(long, value_name = "HOST:PORT")]
+    reprotect: Option<String>,
     #[command(flatten)]
     ft: FtArgs,
     #[command(flatten)]
@@ -330,15 +334,16 @@ fn standby(args: StandbyArgs) -> ExitCode {
         }
         Ok(kemari_replication::secondary::StandbyEnd::TookOver { machine, arbiter, metrics }) => {
             let opts = args.ft.options();
+            let disk_sizes = disk_sizes(&machine_config(&args.devices));
             let primary = kemari_replication::primary::PrimaryConfig {
-                peer: None,
+                peer: args.reprotect.clone(),
                 opts,
                 arbiter,
-                disk_sizes: Vec::new(),
+                disk_sizes,
                 wake: console.waker(),
                 metrics: Some(metrics),
             };
-            drive(*machine, console, args.devices.api.as_deref(), Some(primary))
+            drive(*machine, console, args.devices.api.as_deref(), Some(primary), true)
         }
         Err(e) => {
             eprintln!("kemari: standby: {e}");
@@ -407,7 +412,7 @@ fn run(args: RunArgs) -> ExitCode {
         {
             Ok(m) => {
                 eprintln!("kemari: migration from the sender complete; running here");
-                drive(m, console, args.devices.api.as_deref(), None)
+                drive(m, console, args.devices.api.as_deref(), None, false)
             }
             Err(e) => {
                 eprintln!("kemari: incoming migration failed: {e}");
@@ -423,7 +428,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     match Machine::new(&cfg, Box::new(std::io::stdout()), console.waker()) {
-        Ok(m) => drive(m, console, args.devices.api.as_deref(), primary),
+        Ok(m) => drive(m, console, args.devices.api.as_deref(), primary, false),
         Err(e) => {
             eprintln!("kemari: {e}");
             ExitCode::from(2)
@@ -505,7 +510,7 @@ fn restore(args: RestoreArgs) -> ExitCode {
     let cfg = MachineConfig { harts, memory_mib, ..machine_config(&args.devices) };
     let console = console::Console::start();
     match Machine::restore(&cfg, &bytes, Box::new(std::io::stdout()), console.waker()) {
-        Ok(m) => drive(m, console, args.devices.api.as_deref(), None),
+        Ok(m) => drive(m, console, args.devices.api.as_deref(), None, false),
         Err(e) => {
             eprintln!("kemari: cannot restore {}: {e}", path.display());
             ExitCode::from(2)
@@ -549,10 +554,9 @@ fn drive(
     console: console::Console,
     api: Option<&std::path::Path>,
     primary: Option<kemari_replication::primary::PrimaryConfig>,
+    api_served: bool,
 ) -> ExitCode {
-    // A standby that took over serves the API already.
-    let serving = primary.as_ref().is_some_and(|p| p.peer.is_none());
-    if let Some(path) = api.filter(|_| !serving) {
+    if let Some(path) = api.filter(|_| !api_served) {
         if let Err(e) = api::serve(path, console.sender()) {
             eprintln!("kemari: cannot serve the control API on {}: {e}", path.display());
             return ExitCode::from(2);

@@ -21,6 +21,9 @@
 //!   client after fsync is on the surviving disk image, intact and in order, and the file system checks clean.
 //! - `console_has_no_gap_*`: the user's console (primary's, then secondary's) misses no tick; under the default
 //!   policy (event, speculative), strict checkpoints with a coalescing window, and Remus-style intervals.
+//! - `a_failed_over_guest_is_protected_again_by_a_new_standby`: after the first failover the new primary
+//!   (`standby --reprotect`) syncs to a fresh standby on the dead primary's host; killing it too moves the
+//!   guest a second time, with no console gap at either seam.
 //! - `partition_leaves_exactly_one_active_node`: the replication link is cut with both hosts alive; the primary
 //!   goes on unprotected (fence bumped), the secondary stands down (exit 3, "stale") and never runs the guest,
 //!   and the client's stream is unaffected.
@@ -560,4 +563,57 @@ fn partition_leaves_exactly_one_active_node() {
     assert_eq!(pair.primary_status()["protection"], "unprotected");
     pair.net.restore_link();
     eprintln!("partition: primary: {line}; stream sha256 {}", result.got_sha256);
+}
+
+#[test]
+fn a_failed_over_guest_is_protected_again_by_a_new_standby() {
+    let _serial = ft::serial();
+    let mut rng = Rng::new("a_failed_over_guest_is_protected_again_by_a_new_standby");
+    // The replacement standby will run on the primary's host once that host's kemari is gone.
+    let third = SocketAddr::from((ft::PRIMARY_REPL_IP, ft::STANDBY_PORT + 2));
+    let secondary_args = vec!["--reprotect".to_string(), third.to_string()];
+    let mut pair = Pair::start(PairOptions { secondary_args, ..PairOptions::default() });
+    pair.start_ticks();
+    ft::wait_tick(&mut pair.primary, rng.range(10, 40));
+    let mark = pair.secondary.stderr_lines();
+    pair.kill_primary();
+    pair.wait_failover();
+    // The host of the dead primary comes back as the new standby (its tap is free again).
+    let api = pair.dir.path("third.sock");
+    let args = [
+        "standby".to_string(),
+        "--listen".into(),
+        third.to_string(),
+        "--arbiter".into(),
+        format!("file:{}", pair.arbiter.display()),
+        "--node".into(),
+        "third".into(),
+        "--heartbeat-ms".into(),
+        ft::HEARTBEAT_MS.to_string(),
+        "--heartbeat-timeout-ms".into(),
+        ft::HEARTBEAT_TIMEOUT_MS.to_string(),
+        "--net".into(),
+        format!("tap={TAP},mac={GUEST_MAC}"),
+        "--api".into(),
+        api.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut third_vm = pair.net.pri.enter(|| Vm::start(&args));
+    third_vm.expect_stderr("protection established");
+    let line = pair.secondary.expect_stderr_after("protection established", mark);
+    let status = pair.secondary_status();
+    assert_eq!(status["role"], "primary", "{status}");
+    assert_eq!(status["protection"], "protected", "the new primary reports its new protection: {status}");
+    // Let the new pair checkpoint a few ticks, then lose the second primary too.
+    let last = *complete_ticks(&pair.secondary.output_bytes()).last().unwrap();
+    ft::wait_tick(&mut pair.secondary, last + rng.range(5, 20));
+    pair.secondary.signal(libc::SIGKILL);
+    let failover = third_vm.expect_stderr("failover complete in");
+    std::thread::sleep(Duration::from_millis(200));
+    let last = *complete_ticks(&pair.secondary.output_bytes()).last().unwrap();
+    ft::wait_tick(&mut third_vm, last + 20);
+    assert_no_console_gap(&pair.primary.output_bytes(), &pair.secondary.output_bytes());
+    let (seen, _) = assert_no_console_gap(&pair.secondary.output_bytes(), &third_vm.output_bytes());
+    assert_eq!(third_vm.sh("echo $((6*7))").lines().filter(|l| !l.contains("tick-")).collect::<Vec<_>>(), ["42"]);
+    eprintln!("re-protected: {line}; second failover: {failover}; {seen} ticks without a gap on the second seam");
 }

@@ -374,6 +374,8 @@ pub struct PairOptions {
     pub proxy: bool,
     /// More `kemari run` arguments for the primary (e.g. a sync policy).
     pub primary_args: Vec<String>,
+    /// More `kemari standby` arguments for the secondary (e.g. `--reprotect`).
+    pub secondary_args: Vec<String>,
 }
 
 /// A protected pair: `kemari standby` in ns `sec`, `kemari run --protect` in ns `pri`, the guest configured on
@@ -444,6 +446,7 @@ impl Pair {
         if let (Some(storage), Some(disk)) = (opts.disk, &secondary_disk) {
             standby.extend(["--storage".into(), storage.flag().into(), "--disk".into(), disk.display().to_string()]);
         }
+        standby.extend(opts.secondary_args.iter().cloned());
         let secondary = net.sec.enter(|| Vm::start(&strs(&standby)));
 
         let proxy = opts.proxy.then(|| {
