@@ -30,6 +30,8 @@ const FINAL: u8 = 3;
 const ACK: u8 = 4;
 /// Pages sent per slice during the full pass (the guest runs a slice between batches).
 const BATCH_PAGES: u64 = 1024;
+/// How long one step of the machine loop may spend sending pre-copy batches (the guest runs between steps).
+pub const STEP_TIME: Duration = Duration::from_millis(5);
 /// Dirty rounds before giving up on convergence and stopping the guest anyway.
 const MAX_ROUNDS: u32 = 30;
 /// Largest message the receiver accepts.
@@ -186,9 +188,13 @@ impl Machine {
     }
 
     fn migration_advance(&mut self, mig: &mut Migration) -> Result<Option<Reply>, MigrateError> {
-        if let Some(batch) = mig.copy.next_batch(self) {
+        // Several batches per step: an idle guest's loop sleeps between steps, which must not pace the copy.
+        let step = Instant::now();
+        while let Some(batch) = mig.copy.next_batch(self) {
             send(&mut mig.stream, PAGES, &batch)?;
-            return Ok(None);
+            if step.elapsed() >= STEP_TIME {
+                return Ok(None);
+            }
         }
         // Stop and copy: the machine is quiesced here (between slices).
         let stop = Instant::now();

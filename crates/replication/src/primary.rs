@@ -316,9 +316,16 @@ impl Primary {
                 Err(TryRecvError::Disconnected) => self.phase = Phase::Unprotected,
             },
             Phase::Linked { link, copy: Some(copy), .. } => {
-                if let Some(batch) = copy.next_batch(machine) {
+                let step = Instant::now();
+                let mut more = false;
+                while let Some(batch) = copy.next_batch(machine) {
                     link.send(wire::PAGES, None, Arc::new(batch), self.cfg.opts.heartbeat_timeout);
-                } else {
+                    if step.elapsed() >= kemari_board::migrate::STEP_TIME {
+                        more = true;
+                        break;
+                    }
+                }
+                if !more {
                     self.sync_bytes = copy.progress.bytes;
                     if let Phase::Linked { copy, .. } = &mut self.phase {
                         *copy = None;
