@@ -54,7 +54,9 @@ fn guest_moves_to_the_receiver_without_losing_a_tick() {
     let before = ticks(&sender.output());
     let last = *before.last().unwrap();
     receiver.expect(&format!("tick-{}", last + 10));
-    let seen = ticks(&(sender.output() + &receiver.output()));
+    // (Only the last ticks before the switch: earlier, the echo of the typed commands may split a tick line.)
+    let seen: Vec<u64> =
+        ticks(&(sender.output() + &receiver.output())).into_iter().filter(|&t| t > 10 && t + 3 >= last).collect();
     assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "gap or repeat across the switch: {seen:?}");
     assert!(ticks(&receiver.output()).iter().all(|&t| t > last), "the receiver repeated a tick of the sender");
     // The receiver's guest is fully alive: a fresh command runs.
