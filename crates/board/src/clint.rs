@@ -52,7 +52,11 @@ impl Clint {
 /// Reads `size` bytes at byte offset `at` of a 64-bit register.
 pub(crate) fn sub_read(reg: u64, at: u64, size: u8) -> u64 {
     let v = reg >> (8 * at);
-    if size >= 8 { v } else { v & ((1u64 << (8 * size as u64)) - 1) }
+    if size >= 8 {
+        v
+    } else {
+        v & ((1u64 << (8 * size as u64)) - 1)
+    }
 }
 
 /// Writes `size` bytes at byte offset `at` of a 64-bit register.

@@ -14,10 +14,15 @@ pub enum Request {
     Pause,
     Resume,
     /// Writes the machine state to `dir/state` (the directory is created). Works paused or running.
-    Snapshot { dir: PathBuf },
+    Snapshot {
+        dir: PathBuf,
+    },
     Status,
     /// Live-migrates to a `kemari run --incoming` at `to`; the reply comes when the receiver took over.
-    Migrate { to: String, downtime_ms: u64 },
+    Migrate {
+        to: String,
+        downtime_ms: u64,
+    },
 }
 
 /// Fault-tolerance status as the replication driver reports it (plain data: the board knows nothing of
@@ -63,8 +68,16 @@ pub enum Reply {
         migration: Option<crate::migrate::Progress>,
         protection: Option<Box<Protection>>,
     },
-    Migrated { rounds: u32, bytes: u64, total_millis: u64, downtime_micros: u64 },
-    Snapshot { bytes: u64, millis: u64 },
+    Migrated {
+        rounds: u32,
+        bytes: u64,
+        total_millis: u64,
+        downtime_micros: u64,
+    },
+    Snapshot {
+        bytes: u64,
+        millis: u64,
+    },
     Error(String),
 }
 
@@ -112,8 +125,8 @@ impl Machine {
                 // Guest time stops while the state is taken, so the restored guest sees no jump.
                 self.dev.clock.pause();
                 let bytes = self.save(Pages::AllNonZero);
-                let written = std::fs::create_dir_all(&dir)
-                    .and_then(|()| write_atomically(&dir.join(SNAPSHOT_STATE), &bytes));
+                let written =
+                    std::fs::create_dir_all(&dir).and_then(|()| write_atomically(&dir.join(SNAPSHOT_STATE), &bytes));
                 match written {
                     Ok(()) => Reply::Snapshot { bytes: bytes.len() as u64, millis: start.elapsed().as_millis() as u64 },
                     Err(e) => Reply::Error(format!("cannot write snapshot to {}: {e}", dir.display())),

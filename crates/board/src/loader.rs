@@ -90,9 +90,11 @@ pub fn load_initrd(ram: &GuestRam, path: &Path, addr: u64) -> Result<u64, LoadEr
 
 /// Reads an initrd's size without loading it (to place it).
 pub fn file_size(what: &'static str, path: &Path) -> Result<u64, LoadError> {
-    std::fs::metadata(path)
-        .map(|m| m.len())
-        .map_err(|source| LoadError::Read { what, path: path.display().to_string(), source })
+    std::fs::metadata(path).map(|m| m.len()).map_err(|source| LoadError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// A loaded bare-metal ELF.
@@ -126,10 +128,6 @@ pub fn load_elf(ram: &GuestRam, path: &Path) -> Result<LoadedElf, LoadError> {
         let zeros = vec![0u8; (ph.p_memsz - ph.p_filesz) as usize];
         ram.write(ph.p_paddr + ph.p_filesz, &zeros).expect("range checked");
     }
-    let tohost = elf
-        .syms
-        .iter()
-        .find(|s| elf.strtab.get_at(s.st_name) == Some("tohost"))
-        .map(|s| s.st_value);
+    let tohost = elf.syms.iter().find(|s| elf.strtab.get_at(s.st_name) == Some("tohost")).map(|s| s.st_value);
     Ok(LoadedElf { entry: elf.entry, tohost })
 }

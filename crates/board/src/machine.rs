@@ -26,9 +26,9 @@ use crate::{clint, fdt, plic};
 use kemari_devices::gate::{Effect, Outlets, OutputGate};
 use kemari_devices::host::{HostBackend, Wake};
 use kemari_devices::memory::{device_view, GuestMemory};
-use kemari_devices::virtio::mmio::MmioTransport;
 use kemari_devices::tap::Tap;
 use kemari_devices::virtio::blk::Block;
+use kemari_devices::virtio::mmio::MmioTransport;
 use kemari_devices::virtio::net::Net;
 use kemari_devices::virtio::rng::Rng;
 
@@ -253,7 +253,9 @@ impl Bus for Devices {
                 // QEMU's encoding: 0x5555 power off, 0x3333 | code << 16 failure, 0x7777 reset.
                 self.reset_request = match value & 0xffff {
                     0x5555 => Some(RunOutcome::PowerOff),
-                    0x3333 => Some(RunOutcome::Crash(format!("firmware reported failure code {}", (value >> 16) & 0xffff))),
+                    0x3333 => {
+                        Some(RunOutcome::Crash(format!("firmware reported failure code {}", (value >> 16) & 0xffff)))
+                    }
                     0x7777 => Some(RunOutcome::Reboot),
                     _ => self.reset_request.take(),
                 };

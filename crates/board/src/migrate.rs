@@ -153,7 +153,12 @@ pub(crate) struct Migration {
 }
 
 impl Migration {
-    pub(crate) fn start(m: &Machine, to: &str, budget: Duration, reply: Sender<Reply>) -> Result<Migration, MigrateError> {
+    pub(crate) fn start(
+        m: &Machine,
+        to: &str,
+        budget: Duration,
+        reply: Sender<Reply>,
+    ) -> Result<Migration, MigrateError> {
         let mut stream = TcpStream::connect(to)?;
         stream.set_nodelay(true)?;
         let mut hello = Vec::new();

@@ -216,7 +216,11 @@ impl Machine {
             return Err(RestoreError::Mismatch { what: "harts", saved: harts, given: m.harts.len() as u64 });
         }
         if ram_size != m.ram.size() {
-            return Err(RestoreError::Mismatch { what: "MiB of memory", saved: ram_size >> 20, given: m.ram.size() >> 20 });
+            return Err(RestoreError::Mismatch {
+                what: "MiB of memory",
+                saved: ram_size >> 20,
+                given: m.ram.size() >> 20,
+            });
         }
         let stimecmp: Vec<u64> = (0..harts).map(|_| r.u64()).collect::<Result<_, _>>()?;
         let slots = r.u32()? as u64;
@@ -230,7 +234,9 @@ impl Machine {
         }
         // Guest time far beyond any real uptime (2^62 ticks at 10 MHz is 14,000 years) is a hostile stream.
         if mtime >= 1 << 62 {
-            return Err(StateError::Invalid { tag: "BORD".into(), why: format!("impossible guest time {mtime}") }.into());
+            return Err(
+                StateError::Invalid { tag: "BORD".into(), why: format!("impossible guest time {mtime}") }.into()
+            );
         }
         m.builtin_sbi = builtin_sbi;
         let virt = f.all(&VIRT)?;

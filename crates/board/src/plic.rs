@@ -77,7 +77,11 @@ impl Plic {
             o if o == PENDING => self.pending,
             o if (ENABLE..CONTEXT).contains(&o) => {
                 let ctx = ((o - ENABLE) / ENABLE_STRIDE) as usize;
-                if (o - ENABLE).is_multiple_of(ENABLE_STRIDE) { self.enable.get(ctx).copied().unwrap_or(0) } else { 0 }
+                if (o - ENABLE).is_multiple_of(ENABLE_STRIDE) {
+                    self.enable.get(ctx).copied().unwrap_or(0)
+                } else {
+                    0
+                }
             }
             o if o >= CONTEXT => {
                 let ctx = ((o - CONTEXT) / CONTEXT_STRIDE) as usize;
@@ -124,10 +128,9 @@ impl Plic {
                 if ctx < self.contexts() {
                     match (o - CONTEXT) % CONTEXT_STRIDE {
                         0 => self.threshold[ctx] = v & 7,
-                        4
-                            if (v as usize) < NUM_SOURCES => {
-                                self.in_service &= !(1 << v);
-                            }
+                        4 if (v as usize) < NUM_SOURCES => {
+                            self.in_service &= !(1 << v);
+                        }
                         _ => {}
                     }
                 }

@@ -72,7 +72,14 @@ pub struct OutputGate {
 impl OutputGate {
     /// A pass-through gate over `backend`.
     pub fn new(backend: Box<dyn Backend>) -> OutputGate {
-        OutputGate { backend, outlets: None, holding: false, held: VecDeque::new(), next_seq: 1, passed_block_writes: 0 }
+        OutputGate {
+            backend,
+            outlets: None,
+            holding: false,
+            held: VecDeque::new(),
+            next_seq: 1,
+            passed_block_writes: 0,
+        }
     }
 
     /// Hands an effect to the gate. In pass-through mode the backend's error (if any) is returned so the

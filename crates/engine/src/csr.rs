@@ -1,7 +1,7 @@
 //! Control and status registers: numbers, field masks and the access rules of the privileged spec.
 
-use crate::hart::{cause, Bus, Exception, Hart, Privilege};
 use crate::hart::irq;
+use crate::hart::{cause, Bus, Exception, Hart, Privilege};
 
 pub mod mstatus {
     pub const SIE: u64 = 1 << 1;
@@ -41,7 +41,8 @@ const SSTATUS_MASK: u64 =
     mstatus::SIE | mstatus::SPIE | mstatus::SPP | mstatus::FS | mstatus::SUM | mstatus::MXR | mstatus::SD | (3 << 32);
 
 /// RV64 with A, C, D, F, I, M, S, U.
-pub const MISA: u64 = (2 << 62) | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 8) | (1 << 12) | (1 << 18) | (1 << 20);
+pub const MISA: u64 =
+    (2 << 62) | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 8) | (1 << 12) | (1 << 18) | (1 << 20);
 
 pub const FFLAGS: u16 = 0x001;
 pub const FRM: u16 = 0x002;
@@ -113,7 +114,11 @@ impl Hart {
 
     fn sstatus(&self) -> u64 {
         let st = self.s.mstatus & SSTATUS_MASK;
-        if st & mstatus::FS == mstatus::FS { st | mstatus::SD } else { st & !mstatus::SD }
+        if st & mstatus::FS == mstatus::FS {
+            st | mstatus::SD
+        } else {
+            st & !mstatus::SD
+        }
     }
 
     /// Reads a CSR with the access checks of the current privilege.
@@ -137,7 +142,11 @@ impl Hart {
                 if !self.counter_allowed(num - CYCLE) {
                     return Err(illegal());
                 }
-                if num == TIME { bus.time() } else { self.s.instret }
+                if num == TIME {
+                    bus.time()
+                } else {
+                    self.s.instret
+                }
             }
             0xc03..=0xc1f => {
                 if !self.counter_allowed(num - CYCLE) {
@@ -165,7 +174,11 @@ impl Hart {
             MHARTID => self.s.id,
             MSTATUS => {
                 let st = self.s.mstatus;
-                if st & mstatus::FS == mstatus::FS { st | mstatus::SD } else { st & !mstatus::SD }
+                if st & mstatus::FS == mstatus::FS {
+                    st | mstatus::SD
+                } else {
+                    st & !mstatus::SD
+                }
             }
             MISA_CSR => MISA,
             MEDELEG => self.s.medeleg,

@@ -242,12 +242,20 @@ impl Hart {
                     (1, 0) => a.wrapping_mul(b),
                     (1, 4) => {
                         let (a, b) = (a as i32, b as i32);
-                        if b == 0 { u32::MAX } else { a.wrapping_div(b) as u32 }
+                        if b == 0 {
+                            u32::MAX
+                        } else {
+                            a.wrapping_div(b) as u32
+                        }
                     }
                     (1, 5) => a.checked_div(b).unwrap_or(u32::MAX),
                     (1, 6) => {
                         let (a, b) = (a as i32, b as i32);
-                        if b == 0 { a as u32 } else { a.wrapping_rem(b) as u32 }
+                        if b == 0 {
+                            a as u32
+                        } else {
+                            a.wrapping_rem(b) as u32
+                        }
                     }
                     (1, 7) => a.checked_rem(b).unwrap_or(a),
                     _ => return Err(illegal(raw)),
@@ -255,8 +263,8 @@ impl Hart {
                 self.wx(rd, v as i32 as i64 as u64);
             }
             0x0f => match f3 {
-                0 => {}                       // fence: one thread runs all harts in order, so memory is coherent.
-                1 => {}                       // fence.i: no decoded-instruction cache survives a store.
+                0 => {} // fence: one thread runs all harts in order, so memory is coherent.
+                1 => {} // fence.i: no decoded-instruction cache survives a store.
                 _ => return Err(illegal(raw)),
             },
             0x73 => return self.exec_system(bus, insn, raw, next),
@@ -386,8 +394,10 @@ impl Hart {
         };
         let addr = self.x(rs1);
         let f5 = insn >> 27;
-        let read = |off: u64| if size == 4 { read_ram::<4>(ram, off) as i32 as i64 as u64 } else { read_ram::<8>(ram, off) };
-        let write = |off: u64, v: u64| if size == 4 { write_ram::<4>(ram, off, v) } else { write_ram::<8>(ram, off, v) };
+        let read =
+            |off: u64| if size == 4 { read_ram::<4>(ram, off) as i32 as i64 as u64 } else { read_ram::<8>(ram, off) };
+        let write =
+            |off: u64, v: u64| if size == 4 { write_ram::<4>(ram, off, v) } else { write_ram::<8>(ram, off, v) };
         match f5 {
             0x02 => {
                 if rs2 != 0 {
@@ -441,7 +451,11 @@ impl Hart {
     #[inline(always)]
     fn f32r(&self, r: u32) -> u32 {
         let v = self.s.f[r as usize];
-        if v >> 32 == 0xffff_ffff { v as u32 } else { F32_NAN }
+        if v >> 32 == 0xffff_ffff {
+            v as u32
+        } else {
+            F32_NAN
+        }
     }
 
     #[inline(always)]
@@ -701,11 +715,19 @@ impl Hart {
 #[inline(always)]
 fn div_s(a: u64, b: u64) -> u64 {
     let (a, b) = (a as i64, b as i64);
-    if b == 0 { u64::MAX } else { a.wrapping_div(b) as u64 }
+    if b == 0 {
+        u64::MAX
+    } else {
+        a.wrapping_div(b) as u64
+    }
 }
 
 #[inline(always)]
 fn rem_s(a: u64, b: u64) -> u64 {
     let (a, b) = (a as i64, b as i64);
-    if b == 0 { a as u64 } else { a.wrapping_rem(b) as u64 }
+    if b == 0 {
+        a as u64
+    } else {
+        a.wrapping_rem(b) as u64
+    }
 }

@@ -14,13 +14,13 @@
 //! - Every guest store to RAM is preceded by a dirty mark of its page in the current dirty-log generation
 //!   (stores go through a store translation that is installed only after marking the page).
 
+pub mod csr;
+mod exec;
 pub mod fpu;
 mod hart;
 pub mod memory;
 mod mmu;
 pub mod rvc;
-mod exec;
-pub mod csr;
 
-pub use hart::{Bus, Exit, Hart, HartState, Privilege, irq};
+pub use hart::{irq, Bus, Exit, Hart, HartState, Privilege};
 pub use memory::{GuestRam, RamError, PAGE_SIZE};

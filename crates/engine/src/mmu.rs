@@ -194,7 +194,12 @@ impl Hart {
 
     /// Loads `N` bytes (1, 2, 4, 8) at `vaddr`, zero-extended. Misaligned accesses are supported.
     #[inline(always)]
-    pub(crate) fn load<const N: usize>(&mut self, ram: &GuestRam, bus: &mut dyn Bus, vaddr: u64) -> Result<u64, Exception> {
+    pub(crate) fn load<const N: usize>(
+        &mut self,
+        ram: &GuestRam,
+        bus: &mut dyn Bus,
+        vaddr: u64,
+    ) -> Result<u64, Exception> {
         let (_, ctx) = self.data_ctx();
         let e = self.tlb.load[tlb_index(vaddr)];
         let in_page = vaddr & 0xfff;

@@ -164,12 +164,7 @@ const fn i_type(opcode: u32, funct3: u32, rd: u32, rs1: u32, imm: u32) -> u32 {
 }
 
 const fn s_type(opcode: u32, funct3: u32, rs1: u32, rs2: u32, imm: u32) -> u32 {
-    (bits(imm, 11, 5) << 25)
-        | (rs2 << 20)
-        | (rs1 << 15)
-        | (funct3 << 12)
-        | (bits(imm, 4, 0) << 7)
-        | opcode
+    (bits(imm, 11, 5) << 25) | (rs2 << 20) | (rs1 << 15) | (funct3 << 12) | (bits(imm, 4, 0) << 7) | opcode
 }
 
 const fn b_type(funct3: u32, rs1: u32, rs2: u32, imm: u32) -> u32 {
@@ -499,12 +494,7 @@ mod tests {
 
     fn check(table: &[(u16, u32)]) {
         for &(half, word) in table {
-            assert_eq!(
-                expand(half),
-                Some(word),
-                "expand({half:#06x}) = {:#010x?}, want {word:#010x}",
-                expand(half)
-            );
+            assert_eq!(expand(half), Some(word), "expand({half:#06x}) = {:#010x?}, want {word:#010x}", expand(half));
         }
     }
 
@@ -557,21 +547,13 @@ mod tests {
             let half = 0x4000 | ((7 - r) << 7) | (r << 2);
             let word = expand(half).unwrap();
             assert_eq!((word >> 7) & 31, u32::from(8 + r), "rd' in {half:#06x}");
-            assert_eq!(
-                (word >> 15) & 31,
-                u32::from(8 + 7 - r),
-                "rs1' in {half:#06x}"
-            );
+            assert_eq!((word >> 15) & 31, u32::from(8 + 7 - r), "rs1' in {half:#06x}");
             // c.and x(8+r), x(8+(7-r))
             let half = 0x8c61 | (r << 7) | ((7 - r) << 2);
             let word = expand(half).unwrap();
             assert_eq!((word >> 7) & 31, u32::from(8 + r), "rd' in {half:#06x}");
             assert_eq!((word >> 15) & 31, u32::from(8 + r), "rs1' in {half:#06x}");
-            assert_eq!(
-                (word >> 20) & 31,
-                u32::from(8 + 7 - r),
-                "rs2' in {half:#06x}"
-            );
+            assert_eq!((word >> 20) & 31, u32::from(8 + 7 - r), "rs2' in {half:#06x}");
         }
     }
 
@@ -583,11 +565,7 @@ mod tests {
             legal += 1;
             assert!(half & 3 != 3, "{half:#06x}");
             assert_eq!(word & 3, 3, "expand({half:#06x}) = {word:#010x}");
-            assert_ne!(
-                word & 0x1c,
-                0x1c,
-                "expand({half:#06x}) is not a 32-bit form"
-            );
+            assert_ne!(word & 0x1c, 0x1c, "expand({half:#06x}) is not a 32-bit form");
         }
         // 3 * 16384 compressed halfwords minus the reserved ones (counted from the spec).
         assert_eq!(legal, 49152 - RESERVED_COUNT);

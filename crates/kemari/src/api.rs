@@ -41,7 +41,9 @@ enum Wire {
     Status,
     /// The status as Prometheus text exposition.
     Metrics,
-    Snapshot { dir: PathBuf },
+    Snapshot {
+        dir: PathBuf,
+    },
     Migrate {
         to: String,
         #[serde(default = "default_downtime_ms")]

@@ -237,9 +237,7 @@ fn main() -> ExitCode {
     // Warnings (e.g. a guest misprogramming a device) go to stderr; KEMARI_LOG=debug etc. for more.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEMARI_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEMARI_LOG").unwrap_or_else(|_| "warn".into()))
         .without_time()
         .init();
     let cli = Cli::parse();
@@ -408,8 +406,7 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let console = console::Console::start();
     if let Some(addr) = &args.incoming {
-        return match kemari_board::migrate::receive_machine(addr, &cfg, Box::new(std::io::stdout()), console.waker())
-        {
+        return match kemari_board::migrate::receive_machine(addr, &cfg, Box::new(std::io::stdout()), console.waker()) {
             Ok(m) => {
                 eprintln!("kemari: migration from the sender complete; running here");
                 drive(m, console, args.devices.api.as_deref(), None, false)
@@ -538,7 +535,11 @@ fn ctl(args: CtlArgs) -> ExitCode {
                 _ => println!("{reply}"),
             }
             let ok = v["ok"].as_bool();
-            if ok == Some(true) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if ok == Some(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             eprintln!("kemari: cannot reach the control API at {}: {e}", args.api.display());

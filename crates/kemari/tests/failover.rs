@@ -126,7 +126,11 @@ fn record_workload(count: u64) -> String {
 /// Returns M.
 fn check_records(log: &[u8], acked: u64) -> u64 {
     let text = String::from_utf8_lossy(log);
-    assert!(text.is_empty() || text.ends_with('\n'), "the record file ends in a torn record: {:?}", text.lines().last());
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "the record file ends in a torn record: {:?}",
+        text.lines().last()
+    );
     let mut n = 0u64;
     for line in text.lines() {
         n += 1;
@@ -174,7 +178,11 @@ fn topology_connects_the_client_to_an_unprotected_guest_on_either_host() {
     assert!(out.contains("2 packets received"), "guest → client ping failed:\n{out}");
     let frames = capture.frames();
     let from_vmm = capture.incoming_from(GUEST_MAC_BYTES).len();
-    assert!(from_vmm >= 2, "the capture did not see the guest's frames enter through the tap ({} frames)", frames.len());
+    assert!(
+        from_vmm >= 2,
+        "the capture did not see the guest's frames enter through the tap ({} frames)",
+        frames.len()
+    );
     assert!(
         frames.iter().all(|f| f.incoming() || f.src_mac() != GUEST_MAC_BYTES),
         "a frame from the guest MAC was classified as sent by the host"
@@ -263,8 +271,8 @@ fn record_checker_catches_lost_repeated_and_damaged_records() {
 
 #[test]
 fn proxy_flips_one_bit_in_one_checkpoint_and_forwards_the_rest() {
-    use std::io::{Read, Write};
     use ft::wire;
+    use std::io::{Read, Write};
     let _serial = ft::serial();
     let ns = netns::NetNs::new("proxy");
     let standby_addr = SocketAddr::from(([127, 0, 0, 1], 7700));
@@ -364,7 +372,12 @@ fn no_acknowledged_write_is_lost(storage: Storage) {
     let failover = pair.wait_failover();
     assert_eq!(got, (1..=RECORDS).collect::<Vec<_>>(), "the report stream lost or repeated numbers across failover");
     let status = pair.secondary.wait();
-    assert_eq!(status.code(), Some(0), "the new primary's guest powers off cleanly; stderr:\n{}", pair.secondary.stderr());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the new primary's guest powers off cleanly; stderr:\n{}",
+        pair.secondary.stderr()
+    );
     assert!(pair.secondary.output().contains("UMOUNT-OK"), "umount failed:\n{}", pair.secondary.output());
 
     let image = pair.secondary_disk.clone().unwrap();
@@ -514,7 +527,8 @@ fn corrupt_checkpoint_is_rejected_and_failover_still_works() {
     proxy.wait_until("a NACK from the secondary", |p| p.sent_by_secondary(ft::wire::NACK) >= 1);
     // After the NACK the primary sends the same checkpoint again (checkpoints it had already sent behind it,
     // speculatively, may come first).
-    proxy.wait_until("the corrupted checkpoint sent again", |p| p.epochs_after_corruption().contains(&corruption.epoch));
+    proxy
+        .wait_until("the corrupted checkpoint sent again", |p| p.epochs_after_corruption().contains(&corruption.epoch));
     // Protection goes on: the primary releases console output only after acknowledgements, so new ticks on its
     // console prove the secondary acknowledges again.
     let last = *complete_ticks(&pair.primary.output_bytes()).last().unwrap();

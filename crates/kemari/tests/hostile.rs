@@ -3,10 +3,10 @@
 //! I/O error status, log a warning, never touch memory outside the guest, and keep running (the program ends the
 //! run itself through HTIF with a code that says which check failed).
 
-mod common;
 #[path = "../../engine/tests/common/asm.rs"]
 #[allow(dead_code)]
 mod asm;
+mod common;
 #[path = "common/elf.rs"]
 #[allow(dead_code)]
 mod elf;

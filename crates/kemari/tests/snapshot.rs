@@ -15,11 +15,7 @@ fn ctl(api: &str, args: &[&str]) -> String {
 
 /// The tick numbers printed on the console, in order.
 fn ticks(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("tick-"))
-        .filter_map(|n| n.parse().ok())
-        .collect()
+    console.lines().filter_map(|l| l.trim().strip_prefix("tick-")).filter_map(|n| n.parse().ok()).collect()
 }
 
 #[test]

@@ -151,12 +151,7 @@ pub struct Lease {
 
 impl Lease {
     fn free() -> Lease {
-        Lease {
-            owner: String::new(),
-            fence: 0,
-            expires_unix_ms: 0,
-            active_lock: false,
-        }
+        Lease { owner: String::new(), fence: 0, expires_unix_ms: 0, active_lock: false }
     }
 
     /// Free (never taken or released) or expired at wall-clock time `now_ms`.
@@ -173,11 +168,7 @@ pub enum ArbiterError {
     #[error("arbiter lease {} is corrupt: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     #[error("lease held by {owner} (fence {fence}) until unix ms {expires_unix_ms}")]
-    Held {
-        owner: String,
-        fence: u64,
-        expires_unix_ms: u64,
-    },
+    Held { owner: String, fence: u64, expires_unix_ms: u64 },
     #[error("fenced: the lease now belongs to {owner} with fence {fence}")]
     Fenced { owner: String, fence: u64 },
     /// Our own monotonic deadline passed without a renewal; `renew` may still recover if no one took over.
@@ -194,15 +185,11 @@ pub enum ArbiterError {
 pub fn from_spec(spec: &str, node: &str, ttl: Duration) -> Result<Box<dyn Arbiter>, ArbiterError> {
     match spec.split_once(':') {
         Some(("file", dir)) if !dir.is_empty() => Ok(Box::new(FileArbiter::new(Path::new(dir), node, ttl)?)),
-        Some(("file", _)) => Err(ArbiterError::BadSpec(
-            "file: needs a directory, as in file:/shared/vm1".into(),
-        )),
-        Some(("etcd", _)) => Err(ArbiterError::BadSpec(format!(
-            "{spec:?}: the etcd arbiter is not supported yet; use file:DIR"
-        ))),
-        _ => Err(ArbiterError::BadSpec(format!(
-            "{spec:?}: unknown arbiter kind; expected file:DIR"
-        ))),
+        Some(("file", _)) => Err(ArbiterError::BadSpec("file: needs a directory, as in file:/shared/vm1".into())),
+        Some(("etcd", _)) => {
+            Err(ArbiterError::BadSpec(format!("{spec:?}: the etcd arbiter is not supported yet; use file:DIR")))
+        }
+        _ => Err(ArbiterError::BadSpec(format!("{spec:?}: unknown arbiter kind; expected file:DIR"))),
     }
 }
 
@@ -224,20 +211,9 @@ impl Opened {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|source| ArbiterError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        let meta = file.metadata().map_err(|source| ArbiterError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Opened {
-            file,
-            dev: meta.dev(),
-            ino: meta.ino(),
-            path,
-        })
+            .map_err(|source| ArbiterError::Io { path: path.clone(), source })?;
+        let meta = file.metadata().map_err(|source| ArbiterError::Io { path: path.clone(), source })?;
+        Ok(Opened { file, dev: meta.dev(), ino: meta.ino(), path })
     }
 
     /// A file deleted or replaced while we hold it open would give us a private lock or lease: refuse.
@@ -246,10 +222,7 @@ impl Opened {
             Ok(m) if m.dev() == self.dev && m.ino() == self.ino => Ok(()),
             Ok(_) => Err(self.replaced()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.replaced()),
-            Err(source) => Err(ArbiterError::Io {
-                path: self.path.clone(),
-                source,
-            }),
+            Err(source) => Err(ArbiterError::Io { path: self.path.clone(), source }),
         }
     }
 
@@ -261,10 +234,7 @@ impl Opened {
     }
 
     fn io(&self, source: io::Error) -> ArbiterError {
-        ArbiterError::Io {
-            path: self.path.clone(),
-            source,
-        }
+        ArbiterError::Io { path: self.path.clone(), source }
     }
 }
 
@@ -328,9 +298,7 @@ impl FileArbiter {
             )));
         }
         if ttl < Duration::from_millis(10) || ttl > Duration::from_secs(86_400) {
-            return Err(ArbiterError::BadSpec(format!(
-                "lease ttl {ttl:?} must be between 10 ms and one day"
-            )));
+            return Err(ArbiterError::BadSpec(format!("lease ttl {ttl:?} must be between 10 ms and one day")));
         }
         if !dir.is_dir() {
             // Creating it could hand each node a private, unshared directory: two actives.
@@ -359,10 +327,7 @@ impl FileArbiter {
     /// between the nodes (0 by default: one machine, one clock). Must leave at least 5 ms of lease.
     pub fn with_clock_margin(mut self, margin: Duration) -> Result<FileArbiter, ArbiterError> {
         if margin.saturating_add(ROUNDING + Duration::from_millis(5)) > self.ttl {
-            return Err(ArbiterError::BadSpec(format!(
-                "clock margin {margin:?} leaves no lease of {:?}",
-                self.ttl
-            )));
+            return Err(ArbiterError::BadSpec(format!("clock margin {margin:?} leaves no lease of {:?}", self.ttl)));
         }
         self.clock_margin = margin;
         Ok(self)
@@ -410,18 +375,14 @@ impl FileArbiter {
                 reason: format!("longer than {MAX_FILE_LEN} bytes"),
             });
         }
-        serde_json::from_slice(&buf[..n]).map_err(|e| ArbiterError::Corrupt {
-            path: self.lease.path.clone(),
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&buf[..n])
+            .map_err(|e| ArbiterError::Corrupt { path: self.lease.path.clone(), reason: e.to_string() })
     }
 
     /// Writes the lease in place as one padded record. Caller holds `kemari.lock` exclusively.
     fn write_locked(&self, lease: &Lease, sync: bool) -> Result<(), ArbiterError> {
-        let mut rec = serde_json::to_vec(lease).map_err(|e| ArbiterError::Corrupt {
-            path: self.lease.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut rec = serde_json::to_vec(lease)
+            .map_err(|e| ArbiterError::Corrupt { path: self.lease.path.clone(), reason: e.to_string() })?;
         if rec.len() >= RECORD_LEN {
             // Cannot happen with MAX_NODE_LEN; refuse rather than write a record that could tear.
             return Err(ArbiterError::Corrupt {
@@ -480,10 +441,7 @@ impl FileArbiter {
             // A held lease keeps its old deadline: check fails by itself when it passes.
             return Err(e);
         }
-        self.held = Some(Held {
-            fence,
-            deadline: t0 + self.ttl - self.clock_margin - ROUNDING,
-        });
+        self.held = Some(Held { fence, deadline: t0 + self.ttl - self.clock_margin - ROUNDING });
         self.lost_to = None;
         Ok(fence)
     }
@@ -494,21 +452,13 @@ impl FileArbiter {
         self.held = None;
         self.drop_active_lock();
         self.lost_to = Some((stored.owner.clone(), stored.fence));
-        ArbiterError::Fenced {
-            owner: stored.owner.clone(),
-            fence: stored.fence,
-        }
+        ArbiterError::Fenced { owner: stored.owner.clone(), fence: stored.fence }
     }
 
     fn not_held(&self) -> ArbiterError {
         match &self.lost_to {
-            Some((owner, fence)) => ArbiterError::Fenced {
-                owner: owner.clone(),
-                fence: *fence,
-            },
-            None => ArbiterError::NotHeld {
-                node: self.node.clone(),
-            },
+            Some((owner, fence)) => ArbiterError::Fenced { owner: owner.clone(), fence: *fence },
+            None => ArbiterError::NotHeld { node: self.node.clone() },
         }
     }
 
@@ -528,17 +478,13 @@ impl FileArbiter {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn next_fence(path: &Path, fence: u64) -> Result<u64, ArbiterError> {
-    fence.checked_add(1).ok_or_else(|| ArbiterError::Corrupt {
-        path: path.to_path_buf(),
-        reason: "fence overflow".into(),
-    })
+    fence
+        .checked_add(1)
+        .ok_or_else(|| ArbiterError::Corrupt { path: path.to_path_buf(), reason: "fence overflow".into() })
 }
 
 impl Arbiter for FileArbiter {
@@ -616,9 +562,7 @@ impl Arbiter for FileArbiter {
         let stored = self.read_locked(true)?;
         if let Some(held) = self.held {
             if self.is_ours(&stored, &held) {
-                return Ok(TakeOver::Won {
-                    fence: self.hold(held.fence, false)?,
-                });
+                return Ok(TakeOver::Won { fence: self.hold(held.fence, false)? });
             }
             self.lose(&stored);
         }
@@ -651,12 +595,7 @@ impl Arbiter for FileArbiter {
         }
         let _g = self.lock_store(libc::LOCK_EX, self.ttl)?;
         let held = self.held_and_ours()?;
-        let lease = Lease {
-            owner: self.node.clone(),
-            fence: held.fence,
-            expires_unix_ms: 0,
-            active_lock: false,
-        };
+        let lease = Lease { owner: self.node.clone(), fence: held.fence, expires_unix_ms: 0, active_lock: false };
         self.write_locked(&lease, true)?;
         // Stop being active only after the record says so: a secondary reading the old record meanwhile still
         // finds the active lock taken and waits.
@@ -892,12 +831,7 @@ mod tests {
         /// Spawns the child and waits until it holds the lease; returns it and its fence.
         fn spawn(dir: &TempDir, ttl_ms: u64) -> (ChildHolder, u64) {
             let mut child = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "arbiter_child_holder_entry",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args(["arbiter_child_holder_entry", "--ignored", "--nocapture", "--test-threads=1"])
                 .env(CHILD_DIR, &dir.0)
                 .env(CHILD_TTL, ttl_ms.to_string())
                 .stdin(Stdio::piped())
@@ -917,17 +851,13 @@ mod tests {
             });
             let mut h = ChildHolder { child, stdin, lines };
             let ready = h.next_line();
-            let fence = ready
-                .strip_prefix("READY ")
-                .unwrap_or_else(|| panic!("child said {ready:?}"));
+            let fence = ready.strip_prefix("READY ").unwrap_or_else(|| panic!("child said {ready:?}"));
             (h, fence.parse().unwrap())
         }
 
         /// Next line the child printed with our prefix (the test harness prints its own lines too).
         fn next_line(&mut self) -> String {
-            self.lines
-                .recv_timeout(Duration::from_secs(30))
-                .expect("child exited or went silent")
+            self.lines.recv_timeout(Duration::from_secs(30)).expect("child exited or went silent")
         }
 
         fn ask(&mut self, cmd: &str) -> String {
@@ -966,10 +896,7 @@ mod tests {
         let t = Instant::now();
         assert_eq!(b.take_over(fence).unwrap(), TakeOver::Won { fence: 2 });
         assert!(t.elapsed() < Duration::from_secs(5));
-        assert!(
-            now_unix_ms() < l.expires_unix_ms,
-            "won by death detection, not by expiry"
-        );
+        assert!(now_unix_ms() < l.expires_unix_ms, "won by death detection, not by expiry");
         b.check().unwrap();
         assert!(b.read().unwrap().active_lock);
     }
@@ -995,10 +922,7 @@ mod tests {
             }
         };
         assert_eq!(won, TakeOver::Won { fence: fence + 1 });
-        assert!(
-            !b.read().unwrap().active_lock,
-            "the stopped child still holds kemari.active"
-        );
+        assert!(!b.read().unwrap().active_lock, "the stopped child still holds kemari.active");
         child.signal(libc::SIGCONT);
         assert_eq!(child.ask("check"), format!("fenced b {}", fence + 1));
         assert_eq!(child.ask("renew"), format!("fenced b {}", fence + 1));
@@ -1013,12 +937,9 @@ mod tests {
     fn corrupt_lease_is_an_error_not_a_panic() {
         let d = TempDir::new("corrupt");
         let mut a = arb(&d, "a", 5_000);
-        for junk in [
-            &b"{\"owner\": \"a\", \"fen"[..],
-            b"\xff\xfe\x00garbage",
-            b"   \n",
-            b"{\"owner\":1,\"fence\":\"x\"}",
-        ] {
+        for junk in
+            [&b"{\"owner\": \"a\", \"fen"[..], b"\xff\xfe\x00garbage", b"   \n", b"{\"owner\":1,\"fence\":\"x\"}"]
+        {
             std::fs::write(d.0.join(LEASE_FILE), junk).unwrap();
             for r in [a.read().map(drop), a.acquire().map(drop), a.take_over(0).map(drop)] {
                 match r {
@@ -1048,29 +969,16 @@ mod tests {
     #[test]
     fn from_spec_kinds() {
         let ttl = Duration::from_millis(500);
-        for (spec, needle) in [
-            ("etcd:x", "not supported yet"),
-            ("bogus", "unknown"),
-            ("file:", "directory"),
-        ] {
+        for (spec, needle) in [("etcd:x", "not supported yet"), ("bogus", "unknown"), ("file:", "directory")] {
             match from_spec(spec, "a", ttl) {
                 Err(e @ ArbiterError::BadSpec(_)) => assert!(e.to_string().contains(needle), "{e}"),
                 Err(e) => panic!("{spec}: expected BadSpec, got {e:?}"),
                 Ok(_) => panic!("{spec}: expected BadSpec, got an arbiter"),
             }
         }
-        assert!(matches!(
-            from_spec("file:/nonexistent/kemari", "a", ttl),
-            Err(ArbiterError::Io { .. })
-        ));
-        assert!(
-            !Path::new("/nonexistent/kemari").exists(),
-            "the directory must never be created"
-        );
-        assert!(matches!(
-            FileArbiter::new(Path::new("/tmp"), "", ttl),
-            Err(ArbiterError::BadSpec(_))
-        ));
+        assert!(matches!(from_spec("file:/nonexistent/kemari", "a", ttl), Err(ArbiterError::Io { .. })));
+        assert!(!Path::new("/nonexistent/kemari").exists(), "the directory must never be created");
+        assert!(matches!(FileArbiter::new(Path::new("/tmp"), "", ttl), Err(ArbiterError::BadSpec(_))));
         let d = TempDir::new("spec");
         let mut a = from_spec(&format!("file:{}", d.0.display()), "a", ttl).unwrap();
         assert_eq!(a.node(), "a");

@@ -106,7 +106,9 @@ impl Link {
             loop {
                 let m = match queue.recv_timeout(heartbeat) {
                     Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => Outgoing { kind: wire::HEARTBEAT, epoch: None, body: Arc::default() },
+                    Err(RecvTimeoutError::Timeout) => {
+                        Outgoing { kind: wire::HEARTBEAT, epoch: None, body: Arc::default() }
+                    }
                     Err(RecvTimeoutError::Disconnected) => break,
                 };
                 let epoch = m.epoch.map(u64::to_le_bytes);
@@ -451,7 +453,8 @@ impl Primary {
                     gate.lock().expect("gate lock").set_holding(true);
                 }
                 self.sync_started = Instant::now();
-                self.phase = Phase::Linked { link, copy: Some(PreCopy::start(machine, PRECOPY_BUDGET)), established: false };
+                self.phase =
+                    Phase::Linked { link, copy: Some(PreCopy::start(machine, PRECOPY_BUDGET)), established: false };
                 self.set_state("syncing");
                 eprintln!("kemari: synchronising with the secondary at {}", self.peer());
             }

@@ -65,7 +65,11 @@ pub enum StandbyError {
 
 enum SessionEnd {
     /// The primary is gone after at least one commit: fail over.
-    Lost { why: String, machine: Box<Machine>, hello: Hello },
+    Lost {
+        why: String,
+        machine: Box<Machine>,
+        hello: Hello,
+    },
     /// The session ended before protection was established: wait for the next primary.
     Retry(String),
     Shutdown,
@@ -182,7 +186,8 @@ impl Standby {
             eprintln!("kemari: standby: refused the primary at {peer}: {why}");
             return Ok(SessionEnd::Retry(why));
         }
-        let shape = MachineConfig { harts: hello.harts as usize, memory_mib: hello.memory >> 20, ..cfg.machine.clone() };
+        let shape =
+            MachineConfig { harts: hello.harts as usize, memory_mib: hello.memory >> 20, ..cfg.machine.clone() };
         let mut machine = match Machine::empty(&shape, console(), wake) {
             Ok(m) => Box::new(m),
             Err(e) => return Ok(SessionEnd::Retry(format!("cannot build the replica machine: {e}"))),

@@ -15,8 +15,27 @@ pub fn encode(h: &HartState) -> Vec<u8> {
     w.u64(h.pc);
     w.u8(h.privilege as u8);
     for v in [
-        h.fcsr, h.mstatus, h.medeleg, h.mideleg, h.mie, h.mip, h.mtvec, h.mscratch, h.mepc, h.mcause, h.mtval,
-        h.mcounteren, h.menvcfg, h.stvec, h.sscratch, h.sepc, h.scause, h.stval, h.scounteren, h.senvcfg, h.satp,
+        h.fcsr,
+        h.mstatus,
+        h.medeleg,
+        h.mideleg,
+        h.mie,
+        h.mip,
+        h.mtvec,
+        h.mscratch,
+        h.mepc,
+        h.mcause,
+        h.mtval,
+        h.mcounteren,
+        h.menvcfg,
+        h.stvec,
+        h.sscratch,
+        h.sepc,
+        h.scause,
+        h.stval,
+        h.scounteren,
+        h.senvcfg,
+        h.satp,
     ] {
         w.u64(v);
     }
@@ -52,14 +71,34 @@ pub fn decode(payload: &[u8], harts: usize) -> Result<HartState, StateError> {
         return Err(r.invalid(format!("pc {:#x} is not 2-byte aligned", h.pc)));
     }
     let p = r.u8()?;
-    h.privilege = Privilege::from_bits(p as u64).ok_or_else(|| r.invalid(format!("privilege mode {p} does not exist")))?;
+    h.privilege =
+        Privilege::from_bits(p as u64).ok_or_else(|| r.invalid(format!("privilege mode {p} does not exist")))?;
     let mut csrs = [0u64; 21];
     for v in csrs.iter_mut() {
         *v = r.u64()?;
     }
     [
-        h.fcsr, h.mstatus, h.medeleg, h.mideleg, h.mie, h.mip, h.mtvec, h.mscratch, h.mepc, h.mcause, h.mtval,
-        h.mcounteren, h.menvcfg, h.stvec, h.sscratch, h.sepc, h.scause, h.stval, h.scounteren, h.senvcfg, h.satp,
+        h.fcsr,
+        h.mstatus,
+        h.medeleg,
+        h.mideleg,
+        h.mie,
+        h.mip,
+        h.mtvec,
+        h.mscratch,
+        h.mepc,
+        h.mcause,
+        h.mtval,
+        h.mcounteren,
+        h.menvcfg,
+        h.stvec,
+        h.sscratch,
+        h.sepc,
+        h.scause,
+        h.stval,
+        h.scounteren,
+        h.senvcfg,
+        h.satp,
     ] = csrs;
     for v in h.pmpcfg.iter_mut().chain(h.pmpaddr.iter_mut()) {
         *v = r.u64()?;
@@ -163,7 +202,12 @@ mod tests {
     #[test]
     fn impossible_values_are_rejected_with_a_reason() {
         // (byte offset in the payload, value to put there, expected reason)
-        let cases = [(0, 5, "hart id 5"), (8 + 64 * 8, 0x35, "not 2-byte aligned"), (8 + 64 * 8 + 8, 2, "privilege mode 2"), (8, 1, "x0 is not zero")];
+        let cases = [
+            (0, 5, "hart id 5"),
+            (8 + 64 * 8, 0x35, "not 2-byte aligned"),
+            (8 + 64 * 8 + 8, 2, "privilege mode 2"),
+            (8, 1, "x0 is not zero"),
+        ];
         for (at, value, why) in cases {
             let mut payload = encode(&sample(0));
             payload[at] = value;

@@ -66,8 +66,11 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     pub fn new(device: Box<dyn VirtioDevice>) -> MmioTransport {
-        let queues =
-            device.queue_max_sizes().iter().map(|&m| Queue::new(m).expect("device queue sizes are powers of two")).collect();
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&m| Queue::new(m).expect("device queue sizes are powers of two"))
+            .collect();
         MmioTransport {
             device,
             queues,

@@ -69,6 +69,10 @@ pub trait VirtioDevice: Send {
     }
     /// Restores what `save` produced; the bytes are untrusted.
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        if state.is_empty() { Ok(()) } else { Err(format!("{} unexpected bytes of device state", state.len())) }
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} unexpected bytes of device state", state.len()))
+        }
     }
 }

@@ -59,7 +59,7 @@ pub fn build_image(machine: u16, image: &[u8]) -> Vec<u8> {
     push16(&mut f, 64);
     push16(&mut f, 4); // shnum
     push16(&mut f, 3); // shstrndx
-    // Program header.
+                       // Program header.
     push32(&mut f, 1); // PT_LOAD
     push32(&mut f, 7); // RWX
     push64(&mut f, SEG_OFF);
@@ -99,9 +99,9 @@ fn section(f: &mut Vec<u8>, name: u32, kind: u32, off: u64, size: u64, link: u32
 /// A program that stores `value` to `tohost` and spins.
 pub fn tohost_program(value: u32) -> Vec<u32> {
     vec![
-        0x0000_1297,                   // auipc t0, 1        (t0 = 0x8000_1000)
+        0x0000_1297,                     // auipc t0, 1        (t0 = 0x8000_1000)
         (value << 20) | (6 << 7) | 0x13, // addi t1, x0, value
-        0x0062_b023,                   // sd t1, 0(t0)
-        0x0000_006f,                   // j .
+        0x0062_b023,                     // sd t1, 0(t0)
+        0x0000_006f,                     // j .
     ]
 }

@@ -327,22 +327,14 @@ pub fn require_ft_cli() {
         }
         missing
     });
-    assert!(
-        missing.is_empty(),
-        "this kemari has no fault tolerance yet (issue 5): missing {}",
-        missing.join(", ")
-    );
+    assert!(missing.is_empty(), "this kemari has no fault tolerance yet (issue 5): missing {}", missing.join(", "));
 }
 
 /// `kemari ctl --api SOCK status`, parsed.
 pub fn status(api: &Path) -> serde_json::Value {
     let out = Command::new(kemari_bin()).arg("ctl").arg("--api").arg(api).arg("status").output().expect("kemari ctl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "kemari ctl status failed: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "kemari ctl status failed: {text} {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("status is not JSON ({e}): {text}"))
 }
 
@@ -511,7 +503,10 @@ impl Pair {
         pair.secondary.expect_stderr("protection established");
         let protected = started.elapsed();
         pair.configure_guest_network();
-        eprintln!("pair: guest ready after {booted:?}, protected after {protected:?}, on the network after {:?}", started.elapsed());
+        eprintln!(
+            "pair: guest ready after {booted:?}, protected after {protected:?}, on the network after {:?}",
+            started.elapsed()
+        );
         pair
     }
 

@@ -198,7 +198,11 @@ impl Vm {
                 );
             }
             if start.elapsed() > GUEST_TIMEOUT {
-                panic!("no {needle:?} on stderr\n--- stderr ---\n{}\n--- console ---\n{}", self.stderr(), self.output());
+                panic!(
+                    "no {needle:?} on stderr\n--- stderr ---\n{}\n--- console ---\n{}",
+                    self.stderr(),
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

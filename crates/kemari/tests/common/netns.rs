@@ -127,7 +127,8 @@ impl NetNs {
     /// Writes `value` to `/proc/sys/<key>` (dots or slashes) as seen from inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.enter(|| std::fs::write(&path, value)).unwrap_or_else(|e| panic!("sysctl {key}={value} in {}: {e}", self.name));
+        self.enter(|| std::fs::write(&path, value))
+            .unwrap_or_else(|e| panic!("sysctl {key}={value} in {}: {e}", self.name));
     }
 
     /// Starts capturing every frame on interface `dev` of this namespace (see [`PacketCapture`]).
