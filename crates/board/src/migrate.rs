@@ -31,7 +31,7 @@ const ACK: u8 = 4;
 /// Pages sent per slice during the full pass (the guest runs a slice between batches).
 const BATCH_PAGES: u64 = 1024;
 /// How long one step of the machine loop may spend sending pre-copy batches (the guest runs between steps).
-pub const STEP_TIME: Duration = Duration::from_millis(5);
+const STEP_TIME: Duration = Duration::from_millis(5);
 /// Dirty rounds before giving up on convergence and stopping the guest anyway.
 const MAX_ROUNDS: u32 = 30;
 /// Largest message the receiver accepts.
@@ -140,6 +140,19 @@ impl PreCopy {
         Some(bytes)
     }
 
+    /// Sends batches for up to [`STEP_TIME`] (the guest runs between steps; an idle guest's loop sleeps between
+    /// them, which must not pace the copy). Returns true once the pre-copy is done: time to stop and copy.
+    pub fn step<E>(&mut self, m: &Machine, mut send: impl FnMut(Vec<u8>) -> Result<(), E>) -> Result<bool, E> {
+        let start = Instant::now();
+        while let Some(batch) = self.next_batch(m) {
+            send(batch)?;
+            if start.elapsed() >= STEP_TIME {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Time since the pre-copy started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
@@ -193,13 +206,8 @@ impl Machine {
     }
 
     fn migration_advance(&mut self, mig: &mut Migration) -> Result<Option<Reply>, MigrateError> {
-        // Several batches per step: an idle guest's loop sleeps between steps, which must not pace the copy.
-        let step = Instant::now();
-        while let Some(batch) = mig.copy.next_batch(self) {
-            send(&mut mig.stream, PAGES, &batch)?;
-            if step.elapsed() >= STEP_TIME {
-                return Ok(None);
-            }
+        if !mig.copy.step(self, |batch| send(&mut mig.stream, PAGES, &batch))? {
+            return Ok(None);
         }
         // Stop and copy: the machine is quiesced here (between slices).
         let stop = Instant::now();

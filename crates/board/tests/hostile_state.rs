@@ -12,8 +12,6 @@
 //! section tag[4] version u16 len u32 payload crc32; crc32 trailer), so boundaries are found without trusting
 //! the code under test.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -23,6 +21,9 @@ use kemari_board::persist::{peek_shape, Pages};
 use kemari_board::{Event, Machine, MachineConfig};
 use kemari_state::{Section, StateFile, Writer, FORMAT_VERSION, MAGIC};
 
+mod common;
+use common::{guest_config, run_until, Capture};
+
 const PAGE: usize = 4096;
 const MEMORY_MIB: u64 = 64;
 const RAM_BASE: u64 = 0x8000_0000;
@@ -31,45 +32,10 @@ const RAM_PAGES: u64 = (MEMORY_MIB << 20) / PAGE as u64;
 // ---------------------------------------------------------------------------------------------------------------
 // The guest
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn guest(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/guest").join(name);
-    assert!(p.exists(), "{} missing: run scripts/guest-build", p.display());
-    p
-}
-
 /// Two harts, 64 MiB (half of persist.rs's guest: every `save` scans all of RAM) and a virtio-rng device, so
 /// the stream has every kind of section (BORD, HART × 2, CLNT, PLIC, UART, VIRT, GATE, PAGS × n).
 fn config() -> MachineConfig {
-    MachineConfig {
-        harts: 2,
-        memory_mib: MEMORY_MIB,
-        kernel: Some(guest("Image")),
-        initrd: Some(guest("initramfs.cpio.gz")),
-        cmdline: "console=ttyS0".into(),
-        firmware: None,
-        disks: vec![],
-        nets: vec![],
-        rng: true,
-    }
+    guest_config(MEMORY_MIB)
 }
 
 fn wake_for(tx: &Sender<Event>) -> kemari_devices::host::Wake {
@@ -77,17 +43,6 @@ fn wake_for(tx: &Sender<Event>) -> kemari_devices::host::Wake {
     Arc::new(move || {
         let _ = tx.lock().unwrap().send(Event::Wake);
     })
-}
-
-/// Runs rounds until the console shows `needle` (bounded, so a broken build fails instead of hanging).
-fn run_until(m: &mut Machine, out: &Capture, rx: &Receiver<Event>, needle: &str) {
-    for _ in 0..2_000_000 {
-        if out.text().contains(needle) {
-            return;
-        }
-        assert!(m.step_round(rx).is_none(), "guest stopped early:\n{}", out.text());
-    }
-    panic!("no {needle:?} on the console:\n{}", out.text());
 }
 
 struct Saved {

@@ -1,62 +1,17 @@
 //! The one save/restore path, on the real guest: save → restore → save gives identical bytes, and a restored
 //! machine carries on where the saved one stopped.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 
 use kemari_board::persist::Pages;
 use kemari_board::{Event, Machine, MachineConfig};
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn guest(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/guest").join(name);
-    assert!(p.exists(), "{} missing: run scripts/guest-build", p.display());
-    p
-}
+mod common;
+use common::{guest_config, run_until, Capture};
 
 fn config() -> MachineConfig {
-    MachineConfig {
-        harts: 2,
-        memory_mib: 128,
-        kernel: Some(guest("Image")),
-        initrd: Some(guest("initramfs.cpio.gz")),
-        cmdline: "console=ttyS0".into(),
-        firmware: None,
-        disks: vec![],
-        nets: vec![],
-        rng: true,
-    }
-}
-
-/// Runs rounds until the console shows `needle` (bounded, so a broken build fails instead of hanging).
-fn run_until(m: &mut Machine, out: &Capture, rx: &std::sync::mpsc::Receiver<Event>, needle: &str) {
-    for _ in 0..2_000_000 {
-        if out.text().contains(needle) {
-            return;
-        }
-        assert!(m.step_round(rx).is_none(), "guest stopped early:\n{}", out.text());
-    }
-    panic!("no {needle:?} on the console:\n{}", out.text());
+    guest_config(128)
 }
 
 #[test]

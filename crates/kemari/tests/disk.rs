@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{guest_file, Vm};
+use common::{debugfs_cat, e2fs_tool, guest_file, Vm};
 
 const IMAGE_BYTES: u64 = 64 << 20;
 
@@ -84,17 +84,6 @@ fn poweroff(mut vm: Vm) {
     assert!(!vm.stderr().contains("virtio-blk"), "device warnings in a clean run: {}", vm.stderr());
 }
 
-/// A host tool from e2fsprogs, which lives in /sbin or /usr/sbin (often not on a test's PATH).
-fn e2fs_tool(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("host {name} not found: install e2fsprogs (scripts/guest-build does, as root)");
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     use std::io::Write;
     let mut child =
@@ -108,18 +97,6 @@ fn sha256_hex(data: &[u8]) -> String {
 /// What `seq 1 n` prints.
 fn seq_text(n: u32) -> Vec<u8> {
     (1..=n).map(|i| format!("{i}\n")).collect::<String>().into_bytes()
-}
-
-/// Reads `path` in the ext4 image through the host's debugfs (no mount, no root needed).
-fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
-    let out = Command::new(e2fs_tool("debugfs"))
-        .args(["-R", &format!("cat {path}")])
-        .arg(image)
-        .stderr(Stdio::null())
-        .output()
-        .expect("run debugfs");
-    assert!(out.status.success(), "debugfs cat {path} failed");
-    out.stdout
 }
 
 fn read_at(image: &Path, offset: u64, len: usize) -> Vec<u8> {

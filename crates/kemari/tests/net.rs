@@ -12,11 +12,10 @@ mod common;
 mod netns;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{guest_file, Vm, GUEST_TIMEOUT};
+use common::{accept, connect, guest_file, Vm, GUEST_TIMEOUT};
 use netns::NetNs;
 
 const TAP: &str = "kmrtap0";
@@ -55,44 +54,6 @@ fn boot_on_tap(tag: &str) -> Setup {
         "configured"
     );
     Setup { vm, ns }
-}
-
-/// Connects to `addr`, retrying while nothing listens yet.
-fn connect(addr: SocketAddr) -> TcpStream {
-    let start = Instant::now();
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
-            Ok(s) => {
-                s.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
-                s.set_write_timeout(Some(GUEST_TIMEOUT)).unwrap();
-                return s;
-            }
-            Err(e) => {
-                assert!(start.elapsed() < GUEST_TIMEOUT, "cannot connect to {addr}: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-fn accept(listener: &TcpListener) -> TcpStream {
-    listener.set_nonblocking(true).unwrap();
-    let start = Instant::now();
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
-                s.set_write_timeout(Some(GUEST_TIMEOUT)).unwrap();
-                return s;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(start.elapsed() < GUEST_TIMEOUT, "the guest never connected");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
 }
 
 /// sha256 of `data` as hex, by the host's `sha256sum`.

@@ -318,16 +318,12 @@ impl Primary {
                 Err(TryRecvError::Disconnected) => self.phase = Phase::Unprotected,
             },
             Phase::Linked { link, copy: Some(copy), .. } => {
-                let step = Instant::now();
-                let mut more = false;
-                while let Some(batch) = copy.next_batch(machine) {
-                    link.send(wire::PAGES, None, Arc::new(batch), self.cfg.opts.heartbeat_timeout);
-                    if step.elapsed() >= kemari_board::migrate::STEP_TIME {
-                        more = true;
-                        break;
-                    }
-                }
-                if !more {
+                let timeout = self.cfg.opts.heartbeat_timeout;
+                let Ok(done) = copy.step(machine, |batch| {
+                    link.send(wire::PAGES, None, Arc::new(batch), timeout);
+                    Ok::<(), std::convert::Infallible>(())
+                });
+                if done {
                     self.sync_bytes = copy.progress.bytes;
                     if let Phase::Linked { copy, .. } = &mut self.phase {
                         *copy = None;

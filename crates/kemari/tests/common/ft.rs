@@ -32,8 +32,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+pub use crate::common::{accept, connect, debugfs_cat, e2fs_tool};
 use crate::common::{guest_file, kemari_bin, Vm, GUEST_TIMEOUT};
 use crate::netns::NetNs;
+/// Message kinds of the replication wire protocol (the product's own constants).
+pub use kemari_replication::wire;
 
 pub const TAP: &str = "kmrtap0";
 pub const GUEST_MAC: &str = "52:54:00:12:34:56";
@@ -210,17 +213,6 @@ pub fn sha256_file(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
 }
 
-/// A host tool from e2fsprogs, which lives in /sbin or /usr/sbin (often not on a test's PATH).
-pub fn e2fs_tool(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("host {name} not found: install e2fsprogs (scripts/guest-build does, as root)");
-}
-
 /// Host `e2fsck -fn IMAGE`: panics with its report unless the file system is clean.
 pub fn assert_fsck_clean(image: &Path) {
     let out = Command::new(e2fs_tool("e2fsck")).arg("-fn").arg(image).output().expect("run e2fsck");
@@ -232,18 +224,6 @@ pub fn assert_fsck_clean(image: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Reads `path` inside the ext4 image through the host's debugfs (no mount needed).
-pub fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
-    let out = Command::new(e2fs_tool("debugfs"))
-        .args(["-R", &format!("cat {path}")])
-        .arg(image)
-        .stderr(Stdio::null())
-        .output()
-        .expect("run debugfs");
-    assert!(out.status.success(), "debugfs cat {path} failed");
-    out.stdout
 }
 
 // --------------------------------------------------------------------------------------------- randomness --
@@ -649,45 +629,6 @@ pub fn assert_no_console_gap(primary: &[u8], secondary: &[u8]) -> (usize, usize)
 
 // -------------------------------------------------------------------------------------------- TCP helpers --
 
-/// Connects to `addr` from the calling thread's namespace, retrying while nothing listens yet.
-pub fn connect(addr: SocketAddr) -> TcpStream {
-    let start = Instant::now();
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
-            Ok(s) => {
-                s.set_read_timeout(Some(STALL_TIMEOUT)).unwrap();
-                s.set_write_timeout(Some(STALL_TIMEOUT)).unwrap();
-                return s;
-            }
-            Err(e) => {
-                assert!(start.elapsed() < GUEST_TIMEOUT, "cannot connect to {addr}: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-/// Accepts one connection (waiting at most [`GUEST_TIMEOUT`]).
-pub fn accept(listener: &TcpListener) -> TcpStream {
-    listener.set_nonblocking(true).unwrap();
-    let start = Instant::now();
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(STALL_TIMEOUT)).unwrap();
-                s.set_write_timeout(Some(STALL_TIMEOUT)).unwrap();
-                return s;
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                assert!(start.elapsed() < GUEST_TIMEOUT, "the guest never connected");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
-}
-
 /// The guest's echo service: busybox `nc -l -p PORT -e cat`, one connection, everything read is written back.
 pub fn start_guest_echo(vm: &mut Vm, port: u16) {
     vm.send(&format!("nc -l -p {port} -e cat &"));
@@ -803,17 +744,6 @@ impl EchoStream {
 }
 
 // ---------------------------------------------------------------------------------- replication proxy --
-
-/// Message kinds of the replication wire protocol (`kind u8, length u64 LE, payload`).
-pub mod wire {
-    pub const HELLO: u8 = 1;
-    pub const PAGES: u8 = 2;
-    pub const CHECKPOINT: u8 = 5;
-    pub const ACK: u8 = 6;
-    pub const NACK: u8 = 7;
-    pub const HEARTBEAT: u8 = 8;
-    pub const SHUTDOWN: u8 = 9;
-}
 
 /// What the proxy did to the one CHECKPOINT it corrupted.
 #[derive(Clone, Copy, Debug)]

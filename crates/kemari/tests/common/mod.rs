@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -246,4 +247,66 @@ pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Connects to `addr` from the calling thread's namespace, retrying while nothing listens yet.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
+                s.set_write_timeout(Some(GUEST_TIMEOUT)).unwrap();
+                return s;
+            }
+            Err(e) => {
+                assert!(start.elapsed() < GUEST_TIMEOUT, "cannot connect to {addr}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Accepts one connection (waiting at most [`GUEST_TIMEOUT`]).
+pub fn accept(listener: &TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
+                s.set_write_timeout(Some(GUEST_TIMEOUT)).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(start.elapsed() < GUEST_TIMEOUT, "the guest never connected");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// A host tool from e2fsprogs, which lives in /sbin or /usr/sbin (often not on a test's PATH).
+pub fn e2fs_tool(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("host {name} not found: install e2fsprogs (scripts/guest-build does, as root)");
+}
+
+/// Reads `path` inside the ext4 image through the host's debugfs (no mount needed).
+pub fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
+    let out = Command::new(e2fs_tool("debugfs"))
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run debugfs");
+    assert!(out.status.success(), "debugfs cat {path} failed");
+    out.stdout
 }

@@ -184,6 +184,21 @@ impl Drop for NetNs {
     }
 }
 
+/// Lets blocking receives on `sock` give up after `micros` (so loops can check their deadlines).
+fn set_receive_timeout(sock: &std::os::fd::OwnedFd, micros: i64) {
+    let tv = libc::timeval { tv_sec: 0, tv_usec: micros };
+    // SAFETY: SO_RCVTIMEO takes a timeval of the size we pass, on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}
+
 fn checksum(data: &[u8]) -> u16 {
     let mut sum = 0u32;
     for c in data.chunks(2) {
@@ -205,17 +220,7 @@ fn ping(dst: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
     }
     // SAFETY: `fd` is a fresh socket nobody else owns.
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-    // SAFETY: SO_RCVTIMEO takes a timeval of the size we pass.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    set_receive_timeout(&sock, 200_000);
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
@@ -417,16 +422,6 @@ fn open_packet_socket(dev: &str) -> io::Result<std::os::fd::OwnedFd> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
-    // SAFETY: SO_RCVTIMEO takes a timeval of the size we pass.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    set_receive_timeout(&sock, 100_000);
     Ok(sock)
 }
