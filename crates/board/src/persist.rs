@@ -9,8 +9,8 @@
 use std::io::Write;
 
 use kemari_devices::host::Wake;
-use kemari_engine::{Hart, PAGE_SIZE};
-use kemari_state::{hart, Reader, Section, StateError, StateFile, Writer};
+use kemari_engine::{GuestRam, Hart, PAGE_SIZE};
+use kemari_state::{hart, Encoder, Reader, Section, StateError, StateFile, Writer};
 use vm_superio::serial::SerialState;
 use vm_superio::Serial;
 
@@ -51,7 +51,15 @@ pub enum Pages<'a> {
 impl Machine {
     /// Encodes the machine's complete state. Must be called with the machine quiesced (between slices).
     pub fn save(&self, pages: Pages) -> Vec<u8> {
-        let mut f = StateFile::new();
+        let all: Vec<u64>;
+        let list: &[u64] = match pages {
+            Pages::Only(list) => list,
+            Pages::AllNonZero => {
+                all = (0..self.ram.size() / PAGE_SIZE).filter(|&p| !self.ram.page_is_zero(p)).collect();
+                &all
+            }
+        };
+        let mut f = Encoder::with_capacity((64 << 10) + list.len() * (8 + PAGE_SIZE as usize));
         let mut w = Writer::default();
         w.u32(self.harts.len() as u32);
         w.u64(self.ram.size());
@@ -61,17 +69,17 @@ impl Machine {
             w.u64(*t);
         }
         w.u32(self.dev.virtio.len() as u32);
-        f.push(&BORD, w.0);
+        f.push(&BORD, &w.0);
 
         for h in &self.harts {
-            f.push(&hart::SECTION, hart::encode(h.state()));
+            f.push(&hart::SECTION, &hart::encode(h.state()));
         }
         let mut w = Writer::default();
         for (msip, cmp) in self.dev.clint.msip.iter().zip(&self.dev.clint.mtimecmp) {
             w.bool(*msip);
             w.u64(*cmp);
         }
-        f.push(&CLNT, w.0);
+        f.push(&CLNT, &w.0);
 
         let p = &self.dev.plic;
         let mut w = Writer::default();
@@ -84,7 +92,7 @@ impl Machine {
             w.u32(*e);
             w.u32(*t);
         }
-        f.push(&PLIC, w.0);
+        f.push(&PLIC, &w.0);
 
         let u = self.dev.uart.state();
         let mut w = Writer::default();
@@ -102,50 +110,24 @@ impl Machine {
             w.u8(v);
         }
         w.bytes(&u.in_buffer);
-        f.push(&UART, w.0);
+        f.push(&UART, &w.0);
 
         for t in &self.dev.virtio {
             let mut w = Writer::default();
             t.save(&mut w);
-            f.push(&VIRT, w.0);
+            f.push(&VIRT, &w.0);
         }
         let mut w = Writer::default();
         self.dev.gate.lock().expect("gate lock").save(&mut w);
-        f.push(&GATE, w.0);
+        f.push(&GATE, &w.0);
 
-        let all: Vec<u64>;
-        let list: &[u64] = match pages {
-            Pages::Only(list) => list,
-            Pages::AllNonZero => {
-                all = (0..self.ram.size() / PAGE_SIZE).filter(|&p| !self.page_is_zero(p)).collect();
-                &all
-            }
-        };
-        self.push_pages(&mut f, list);
-        f.encode()
+        push_pages(&self.ram, &mut f, list);
+        f.finish()
     }
 
     /// Encodes just these guest pages (a live-migration round).
     pub fn save_pages(&self, list: &[u64]) -> Vec<u8> {
-        let mut f = StateFile::new();
-        self.push_pages(&mut f, list);
-        f.encode()
-    }
-
-    /// Adds PAGS sections holding the pages of `list` (indices inside RAM).
-    fn push_pages(&self, f: &mut StateFile, list: &[u64]) {
-        let mut page = vec![0u8; PAGE_SIZE as usize];
-        for chunk in list.chunks(PAGES_PER_SECTION) {
-            let mut w = Writer::default();
-            w.0.reserve(4 + chunk.len() * (8 + PAGE_SIZE as usize));
-            w.u32(chunk.len() as u32);
-            for &p in chunk {
-                self.ram.read(self.ram.base() + p * PAGE_SIZE, &mut page).expect("page index inside RAM");
-                w.u64(p);
-                w.0.extend_from_slice(&page);
-            }
-            f.push(&PAGS, w.0);
-        }
+        encode_pages(&self.ram, list)
     }
 
     /// Applies a stream of pages made by `save_pages` (validated like any state stream, before any page is
@@ -173,9 +155,7 @@ impl Machine {
     }
 
     pub fn page_is_zero(&self, page: u64) -> bool {
-        let mut buf = [0u8; PAGE_SIZE as usize];
-        self.ram.read(self.ram.base() + page * PAGE_SIZE, &mut buf).expect("page inside RAM");
-        buf.iter().all(|&b| b == 0)
+        self.ram.page_is_zero(page)
     }
 
     /// Builds a machine from `cfg` (memory, harts, devices as given on the command line) and the saved state.
@@ -329,8 +309,30 @@ impl Machine {
     }
 }
 
+/// A stream of just these guest pages (indices inside RAM), as [`Machine::restore_pages`] takes it. Reads RAM
+/// in place, so it may run on another thread while the guest runs (a page written meanwhile is in the dirty log
+/// and sent again).
+pub fn encode_pages(ram: &GuestRam, list: &[u64]) -> Vec<u8> {
+    let mut f = Encoder::with_capacity(list.len() * (8 + PAGE_SIZE as usize) + list.len() / PAGES_PER_SECTION * 18);
+    push_pages(ram, &mut f, list);
+    f.finish()
+}
+
+/// Adds PAGS sections holding the pages of `list`.
+fn push_pages(ram: &GuestRam, f: &mut Encoder, list: &[u64]) {
+    for chunk in list.chunks(PAGES_PER_SECTION) {
+        f.section(&PAGS, |w| {
+            w.u32(chunk.len() as u32);
+            for &p in chunk {
+                w.u64(p);
+                ram.append_to(ram.base() + p * PAGE_SIZE, PAGE_SIZE as usize, &mut w.0).expect("page inside RAM");
+            }
+        });
+    }
+}
+
 /// Every page of the PAGS sections of `f` as (page index, 4 KiB), checked against a RAM of `pages` pages.
-fn checked_pages(f: &StateFile, pages: u64) -> Result<Vec<(u64, &[u8])>, StateError> {
+fn checked_pages<'a>(f: &'a StateFile<'_>, pages: u64) -> Result<Vec<(u64, &'a [u8])>, StateError> {
     let mut out = Vec::new();
     for payload in f.all(&PAGS)? {
         let mut r = Reader::new(payload, "PAGS");

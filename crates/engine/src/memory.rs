@@ -89,6 +89,34 @@ impl GuestRam {
         Some(())
     }
 
+    /// Appends `len` bytes of guest memory at `addr` to `out` (no intermediate buffer). Fails if the range is
+    /// not entirely RAM.
+    pub fn append_to(&self, addr: u64, len: usize, out: &mut Vec<u8>) -> Option<()> {
+        let off = self.offset_of(addr, len as u64)?;
+        out.reserve(len);
+        // SAFETY: the source range was checked to lie inside the mapping; `reserve` made room for `len` bytes
+        // after the vector's end, which the copy initialises before the length covers them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.host.add(off as usize), out.as_mut_ptr().add(out.len()), len);
+            out.set_len(out.len() + len);
+        }
+        Some(())
+    }
+
+    /// Whether RAM page `page` (an index, which must be inside RAM) holds only zeros. Reads the mapping in
+    /// place, a cache line at a time, so that scanning a mostly empty guest runs at memory speed.
+    pub fn page_is_zero(&self, page: u64) -> bool {
+        assert!(page < self.size / PAGE_SIZE, "page {page} beyond RAM");
+        let words = (PAGE_SIZE / 8) as usize;
+        // SAFETY: the page lies inside the mapping (checked above), which is page-aligned, so every u64 read is
+        // aligned and in bounds. Bytes may change under the read (the guest may run); a torn value only
+        // decides whether a page is sent now, and a page written meanwhile is in the dirty log anyway.
+        unsafe {
+            let p = self.host.add((page * PAGE_SIZE) as usize) as *const u64;
+            (0..words).step_by(8).all(|i| (0..8).fold(0u64, |acc, j| acc | p.add(i + j).read()) == 0)
+        }
+    }
+
     /// Copies into guest memory and records the pages as dirty. Fails if the range is not entirely RAM.
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<()> {
         let off = self.offset_of(addr, data.len() as u64)?;

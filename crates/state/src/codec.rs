@@ -1,6 +1,9 @@
 //! Framing: header, sections, checksums, and the primitive readers/writers section codecs use.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+use crc32fast::Hasher;
 
 pub const MAGIC: &[u8; 8] = b"KEMARIST";
 /// Version of the framing. A reader accepts only versions it knows.
@@ -56,20 +59,86 @@ fn tag_name(tag: &[u8; 4]) -> String {
     tag.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect()
 }
 
-/// A decoded stream: section payloads by tag (each checked), for section codecs to parse.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct StateFile {
-    sections: Vec<([u8; 4], u16, Vec<u8>)>,
+/// Writes a stream section by section into one buffer: payloads are written in place (a page goes from guest
+/// memory straight into the stream), and the stream checksum is combined from the sections' checksums rather
+/// than computed over every byte a second time.
+pub struct Encoder {
+    out: Vec<u8>,
+    count: u32,
+    /// Checksum of everything after the header.
+    body: Hasher,
 }
 
-impl StateFile {
-    pub fn new() -> StateFile {
-        StateFile::default()
+impl Default for Encoder {
+    fn default() -> Encoder {
+        Encoder::with_capacity(0)
+    }
+}
+
+impl Encoder {
+    pub fn with_capacity(bytes: usize) -> Encoder {
+        let mut out = Vec::with_capacity(HEADER_LEN + bytes + 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes()); // section count, set by `finish`
+        Encoder { out, count: 0, body: Hasher::new() }
     }
 
+    /// Appends a section whose payload `fill` writes.
+    pub fn section(&mut self, section: &Section, fill: impl FnOnce(&mut Writer)) {
+        let start = self.out.len();
+        self.out.extend_from_slice(&section.tag);
+        self.out.extend_from_slice(&section.version.to_le_bytes());
+        self.out.extend_from_slice(&0u32.to_le_bytes());
+        let mut w = Writer(std::mem::take(&mut self.out));
+        fill(&mut w);
+        self.out = w.0;
+        let len = self.out.len() - start - SECTION_HEADER_LEN;
+        debug_assert!(len <= section.cap as usize, "section {} of {len} bytes exceeds its cap", section.name());
+        self.out[start + 6..start + SECTION_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+        let mut h = Hasher::new();
+        h.update(&self.out[start..]);
+        let crc = h.clone().finalize().to_le_bytes();
+        self.body.combine(&h);
+        self.body.update(&crc);
+        self.out.extend_from_slice(&crc);
+        self.count += 1;
+    }
+
+    /// Appends a section with this payload.
+    pub fn push(&mut self, section: &Section, payload: &[u8]) {
+        self.section(section, |w| w.0.extend_from_slice(payload));
+    }
+
+    /// The finished stream.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out[12..HEADER_LEN].copy_from_slice(&self.count.to_le_bytes());
+        let mut h = Hasher::new();
+        h.update(&self.out[..HEADER_LEN]);
+        h.combine(&self.body);
+        let crc = h.finalize();
+        self.out.extend_from_slice(&crc.to_le_bytes());
+        self.out
+    }
+}
+
+/// A stream's sections: built with [`StateFile::push`] and encoded, or decoded (then the payloads borrow
+/// from the stream), for section codecs to parse.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StateFile<'a> {
+    sections: Vec<([u8; 4], u16, Cow<'a, [u8]>)>,
+}
+
+impl StateFile<'static> {
+    pub fn new() -> StateFile<'static> {
+        StateFile::default()
+    }
+}
+
+impl<'a> StateFile<'a> {
     /// Adds a section (sections are written in insertion order).
     pub fn push(&mut self, section: &Section, payload: Vec<u8>) {
-        self.sections.push((section.tag, section.version, payload));
+        self.sections.push((section.tag, section.version, Cow::Owned(payload)));
     }
 
     /// Payloads of every section with `section`'s tag, in stream order, checked against its cap and version.
@@ -82,7 +151,7 @@ impl StateFile {
             if *version != section.version {
                 return Err(StateError::SectionVersion { tag: section.name(), version: *version });
             }
-            out.push(payload.as_slice());
+            out.push(&payload[..]);
         }
         Ok(out)
     }
@@ -98,27 +167,18 @@ impl StateFile {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + self.sections.iter().map(|s| s.2.len() + 14).sum::<usize>() + 4);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.sections.len() as u32).to_le_bytes());
+        let mut e = Encoder::with_capacity(self.sections.iter().map(|s| s.2.len() + 14).sum());
         for (tag, version, payload) in &self.sections {
-            let start = out.len();
-            out.extend_from_slice(tag);
-            out.extend_from_slice(&version.to_le_bytes());
-            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            out.extend_from_slice(payload);
-            let crc = crc32fast::hash(&out[start..]);
-            out.extend_from_slice(&crc.to_le_bytes());
+            // The section's own version, which may differ from what this kemari writes (tests make such
+            // streams).
+            e.push(&Section { tag: *tag, version: *version, cap: u32::MAX }, payload);
         }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        e.finish()
     }
 
     /// Parses and checks the framing. `caps` gives the length cap of every known tag; unknown tags are
     /// rejected (a stream from a newer kemari must not be half-understood).
-    pub fn decode(bytes: &[u8], known: &[Section]) -> Result<StateFile, StateError> {
+    pub fn decode(bytes: &'a [u8], known: &[Section]) -> Result<StateFile<'a>, StateError> {
         if bytes.len() < 8 || &bytes[..8] != MAGIC {
             return Err(StateError::BadMagic);
         }
@@ -134,6 +194,8 @@ impl StateFile {
         let caps: BTreeMap<[u8; 4], u32> = known.iter().map(|s| (s.tag, s.cap)).collect();
         let mut pos = HEADER_LEN;
         let mut sections = Vec::with_capacity(count as usize);
+        let mut stream = Hasher::new();
+        stream.update(&bytes[..HEADER_LEN]);
         for i in 0..count {
             let head = bytes
                 .get(pos..pos + SECTION_HEADER_LEN)
@@ -150,15 +212,19 @@ impl StateFile {
             }
             let end = pos + SECTION_HEADER_LEN + len as usize;
             let body = bytes.get(pos..end + 4).ok_or_else(|| StateError::Truncated(format!("in section {name}")))?;
-            let crc = u32::from_le_bytes(body[body.len() - 4..].try_into().expect("4 bytes"));
-            if crc32fast::hash(&body[..body.len() - 4]) != crc {
+            let (framed, crc) = body.split_at(body.len() - 4);
+            let mut h = Hasher::new();
+            h.update(framed);
+            if h.clone().finalize() != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
                 return Err(StateError::SectionChecksum(name));
             }
-            sections.push((tag, version, body[SECTION_HEADER_LEN..body.len() - 4].to_vec()));
+            stream.combine(&h);
+            stream.update(crc);
+            sections.push((tag, version, Cow::Borrowed(&framed[SECTION_HEADER_LEN..])));
             pos = end + 4;
         }
         let trailer = bytes.get(pos..pos + 4).ok_or_else(|| StateError::Truncated("at the trailer".into()))?;
-        if crc32fast::hash(&bytes[..pos]) != u32::from_le_bytes(trailer.try_into().expect("4 bytes")) {
+        if stream.finalize() != u32::from_le_bytes(trailer.try_into().expect("4 bytes")) {
             return Err(StateError::StreamChecksum);
         }
         if bytes.len() > pos + 4 {
