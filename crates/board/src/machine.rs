@@ -312,6 +312,8 @@ pub struct Machine {
     pub max_idle: Duration,
     /// Reports fault-tolerance status for `status` requests, once a replication driver installed it.
     pub protection: Option<Box<dyn Fn() -> crate::control::Protection + Send>>,
+    /// Wakes the machine loop from its idle sleep (helper threads call it when they have news).
+    pub wake: Wake,
 }
 
 impl Machine {
@@ -390,7 +392,7 @@ impl Machine {
         }
         // Devices first: their slots go into the device tree. Only the gate's backend writes to the outside.
         let mut backend = HostBackend::new(console);
-        let (virtio, outlets) = build_virtio(cfg, &mut backend, wake)?;
+        let (virtio, outlets) = build_virtio(cfg, &mut backend, wake.clone())?;
         let slots: Vec<(u64, u32)> = (0..virtio.len())
             .map(|i| (layout::VIRTIO_BASE + i as u64 * layout::VIRTIO_SIZE, layout::VIRTIO_IRQ_BASE + i as u32))
             .collect();
@@ -459,6 +461,7 @@ impl Machine {
             migration: None,
             max_idle: Duration::from_millis(10),
             protection: None,
+            wake,
         })
     }
 

@@ -5,6 +5,8 @@
 //!  sender                                   receiver (kemari run --incoming ADDR)
 //!  HELLO  harts u32, memory bytes u64  ──►  builds an empty machine of that shape
 //!  PAGES  state stream of PAGS sections ──► writes the pages (repeated: pre-copy, then dirty rounds)
+//!  SYNC   (empty)                       ──► once everything before it is applied:
+//!                                      ◄──  SYNCED (one byte)
 //!  FINAL  full state stream (dirty pages) ► restores everything on top
 //!                                      ◄──  ACK (one byte); the receiver runs, announces MACs, the sender exits
 //! ```
@@ -15,25 +17,34 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kemari_engine::PAGE_SIZE;
+use kemari_engine::{GuestRam, PAGE_SIZE};
 
 use crate::control::Reply;
 use crate::machine::{BuildError, Machine, MachineConfig, RunOutcome};
-use crate::persist::{Pages, RestoreError};
+use crate::persist::{encode_pages, Pages, RestoreError};
 
 const HELLO: u8 = 1;
 const PAGES: u8 = 2;
 const FINAL: u8 = 3;
 const ACK: u8 = 4;
-/// Pages sent per slice during the full pass (the guest runs a slice between batches).
+const SYNC: u8 = 5;
+const SYNCED: u8 = 5;
+/// Pages per batch of the full pass (4 MiB at most: one PAGS section).
 const BATCH_PAGES: u64 = 1024;
-/// How long one step of the machine loop may spend sending pre-copy batches (the guest runs between steps).
-const STEP_TIME: Duration = Duration::from_millis(5);
+/// Batches queued for the pre-copy thread (it encodes the next while the kernel sends the last).
+const QUEUE_DEPTH: usize = 2;
 /// Dirty rounds before giving up on convergence and stopping the guest anyway.
 const MAX_ROUNDS: u32 = 30;
+/// Confirmations from the receiver before the stop (each after a dirty round), at most.
+const MAX_SYNCS: u32 = 4;
+/// A rest that takes this long to send is not worth another round.
+const SETTLED: Duration = Duration::from_micros(250);
 /// Largest message the receiver accepts.
 const MAX_MESSAGE: u64 = 8 << 30;
 
@@ -43,6 +54,8 @@ pub enum MigrateError {
     Io(#[from] std::io::Error),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    PreCopy(String),
     #[error(transparent)]
     Restore(#[from] RestoreError),
     #[error(transparent)]
@@ -57,16 +70,17 @@ fn send(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()>
     stream.write_all(payload)
 }
 
-fn receive(stream: &mut TcpStream) -> Result<(u8, Vec<u8>), MigrateError> {
+/// Reads one message into `payload` (reused: no allocation per batch). Returns its kind.
+fn receive_into(stream: &mut TcpStream, payload: &mut Vec<u8>) -> Result<u8, MigrateError> {
     let mut head = [0u8; 9];
     stream.read_exact(&mut head)?;
     let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
     if len > MAX_MESSAGE {
         return Err(MigrateError::Protocol(format!("message of {len} bytes is too large")));
     }
-    let mut payload = vec![0u8; len as usize];
-    stream.read_exact(&mut payload)?;
-    Ok((head[0], payload))
+    payload.resize(len as usize, 0);
+    stream.read_exact(payload)?;
+    Ok(head[0])
 }
 
 /// Progress, reported by `status` while a migration runs.
@@ -78,84 +92,237 @@ pub struct Progress {
     pub dirty_pages_last_round: u64,
 }
 
+/// Where the pre-copy's batches go: the migration stream, or the link to a fault-tolerance secondary. Called on
+/// the pre-copy's own thread.
+pub trait PageSink: Send {
+    /// Sends one batch (a state stream of PAGS sections).
+    fn send(&mut self, batch: Vec<u8>) -> Result<(), String>;
+    /// Returns once the receiver has applied everything sent so far, so that the stop-and-copy does not also
+    /// wait for a backlog in socket buffers. Sinks that cannot tell return at once.
+    fn sync(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Work for the pre-copy thread.
+enum Job {
+    /// Every non-zero page in this range of page indices.
+    Scan(std::ops::Range<u64>),
+    /// Exactly these pages (a dirty round).
+    Pages(Vec<u64>),
+    Sync,
+}
+
+/// What the pre-copy thread reports back (atomics: the machine loop reads them between slices).
+#[derive(Default)]
+struct Counters {
+    /// Jobs queued or running.
+    outstanding: AtomicU64,
+    bytes: AtomicU64,
+    /// Time spent encoding and sending (not waiting for work): the bandwidth estimate's denominator.
+    busy_nanos: AtomicU64,
+    failed: Mutex<Option<String>>,
+}
+
 enum Phase {
-    /// Sending every non-zero page, from this page index on.
+    /// Scanning memory, from this page index on.
     FullPass(u64),
     /// Resending what the guest dirtied since the previous round.
     Rounds,
 }
 
-/// Full-memory pre-copy while the guest runs, then dirty-page rounds until the rest fits a downtime budget.
-/// Live migration and the first synchronisation of fault tolerance both use it; the caller sends each batch
-/// and, when [`PreCopy::next_batch`] says the rest fits, stops the guest and sends the final state.
+/// Full-memory pre-copy while the guest runs, then dirty-page rounds until the rest is small, then the caller's
+/// stop-and-copy. Live migration and the first synchronisation of fault tolerance both use it.
+///
+/// A thread of its own reads guest memory in place, encodes and sends, while the guest runs on: the machine
+/// loop only decides what to send. That is safe because the loop takes the dirty log between slices (quiesced)
+/// before handing a round's pages over: a page the guest writes after that is in the next log and sent again,
+/// so a torn read is always superseded.
 pub struct PreCopy {
     phase: Phase,
     budget: Duration,
     started: Instant,
+    jobs: Option<SyncSender<Job>>,
+    counters: Arc<Counters>,
+    thread: Option<JoinHandle<()>>,
+    /// Pages went out since the receiver last confirmed it caught up.
+    unsynced: bool,
+    syncs: u32,
     pub progress: Progress,
 }
 
 impl PreCopy {
-    /// Starts tracking: every page written from now on is resent in a dirty round.
-    pub fn start(m: &Machine, budget: Duration) -> PreCopy {
+    /// Starts tracking (every page written from now on is resent in a dirty round) and the sending thread.
+    pub fn start(m: &Machine, budget: Duration, mut sink: Box<dyn PageSink>) -> std::io::Result<PreCopy> {
         m.ram.take_dirty();
-        PreCopy {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
+        let counters = Arc::new(Counters::default());
+        let (c, ram, wake) = (counters.clone(), m.ram.clone(), m.wake.clone());
+        let thread = std::thread::Builder::new().name("pre-copy".into()).spawn(move || {
+            for job in queue {
+                let sent = match job {
+                    Job::Scan(range) => {
+                        send_pages(&ram, &mut *sink, &c, range.filter(|&p| !ram.page_is_zero(p)).collect())
+                    }
+                    Job::Pages(pages) => send_pages(&ram, &mut *sink, &c, pages),
+                    Job::Sync => sink.sync(),
+                };
+                if let Err(e) = sent {
+                    *c.failed.lock().expect("counters lock") = Some(e);
+                    wake();
+                    return;
+                }
+                c.outstanding.fetch_sub(1, Ordering::SeqCst);
+                wake();
+            }
+        })?;
+        Ok(PreCopy {
             phase: Phase::FullPass(0),
             budget,
             started: Instant::now(),
+            jobs: Some(jobs),
+            counters,
+            thread: Some(thread),
+            unsynced: false,
+            syncs: 0,
             progress: Progress { pages_left: m.ram.size() / PAGE_SIZE, ..Progress::default() },
+        })
+    }
+
+    /// Bytes per second the thread achieves while it sends (1 GB/s until it has sent for a while).
+    fn bandwidth(&self) -> f64 {
+        let busy = self.counters.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let bytes = self.counters.bytes.load(Ordering::Relaxed) as f64;
+        if busy < 1e-3 {
+            1e9
+        } else {
+            bytes / busy
         }
     }
 
-    fn bandwidth(&self) -> f64 {
-        (self.progress.bytes as f64 / self.started.elapsed().as_secs_f64().max(1e-3)).max(1.0)
+    fn submit(&mut self, job: Job) -> Result<(), String> {
+        self.unsynced = !matches!(job, Job::Sync);
+        self.counters.outstanding.fetch_add(1, Ordering::SeqCst);
+        // Never blocks: the loop keeps fewer than QUEUE_DEPTH jobs outstanding.
+        self.jobs.as_ref().expect("pre-copy running").send(job).map_err(|_| self.failure())
     }
 
-    /// The next batch of pages to send (a state stream of PAGS sections), or `None` once the memory dirtied
-    /// since the last batch would take at most the budget to send (or rounds stopped converging): then it is
-    /// time to stop the guest and send the final state with [`Machine::save`] of the dirty pages.
-    pub fn next_batch(&mut self, m: &Machine) -> Option<Vec<u8>> {
+    fn failure(&self) -> String {
+        self.counters.failed.lock().expect("counters lock").clone().unwrap_or_else(|| "pre-copy thread ended".into())
+    }
+
+    /// Whether to send the pages dirtied since the last round (`dirty` of them) before stopping the guest:
+    /// always while they would not fit the budget (up to MAX_ROUNDS, then the guest stops anyway), and while
+    /// they fit but are more than SETTLED's worth and still shrinking from round to round (the budget is a
+    /// limit, not a target: a smaller final copy is a shorter stop).
+    fn another_round(&self, dirty: u64) -> bool {
+        if self.progress.round >= MAX_ROUNDS {
+            return false;
+        }
+        let expected = Duration::from_secs_f64((dirty * PAGE_SIZE) as f64 / self.bandwidth());
+        if expected > self.budget {
+            return true;
+        }
+        let last = self.progress.dirty_pages_last_round;
+        let shrinking = self.progress.round == 0 || dirty * 8 < last * 7;
+        expected > SETTLED.min(self.budget) && shrinking && self.syncs < MAX_SYNCS
+    }
+
+    /// Advances the pre-copy without blocking: hands work to the thread. Returns true when it is time to stop
+    /// the guest and send the final state (with the dirty pages): the thread is idle, the rest is small, and
+    /// the receiver has applied everything sent (where the sink can tell).
+    pub fn step(&mut self, m: &Machine) -> Result<bool, String> {
+        if self.counters.failed.lock().expect("counters lock").is_some() {
+            return Err(self.failure());
+        }
         let total = m.ram.size() / PAGE_SIZE;
-        let bytes = match self.phase {
-            Phase::FullPass(next) => {
-                let end = (next + BATCH_PAGES).min(total);
-                let pages: Vec<u64> = (next..end).filter(|&p| !m.page_is_zero(p)).collect();
-                self.progress.pages_left = total - end;
-                self.phase = if end == total { Phase::Rounds } else { Phase::FullPass(end) };
-                m.save_pages(&pages)
-            }
-            Phase::Rounds => {
-                let dirty = m.ram.dirty_count();
-                let expected = Duration::from_secs_f64((dirty * PAGE_SIZE) as f64 / self.bandwidth());
-                if expected <= self.budget || self.progress.round >= MAX_ROUNDS {
-                    return None;
+        let result = loop {
+            let outstanding = self.counters.outstanding.load(Ordering::SeqCst);
+            match self.phase {
+                Phase::FullPass(next) => {
+                    if outstanding >= QUEUE_DEPTH as u64 {
+                        break Ok(false);
+                    }
+                    let end = (next + BATCH_PAGES).min(total);
+                    self.submit(Job::Scan(next..end))?;
+                    self.progress.pages_left = total - end;
+                    self.phase = if end == total { Phase::Rounds } else { Phase::FullPass(end) };
                 }
-                let pages = m.ram.take_dirty();
-                self.progress.round += 1;
-                self.progress.dirty_pages_last_round = pages.len() as u64;
-                m.save_pages(&pages)
+                Phase::Rounds if outstanding > 0 => break Ok(false),
+                Phase::Rounds => {
+                    let dirty = m.ram.dirty_count();
+                    if self.another_round(dirty) {
+                        let pages = m.ram.take_dirty();
+                        self.progress.round += 1;
+                        self.progress.dirty_pages_last_round = pages.len() as u64;
+                        self.submit(Job::Pages(pages))?;
+                        break Ok(false);
+                    }
+                    if self.unsynced {
+                        self.syncs += 1;
+                        self.submit(Job::Sync)?;
+                        break Ok(false);
+                    }
+                    break Ok(true);
+                }
             }
         };
-        self.progress.bytes += bytes.len() as u64;
-        Some(bytes)
+        self.progress.bytes = self.counters.bytes.load(Ordering::Relaxed);
+        result
     }
 
-    /// Sends batches for up to [`STEP_TIME`] (the guest runs between steps; an idle guest's loop sleeps between
-    /// them, which must not pace the copy). Returns true once the pre-copy is done: time to stop and copy.
-    pub fn step<E>(&mut self, m: &Machine, mut send: impl FnMut(Vec<u8>) -> Result<(), E>) -> Result<bool, E> {
-        let start = Instant::now();
-        while let Some(batch) = self.next_batch(m) {
-            send(batch)?;
-            if start.elapsed() >= STEP_TIME {
-                return Ok(false);
-            }
+    /// Ends the thread (idle once `step` returned true) and returns the final progress.
+    pub fn finish(mut self) -> Progress {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
-        Ok(true)
+        self.progress.bytes = self.counters.bytes.load(Ordering::Relaxed);
+        self.progress.clone()
     }
 
     /// Time since the pre-copy started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+}
+
+impl Drop for PreCopy {
+    /// An abandoned pre-copy (failed link): the thread ends after its current job; nobody waits for it.
+    fn drop(&mut self) {
+        self.jobs = None;
+    }
+}
+
+/// Encodes and sends one batch on the pre-copy thread, counting its bytes and the time it took.
+fn send_pages(ram: &GuestRam, sink: &mut dyn PageSink, c: &Counters, pages: Vec<u64>) -> Result<(), String> {
+    if pages.is_empty() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    let batch = encode_pages(ram, &pages);
+    c.bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let sent = sink.send(batch);
+    c.busy_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    sent
+}
+
+/// The migration stream as a pre-copy sink (a clone of the sender's socket).
+struct StreamSink(TcpStream);
+
+impl PageSink for StreamSink {
+    fn send(&mut self, batch: Vec<u8>) -> Result<(), String> {
+        send(&mut self.0, PAGES, &batch).map_err(|e| format!("network: {e}"))
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        send(&mut self.0, SYNC, &[]).map_err(|e| format!("network: {e}"))?;
+        let mut reply = [0u8; 1];
+        self.0.read_exact(&mut reply).map_err(|e| format!("network: {e}"))?;
+        match reply[0] {
+            SYNCED => Ok(()),
+            k => Err(format!("protocol: unexpected reply {k} to a sync")),
+        }
     }
 }
 
@@ -178,7 +345,8 @@ impl Migration {
         hello.extend_from_slice(&(m.harts.len() as u32).to_le_bytes());
         hello.extend_from_slice(&m.ram.size().to_le_bytes());
         send(&mut stream, HELLO, &hello)?;
-        Ok(Migration { stream, copy: PreCopy::start(m, budget), reply })
+        let copy = PreCopy::start(m, budget, Box::new(StreamSink(stream.try_clone()?)))?;
+        Ok(Migration { stream, copy, reply })
     }
 }
 
@@ -186,48 +354,67 @@ impl Machine {
     /// Advances a running migration by one step. Returns the run's end once the receiver took over.
     pub(crate) fn migration_step(&mut self) -> Option<RunOutcome> {
         let mut mig = self.migration.take()?;
-        match self.migration_advance(&mut mig) {
-            Ok(None) => {
+        let result = match mig.copy.step(self) {
+            Ok(false) => {
                 self.migration = Some(mig);
-                None
+                return None;
             }
-            Ok(Some(reply)) => {
-                let _ = mig.reply.send(reply);
-                Some(RunOutcome::Migrated)
+            // Stop and copy: the machine is quiesced here (between slices).
+            Ok(true) => self.stop_and_copy(mig),
+            Err(e) => {
+                let _ = mig.reply.send(Reply::Error(format!("migration failed: {e}")));
+                Err(MigrateError::PreCopy(e))
             }
+        };
+        match result {
+            Ok(()) => Some(RunOutcome::Migrated),
             Err(e) => {
                 // The guest carries on here; the receiver sees the connection drop and gives up.
                 tracing::warn!("live migration failed: {e}");
                 self.paused = false;
-                let _ = mig.reply.send(Reply::Error(format!("migration failed: {e}")));
+                self.dev.clock.resume();
                 None
             }
         }
     }
 
-    fn migration_advance(&mut self, mig: &mut Migration) -> Result<Option<Reply>, MigrateError> {
-        if !mig.copy.step(self, |batch| send(&mut mig.stream, PAGES, &batch))? {
-            return Ok(None);
-        }
-        // Stop and copy: the machine is quiesced here (between slices).
+    /// Stops the guest, sends the final state and waits for the receiver's acknowledgement; replies to the
+    /// `migrate` request either way.
+    fn stop_and_copy(&mut self, mig: Migration) -> Result<(), MigrateError> {
+        let Migration { mut stream, copy, reply } = mig;
         let stop = Instant::now();
         self.dev.clock.pause();
-        let pages = self.ram.take_dirty();
-        let state = self.save(Pages::Only(&pages));
-        send(&mut mig.stream, FINAL, &state)?;
-        mig.stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut ack = [0u8; 1];
-        mig.stream.read_exact(&mut ack)?;
-        if ack[0] != ACK {
-            return Err(MigrateError::Protocol(format!("unexpected reply {} to the final state", ack[0])));
+        let elapsed = copy.elapsed();
+        let mut progress = copy.finish();
+        let result = (|| {
+            let pages = self.ram.take_dirty();
+            let state = self.save(Pages::Only(&pages));
+            send(&mut stream, FINAL, &state)?;
+            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            let mut ack = [0u8; 1];
+            stream.read_exact(&mut ack)?;
+            if ack[0] != ACK {
+                return Err(MigrateError::Protocol(format!("unexpected reply {} to the final state", ack[0])));
+            }
+            Ok(state.len() as u64)
+        })();
+        match result {
+            Ok(bytes) => {
+                let downtime = stop.elapsed();
+                progress.bytes += bytes;
+                let _ = reply.send(Reply::Migrated {
+                    rounds: progress.round,
+                    bytes: progress.bytes,
+                    total_millis: (elapsed + downtime).as_millis() as u64,
+                    downtime_micros: downtime.as_micros() as u64,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let _ = reply.send(Reply::Error(format!("migration failed: {e}")));
+                Err(e)
+            }
         }
-        mig.copy.progress.bytes += state.len() as u64;
-        Ok(Some(Reply::Migrated {
-            rounds: mig.copy.progress.round,
-            bytes: mig.copy.progress.bytes,
-            total_millis: mig.copy.elapsed().as_millis() as u64,
-            downtime_micros: stop.elapsed().as_micros() as u64,
-        }))
     }
 }
 
@@ -244,7 +431,8 @@ pub fn receive_machine(
     let (mut stream, peer) = listener.accept()?;
     tracing::info!("incoming migration from {peer}");
     stream.set_nodelay(true)?;
-    let (kind, hello) = receive(&mut stream)?;
+    let mut hello = Vec::new();
+    let kind = receive_into(&mut stream, &mut hello)?;
     if kind != HELLO || hello.len() != 12 {
         return Err(MigrateError::Protocol("expected a HELLO message first".into()));
     }
@@ -255,12 +443,14 @@ pub fn receive_machine(
     }
     let cfg = MachineConfig { harts, memory_mib: memory >> 20, ..cfg.clone() };
     let mut m = Machine::build(&cfg, console, wake, false)?;
+    let mut payload = Vec::new();
     loop {
-        let (kind, payload) = receive(&mut stream)?;
+        let kind = receive_into(&mut stream, &mut payload)?;
         match kind {
             PAGES => {
                 m.restore_pages(&payload).map_err(RestoreError::from)?;
             }
+            SYNC if payload.is_empty() => stream.write_all(&[SYNCED])?,
             FINAL => {
                 m.restore_into(&payload)?;
                 stream.write_all(&[ACK])?;

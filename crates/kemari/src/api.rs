@@ -23,8 +23,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kemari_board::control::{Reply, Request};
 use kemari_board::Event;
@@ -152,6 +154,18 @@ fn prometheus(fields: &serde_json::Map<String, serde_json::Value>) -> String {
     out
 }
 
+/// Requests handed to the machine whose answers are not written yet.
+static ANSWERING: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits (at most `within`) until every request the machine answered has its answer written: a process that
+/// ends right after answering (a finished migration) must not cut the answer off.
+pub fn drain(within: Duration) {
+    let deadline = Instant::now() + within;
+    while ANSWERING.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Starts serving the API on `path` (an existing socket file is replaced).
 pub fn serve(path: &Path, events: Sender<Event>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
@@ -178,6 +192,8 @@ fn handle(conn: UnixStream, events: Sender<Event>) {
         }
         let wire = serde_json::from_str::<Wire>(line.trim());
         let as_metrics = matches!(wire, Ok(Wire::Metrics));
+        // Counted in ANSWERING from the hand-over to the machine until the answer is written.
+        let answered = wire.is_ok();
         let reply = match wire {
             Err(e) => Reply::Error(format!("bad request: {e}")),
             Ok(w) => {
@@ -189,7 +205,9 @@ fn handle(conn: UnixStream, events: Sender<Event>) {
                     Wire::Migrate { to, downtime_ms } => Request::Migrate { to, downtime_ms },
                 };
                 let (tx, rx) = channel();
+                ANSWERING.fetch_add(1, Ordering::SeqCst);
                 if events.send(Event::Control(req, tx)).is_err() {
+                    ANSWERING.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
                 rx.recv().unwrap_or(Reply::Error("the VM stopped".into()))
@@ -202,7 +220,11 @@ fn handle(conn: UnixStream, events: Sender<Event>) {
         }
         let mut text = serde_json::to_string(&answer).expect("serialisable");
         text.push('\n');
-        if out.write_all(text.as_bytes()).is_err() {
+        let written = out.write_all(text.as_bytes());
+        if answered {
+            ANSWERING.fetch_sub(1, Ordering::SeqCst);
+        }
+        if written.is_err() {
             return;
         }
     }

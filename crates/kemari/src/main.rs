@@ -577,6 +577,7 @@ fn drive(
     };
     drop(console);
     if let Some(path) = api {
+        api::drain(std::time::Duration::from_secs(2));
         let _ = std::fs::remove_file(path);
     }
     match outcome {

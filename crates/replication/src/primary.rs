@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kemari_board::migrate::PreCopy;
+use kemari_board::migrate::{PageSink, PreCopy};
 use kemari_board::persist::Pages;
 use kemari_board::{Event, Machine, RunOutcome};
 use kemari_devices::host::Wake;
@@ -73,6 +73,16 @@ struct Outgoing {
     kind: u8,
     epoch: Option<u64>,
     body: Arc<Vec<u8>>,
+}
+
+/// The link's queue as the pre-copy's sink: batches go out in order with everything else the link sends.
+struct LinkSink(SyncSender<Outgoing>);
+
+impl PageSink for LinkSink {
+    fn send(&mut self, batch: Vec<u8>) -> Result<(), String> {
+        let msg = Outgoing { kind: wire::PAGES, epoch: None, body: Arc::new(batch) };
+        self.0.send(msg).map_err(|_| "the link to the secondary closed".to_string())
+    }
 }
 
 enum Incoming {
@@ -317,16 +327,14 @@ impl Primary {
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => self.phase = Phase::Unprotected,
             },
-            Phase::Linked { link, copy: Some(copy), .. } => {
-                let timeout = self.cfg.opts.heartbeat_timeout;
-                let Ok(done) = copy.step(machine, |batch| {
-                    link.send(wire::PAGES, None, Arc::new(batch), timeout);
-                    Ok::<(), std::convert::Infallible>(())
-                });
+            Phase::Linked { copy: Some(copy), .. } => {
+                let done = match copy.step(machine) {
+                    Ok(done) => done,
+                    Err(e) => return self.lost(machine, &format!("pre-copy: {e}")),
+                };
                 if done {
-                    self.sync_bytes = copy.progress.bytes;
                     if let Phase::Linked { copy, .. } = &mut self.phase {
-                        *copy = None;
+                        self.sync_bytes = copy.take().expect("pre-copy running").finish().bytes;
                     }
                     // From here every effect waits for a checkpoint that covers it.
                     machine.dev.gate.lock().expect("gate lock").set_holding(true);
@@ -440,17 +448,20 @@ impl Primary {
         let opened = stream
             .set_nodelay(true)
             .and_then(|()| wire::send(&mut stream, wire::HELLO, &[&hello.encode()]))
-            .and_then(|()| Link::open(stream, self.cfg.wake.clone(), self.cfg.opts.heartbeat));
+            .and_then(|()| Link::open(stream, self.cfg.wake.clone(), self.cfg.opts.heartbeat))
+            .and_then(|link| {
+                let sink = LinkSink(link.out.clone().expect("a new link's queue"));
+                Ok((link, PreCopy::start(machine, PRECOPY_BUDGET, Box::new(sink))?))
+            });
         match opened {
-            Ok(link) => {
+            Ok((link, copy)) => {
                 // Replicated disks must see every write from here on, so the gate holds from now; with a
                 // shared disk the effects pass until the first checkpoint (the replica starts after them).
                 if self.cfg.opts.storage == Storage::Replicated {
                     gate.lock().expect("gate lock").set_holding(true);
                 }
                 self.sync_started = Instant::now();
-                self.phase =
-                    Phase::Linked { link, copy: Some(PreCopy::start(machine, PRECOPY_BUDGET)), established: false };
+                self.phase = Phase::Linked { link, copy: Some(copy), established: false };
                 self.set_state("syncing");
                 eprintln!("kemari: synchronising with the secondary at {}", self.peer());
             }
