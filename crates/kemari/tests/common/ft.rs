@@ -22,7 +22,7 @@
 //!
 //! Timeouts here only keep a broken build from hanging the suite; nothing asserts on time.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
