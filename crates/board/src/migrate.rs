@@ -27,7 +27,7 @@ use kemari_engine::{GuestRam, PAGE_SIZE};
 
 use crate::control::Reply;
 use crate::machine::{BuildError, Machine, MachineConfig, RunOutcome};
-use crate::persist::{encode_pages, Pages, RestoreError};
+use crate::persist::{encode_pages_into, Pages, RestoreError};
 
 const HELLO: u8 = 1;
 const PAGES: u8 = 2;
@@ -96,7 +96,7 @@ pub struct Progress {
 /// the pre-copy's own thread.
 pub trait PageSink: Send {
     /// Sends one batch (a state stream of PAGS sections).
-    fn send(&mut self, batch: Vec<u8>) -> Result<(), String>;
+    fn send(&mut self, batch: &[u8]) -> Result<(), String>;
     /// Returns once the receiver has applied everything sent so far, so that the stop-and-copy does not also
     /// wait for a backlog in socket buffers. Sinks that cannot tell return at once.
     fn sync(&mut self) -> Result<(), String> {
@@ -159,12 +159,14 @@ impl PreCopy {
         let counters = Arc::new(Counters::default());
         let (c, ram, wake) = (counters.clone(), m.ram.clone(), m.wake.clone());
         let thread = std::thread::Builder::new().name("pre-copy".into()).spawn(move || {
+            let mut buf = Vec::new();
             for job in queue {
                 let sent = match job {
                     Job::Scan(range) => {
-                        send_pages(&ram, &mut *sink, &c, range.filter(|&p| !ram.page_is_zero(p)).collect())
+                        let pages = range.filter(|&p| !ram.page_is_zero(p)).collect();
+                        send_pages(&ram, &mut *sink, &c, pages, &mut buf)
                     }
-                    Job::Pages(pages) => send_pages(&ram, &mut *sink, &c, pages),
+                    Job::Pages(pages) => send_pages(&ram, &mut *sink, &c, pages, &mut buf),
                     Job::Sync => sink.sync(),
                 };
                 if let Err(e) = sent {
@@ -294,15 +296,22 @@ impl Drop for PreCopy {
     }
 }
 
-/// Encodes and sends one batch on the pre-copy thread, counting its bytes and the time it took.
-fn send_pages(ram: &GuestRam, sink: &mut dyn PageSink, c: &Counters, pages: Vec<u64>) -> Result<(), String> {
+/// Encodes (into `buf`, reused from batch to batch) and sends one batch on the pre-copy thread, counting its
+/// bytes and the time it took.
+fn send_pages(
+    ram: &GuestRam,
+    sink: &mut dyn PageSink,
+    c: &Counters,
+    pages: Vec<u64>,
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
     if pages.is_empty() {
         return Ok(());
     }
     let t = Instant::now();
-    let batch = encode_pages(ram, &pages);
-    c.bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    let sent = sink.send(batch);
+    *buf = encode_pages_into(ram, &pages, std::mem::take(buf));
+    c.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    let sent = sink.send(buf);
     c.busy_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     sent
 }
@@ -311,8 +320,8 @@ fn send_pages(ram: &GuestRam, sink: &mut dyn PageSink, c: &Counters, pages: Vec<
 struct StreamSink(TcpStream);
 
 impl PageSink for StreamSink {
-    fn send(&mut self, batch: Vec<u8>) -> Result<(), String> {
-        send(&mut self.0, PAGES, &batch).map_err(|e| format!("network: {e}"))
+    fn send(&mut self, batch: &[u8]) -> Result<(), String> {
+        send(&mut self.0, PAGES, batch).map_err(|e| format!("network: {e}"))
     }
 
     fn sync(&mut self) -> Result<(), String> {

@@ -313,7 +313,13 @@ impl Machine {
 /// in place, so it may run on another thread while the guest runs (a page written meanwhile is in the dirty log
 /// and sent again).
 pub fn encode_pages(ram: &GuestRam, list: &[u64]) -> Vec<u8> {
-    let mut f = Encoder::with_capacity(list.len() * (8 + PAGE_SIZE as usize) + list.len() / PAGES_PER_SECTION * 18);
+    encode_pages_into(ram, list, Vec::new())
+}
+
+/// [`encode_pages`] into the allocation of `buf`.
+pub fn encode_pages_into(ram: &GuestRam, list: &[u64], buf: Vec<u8>) -> Vec<u8> {
+    let bytes = list.len() * (8 + PAGE_SIZE as usize) + list.len().div_ceil(PAGES_PER_SECTION) * 18;
+    let mut f = Encoder::reusing(buf, bytes);
     push_pages(ram, &mut f, list);
     f.finish()
 }

@@ -26,6 +26,9 @@ pub struct GuestRam {
     size: u64,
     host: *mut u8,
     dirty: Box<[AtomicU64]>,
+    /// Pages ever marked dirty (never cleared): a page not in it was never written and holds zeros, so a full
+    /// scan need not read it (reading untouched anonymous memory costs a page fault each).
+    touched: Box<[AtomicU64]>,
     generation: AtomicU64,
 }
 
@@ -57,8 +60,15 @@ impl GuestRam {
         }
         let pages = size / PAGE_SIZE;
         let words = pages.div_ceil(64) as usize;
-        let dirty = (0..words).map(|_| AtomicU64::new(0)).collect();
-        Ok(GuestRam { base, size, host: host as *mut u8, dirty, generation: AtomicU64::new(0) })
+        let bitmap = || (0..words).map(|_| AtomicU64::new(0)).collect();
+        Ok(GuestRam {
+            base,
+            size,
+            host: host as *mut u8,
+            dirty: bitmap(),
+            touched: bitmap(),
+            generation: AtomicU64::new(0),
+        })
     }
 
     pub fn base(&self) -> u64 {
@@ -103,10 +113,13 @@ impl GuestRam {
         Some(())
     }
 
-    /// Whether RAM page `page` (an index, which must be inside RAM) holds only zeros. Reads the mapping in
-    /// place, a cache line at a time, so that scanning a mostly empty guest runs at memory speed.
+    /// Whether RAM page `page` (an index, which must be inside RAM) holds only zeros. A page never written is;
+    /// others are read in place, a cache line at a time, so that scanning a guest runs at memory speed.
     pub fn page_is_zero(&self, page: u64) -> bool {
         assert!(page < self.size / PAGE_SIZE, "page {page} beyond RAM");
+        if self.touched[(page / 64) as usize].load(Ordering::Relaxed) & (1 << (page % 64)) == 0 {
+            return true;
+        }
         let words = (PAGE_SIZE / 8) as usize;
         // SAFETY: the page lies inside the mapping (checked above), which is page-aligned, so every u64 read is
         // aligned and in bounds. Bytes may change under the read (the guest may run); a torn value only
@@ -145,6 +158,10 @@ impl GuestRam {
         // Relaxed load first: the common case (already dirty) does not need a locked RMW.
         if word.load(Ordering::Relaxed) & bit == 0 {
             word.fetch_or(bit, Ordering::Relaxed);
+            let touched = &self.touched[(page / 64) as usize];
+            if touched.load(Ordering::Relaxed) & bit == 0 {
+                touched.fetch_or(bit, Ordering::Relaxed);
+            }
         }
     }
 

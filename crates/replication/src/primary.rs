@@ -79,8 +79,9 @@ struct Outgoing {
 struct LinkSink(SyncSender<Outgoing>);
 
 impl PageSink for LinkSink {
-    fn send(&mut self, batch: Vec<u8>) -> Result<(), String> {
-        let msg = Outgoing { kind: wire::PAGES, epoch: None, body: Arc::new(batch) };
+    fn send(&mut self, batch: &[u8]) -> Result<(), String> {
+        // A copy: the link's queue holds its messages until they are written.
+        let msg = Outgoing { kind: wire::PAGES, epoch: None, body: Arc::new(batch.to_vec()) };
         self.0.send(msg).map_err(|_| "the link to the secondary closed".to_string())
     }
 }

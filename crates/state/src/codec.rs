@@ -77,7 +77,13 @@ impl Default for Encoder {
 
 impl Encoder {
     pub fn with_capacity(bytes: usize) -> Encoder {
-        let mut out = Vec::with_capacity(HEADER_LEN + bytes + 4);
+        Encoder::reusing(Vec::new(), bytes)
+    }
+
+    /// Writes into `out` (cleared; its allocation reused: no fresh pages to fault in for every batch).
+    pub fn reusing(mut out: Vec<u8>, bytes: usize) -> Encoder {
+        out.clear();
+        out.reserve(HEADER_LEN + bytes + 4);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes()); // section count, set by `finish`
