@@ -20,4 +20,6 @@ pub mod persist;
 pub mod plic;
 pub mod sbi;
 
-pub use machine::{BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome};
+pub use machine::{
+    prefault_in_background, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome,
+};

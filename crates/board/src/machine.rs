@@ -51,6 +51,9 @@ pub struct MachineConfig {
     pub nets: Vec<NetConfig>,
     /// A virtio-rng device.
     pub rng: bool,
+    /// Fault all guest RAM in before anything runs (`--prealloc`): the guest, a restore or an incoming
+    /// migration then never waits for the host to find it memory.
+    pub prealloc: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +82,8 @@ pub enum BuildError {
     Load(#[from] LoadError),
     #[error("cannot allocate guest RAM: {0}")]
     Ram(#[from] kemari_engine::RamError),
+    #[error("cannot preallocate guest RAM (--prealloc): {0}")]
+    Prealloc(std::io::Error),
     #[error("cannot build the device tree: {0}")]
     Fdt(String),
     #[error("cannot open disk {path}: {source}")]
@@ -87,6 +92,27 @@ pub enum BuildError {
     Tap { tap: String, why: String },
     #[error("too many devices: {0} virtio devices, the board has {max} slots", max = layout::VIRTIO_SLOTS)]
     TooManyDevices(usize),
+}
+
+/// Maps guest RAM of `memory_mib` MiB and faults it in on a thread of its own, for a machine built on it
+/// later ([`Machine::empty_on`]): a receiver (`--incoming`, `standby`) prepares it while it waits for its
+/// sender, so incoming pages land in memory that is already there. A failure to fault in is only logged (the
+/// pages then fault in on first use).
+pub fn prefault_in_background(memory_mib: u64) -> Result<Arc<GuestRam>, BuildError> {
+    if !(16..=65536).contains(&memory_mib) {
+        return Err(BuildError::MemorySize(memory_mib));
+    }
+    let ram = Arc::new(GuestRam::new(RAM_BASE, memory_mib << 20)?);
+    let r = ram.clone();
+    std::thread::Builder::new()
+        .name("prealloc".into())
+        .spawn(move || {
+            if let Err(e) = r.prefault() {
+                tracing::warn!("cannot preallocate guest RAM ({e}); pages fault in as they arrive");
+            }
+        })
+        .map_err(BuildError::Prealloc)?;
+    Ok(ram)
 }
 
 /// Events that reach the machine loop from other threads.
@@ -328,13 +354,36 @@ impl Machine {
         Machine::build(cfg, console, wake, false)
     }
 
+    /// Like [`Machine::empty`], on RAM mapped earlier (e.g. faulted in while a receiver waited for its sender;
+    /// see [`prefault_in_background`]). The RAM must be untouched (all zeros) and of `cfg`'s size.
+    pub fn empty_on(
+        ram: Arc<GuestRam>,
+        cfg: &MachineConfig,
+        console: Box<dyn Write + Send>,
+        wake: Wake,
+    ) -> Result<Machine, BuildError> {
+        assert_eq!(ram.size(), cfg.memory_mib << 20, "pre-mapped RAM of another size");
+        Machine::build_on(Some(ram), cfg, console, wake, false)
+    }
+
     /// Console input for the guest, as if typed.
     pub fn push_input(&mut self, bytes: &[u8]) {
         self.pending_input.extend(bytes);
     }
 
-    /// Builds the machine with zeroed RAM and nothing loaded, for a restore to fill in.
+    /// Builds the machine: boots it (loads kernel, initrd, device tree or firmware) or leaves RAM zeroed for a
+    /// restore to fill in.
     pub(crate) fn build(
+        cfg: &MachineConfig,
+        console: Box<dyn Write + Send>,
+        wake: Wake,
+        boot: bool,
+    ) -> Result<Machine, BuildError> {
+        Machine::build_on(None, cfg, console, wake, boot)
+    }
+
+    fn build_on(
+        ram: Option<Arc<GuestRam>>,
         cfg: &MachineConfig,
         console: Box<dyn Write + Send>,
         wake: Wake,
@@ -350,7 +399,16 @@ impl Machine {
             return Err(BuildError::NothingToBoot);
         }
         let ram_size = cfg.memory_mib << 20;
-        let ram = Arc::new(GuestRam::new(RAM_BASE, ram_size)?);
+        let ram = match ram {
+            Some(ram) => ram,
+            None => {
+                let ram = Arc::new(GuestRam::new(RAM_BASE, ram_size)?);
+                if cfg.prealloc {
+                    ram.prefault().map_err(BuildError::Prealloc)?;
+                }
+                ram
+            }
+        };
         let builtin_sbi = cfg.firmware.is_none();
         let mut harts: Vec<Hart> = (0..cfg.harts).map(|i| Hart::new(i as u64, builtin_sbi)).collect();
 

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  sender                                   receiver (kemari run --incoming ADDR)
-//!  HELLO  harts u32, memory bytes u64  ──►  builds an empty machine of that shape
+//!  HELLO  "KMIG", version u32, harts u32, memory bytes u64
+//!                                       ──►  builds an empty machine of that shape
 //!  PAGES  state stream of PAGS sections ──► writes the pages (repeated: pre-copy, then dirty rounds)
 //!  SYNC   (empty)                       ──► once everything before it is applied:
 //!                                      ◄──  SYNCED (one byte)
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use kemari_engine::{GuestRam, PAGE_SIZE};
 
 use crate::control::Reply;
-use crate::machine::{BuildError, Machine, MachineConfig, RunOutcome};
+use crate::machine::{prefault_in_background, BuildError, Machine, MachineConfig, RunOutcome};
 use crate::persist::{encode_pages_into, Pages, RestoreError};
 
 const HELLO: u8 = 1;
@@ -35,6 +36,10 @@ const FINAL: u8 = 3;
 const ACK: u8 = 4;
 const SYNC: u8 = 5;
 const SYNCED: u8 = 5;
+/// HELLO starts with these, then the protocol version: a receiver refuses what it does not speak.
+const PROTOCOL_MAGIC: &[u8; 4] = b"KMIG";
+/// Version 1: HELLO, PAGES, SYNC/SYNCED, FINAL/ACK as drawn above.
+const PROTOCOL_VERSION: u32 = 1;
 /// Pages per batch of the full pass (4 MiB at most: one PAGS section).
 const BATCH_PAGES: u64 = 1024;
 /// Batches queued for the pre-copy thread (it encodes the next while the kernel sends the last).
@@ -45,6 +50,8 @@ const MAX_ROUNDS: u32 = 30;
 const MAX_SYNCS: u32 = 4;
 /// A rest that takes this long to send is not worth another round.
 const SETTLED: Duration = Duration::from_micros(250);
+/// How long the sender waits for the receiver to acknowledge the final state.
+const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest message the receiver accepts.
 const MAX_MESSAGE: u64 = 8 << 30;
 
@@ -88,8 +95,12 @@ fn receive_into(stream: &mut TcpStream, payload: &mut Vec<u8>) -> Result<u8, Mig
 pub struct Progress {
     pub round: u32,
     pub bytes: u64,
+    /// Guest RAM pages, and those the full pass has not reached yet.
+    pub pages: u64,
     pub pages_left: u64,
     pub dirty_pages_last_round: u64,
+    /// How fast the guest dirtied memory over the last round (bytes per second of pages written).
+    pub dirty_rate: u64,
 }
 
 /// Where the pre-copy's batches go: the migration stream, or the link to a fault-tolerance secondary. Called on
@@ -148,6 +159,8 @@ pub struct PreCopy {
     /// Pages went out since the receiver last confirmed it caught up.
     unsynced: bool,
     syncs: u32,
+    /// When the dirty log was last taken (for the dirty rate).
+    last_log: Instant,
     pub progress: Progress,
 }
 
@@ -187,7 +200,12 @@ impl PreCopy {
             thread: Some(thread),
             unsynced: false,
             syncs: 0,
-            progress: Progress { pages_left: m.ram.size() / PAGE_SIZE, ..Progress::default() },
+            last_log: Instant::now(),
+            progress: Progress {
+                pages: m.ram.size() / PAGE_SIZE,
+                pages_left: m.ram.size() / PAGE_SIZE,
+                ..Progress::default()
+            },
         })
     }
 
@@ -255,8 +273,11 @@ impl PreCopy {
                     let dirty = m.ram.dirty_count();
                     if self.another_round(dirty) {
                         let pages = m.ram.take_dirty();
+                        let since = std::mem::replace(&mut self.last_log, Instant::now()).elapsed();
                         self.progress.round += 1;
                         self.progress.dirty_pages_last_round = pages.len() as u64;
+                        self.progress.dirty_rate =
+                            ((pages.len() as u64 * PAGE_SIZE) as f64 / since.as_secs_f64().max(1e-6)) as u64;
                         self.submit(Job::Pages(pages))?;
                         break Ok(false);
                     }
@@ -351,6 +372,8 @@ impl Migration {
         let mut stream = TcpStream::connect(to)?;
         stream.set_nodelay(true)?;
         let mut hello = Vec::new();
+        hello.extend_from_slice(PROTOCOL_MAGIC);
+        hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         hello.extend_from_slice(&(m.harts.len() as u32).to_le_bytes());
         hello.extend_from_slice(&m.ram.size().to_le_bytes());
         send(&mut stream, HELLO, &hello)?;
@@ -359,11 +382,22 @@ impl Migration {
     }
 }
 
+/// How a stop-and-copy ended.
+enum Switch {
+    /// The receiver acknowledged: it runs the guest now.
+    Done,
+    /// The final state did not leave in full: the receiver cannot run the guest, so it carries on here.
+    Failed(MigrateError),
+    /// The final state left but no acknowledgement came: the receiver may be running the guest. It stays
+    /// paused here, so that at most one copy runs; the user decides.
+    Unknown(MigrateError),
+}
+
 impl Machine {
     /// Advances a running migration by one step. Returns the run's end once the receiver took over.
     pub(crate) fn migration_step(&mut self) -> Option<RunOutcome> {
         let mut mig = self.migration.take()?;
-        let result = match mig.copy.step(self) {
+        let switch = match mig.copy.step(self) {
             Ok(false) => {
                 self.migration = Some(mig);
                 return None;
@@ -372,16 +406,21 @@ impl Machine {
             Ok(true) => self.stop_and_copy(mig),
             Err(e) => {
                 let _ = mig.reply.send(Reply::Error(format!("migration failed: {e}")));
-                Err(MigrateError::PreCopy(e))
+                Switch::Failed(MigrateError::PreCopy(e))
             }
         };
-        match result {
-            Ok(()) => Some(RunOutcome::Migrated),
-            Err(e) => {
+        match switch {
+            Switch::Done => Some(RunOutcome::Migrated),
+            Switch::Failed(e) => {
                 // The guest carries on here; the receiver sees the connection drop and gives up.
                 tracing::warn!("live migration failed: {e}");
                 self.paused = false;
                 self.dev.clock.resume();
+                None
+            }
+            Switch::Unknown(e) => {
+                tracing::warn!("live migration: no acknowledgement of the final state ({e}); the guest stays paused");
+                self.paused = true;
                 None
             }
         }
@@ -389,85 +428,167 @@ impl Machine {
 
     /// Stops the guest, sends the final state and waits for the receiver's acknowledgement; replies to the
     /// `migrate` request either way.
-    fn stop_and_copy(&mut self, mig: Migration) -> Result<(), MigrateError> {
+    fn stop_and_copy(&mut self, mig: Migration) -> Switch {
         let Migration { mut stream, copy, reply } = mig;
         let stop = Instant::now();
         self.dev.clock.pause();
         let elapsed = copy.elapsed();
         let mut progress = copy.finish();
-        let result = (|| {
-            let pages = self.ram.take_dirty();
-            let state = self.save(Pages::Only(&pages));
-            send(&mut stream, FINAL, &state)?;
-            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let pages = self.ram.take_dirty();
+        let state = self.save(Pages::Only(&pages));
+        if let Err(e) = send(&mut stream, FINAL, &state) {
+            // Not all of it was handed to the kernel, so the receiver cannot have it all.
+            let _ = reply.send(Reply::Error(format!("migration failed: network: {e}")));
+            return Switch::Failed(e.into());
+        }
+        let acked = (|| {
+            stream.set_read_timeout(Some(ACK_TIMEOUT))?;
             let mut ack = [0u8; 1];
             stream.read_exact(&mut ack)?;
             if ack[0] != ACK {
                 return Err(MigrateError::Protocol(format!("unexpected reply {} to the final state", ack[0])));
             }
-            Ok(state.len() as u64)
+            Ok(())
         })();
-        match result {
-            Ok(bytes) => {
-                let downtime = stop.elapsed();
-                progress.bytes += bytes;
-                let _ = reply.send(Reply::Migrated {
-                    rounds: progress.round,
-                    bytes: progress.bytes,
-                    total_millis: (elapsed + downtime).as_millis() as u64,
-                    downtime_micros: downtime.as_micros() as u64,
-                });
-                Ok(())
-            }
-            Err(e) => {
-                let _ = reply.send(Reply::Error(format!("migration failed: {e}")));
-                Err(e)
-            }
+        if let Err(e) = acked {
+            let _ = reply.send(Reply::Error(format!(
+                "migration outcome unknown: the final state was sent but not acknowledged ({e}). The receiver \
+                 may be running the guest, so it stays paused here: resume it (kemari ctl resume) only if the \
+                 receiver is not running it"
+            )));
+            return Switch::Unknown(e);
         }
+        let downtime = stop.elapsed();
+        progress.bytes += state.len() as u64;
+        let _ = reply.send(Reply::Migrated {
+            rounds: progress.round,
+            bytes: progress.bytes,
+            total_millis: (elapsed + downtime).as_millis() as u64,
+            downtime_micros: downtime.as_micros() as u64,
+        });
+        Switch::Done
     }
 }
 
-/// Receives a migrating machine on `addr`: waits for the sender, builds the machine with the devices of `cfg`,
-/// applies pre-copied pages and the final state, acknowledges, announces the guest's MACs, and returns the
-/// machine ready to run.
-pub fn receive_machine(
-    addr: &str,
-    cfg: &MachineConfig,
-    console: Box<dyn Write + Send>,
-    wake: kemari_devices::host::Wake,
-) -> Result<Machine, MigrateError> {
-    let listener = TcpListener::bind(addr)?;
-    let (mut stream, peer) = listener.accept()?;
-    tracing::info!("incoming migration from {peer}");
-    stream.set_nodelay(true)?;
-    let mut hello = Vec::new();
-    let kind = receive_into(&mut stream, &mut hello)?;
-    if kind != HELLO || hello.len() != 12 {
-        return Err(MigrateError::Protocol("expected a HELLO message first".into()));
-    }
-    let harts = u32::from_le_bytes(hello[..4].try_into().expect("4 bytes")) as usize;
-    let memory = u64::from_le_bytes(hello[4..].try_into().expect("8 bytes"));
-    if memory % (1 << 20) != 0 {
-        return Err(MigrateError::Protocol(format!("memory size {memory} is not whole MiB")));
-    }
-    let cfg = MachineConfig { harts, memory_mib: memory >> 20, ..cfg.clone() };
-    let mut m = Machine::build(&cfg, console, wake, false)?;
-    let mut payload = Vec::new();
-    loop {
-        let kind = receive_into(&mut stream, &mut payload)?;
-        match kind {
-            PAGES => {
-                m.restore_pages(&payload).map_err(RestoreError::from)?;
+/// The receiving end of live migration (`kemari run --incoming ADDR`): listens, and takes one sender at a
+/// time. A refused stream leaves it ready for the next sender.
+pub struct Incoming {
+    listener: TcpListener,
+    /// The guest size the user gave (--memory): a sender with another is refused.
+    expect_memory_mib: Option<u64>,
+    prealloc: bool,
+    /// RAM of the expected size, being faulted in while we wait (--prealloc); untouched until a sender is
+    /// accepted.
+    ram: Option<Arc<GuestRam>>,
+}
+
+impl Incoming {
+    /// Listens on `addr`. With `prealloc`, maps the guest's RAM (`expect_memory_mib`, which it needs) and faults
+    /// it in while no sender is there yet.
+    pub fn bind(addr: &str, expect_memory_mib: Option<u64>, prealloc: bool) -> Result<Incoming, MigrateError> {
+        let ram = match (prealloc, expect_memory_mib) {
+            (false, _) => None,
+            (true, Some(mib)) => Some(prefault_in_background(mib)?),
+            (true, None) => {
+                return Err(MigrateError::Protocol("--prealloc on a receiver needs --memory (the size to map)".into()))
             }
-            SYNC if payload.is_empty() => stream.write_all(&[SYNCED])?,
-            FINAL => {
-                m.restore_into(&payload)?;
-                stream.write_all(&[ACK])?;
-                break;
-            }
-            k => return Err(MigrateError::Protocol(format!("unexpected message kind {k}"))),
+        };
+        Ok(Incoming { listener: TcpListener::bind(addr)?, expect_memory_mib, prealloc, ram })
+    }
+
+    /// Waits for a sender and receives its machine: builds it with the devices of `cfg`, applies the pre-copied
+    /// pages and the final state, acknowledges, announces the guest's MACs, and returns the machine ready to
+    /// run. An error means this sender's stream was refused (nothing of it runs); call again for the next.
+    pub fn receive(
+        &mut self,
+        cfg: &MachineConfig,
+        console: Box<dyn Write + Send>,
+        wake: kemari_devices::host::Wake,
+    ) -> Result<Machine, MigrateError> {
+        let (mut stream, peer) = self.listener.accept()?;
+        tracing::info!("incoming migration from {peer}");
+        let ram = self.ram.take();
+        let received = self.receive_from(&mut stream, ram, cfg, console, wake);
+        if received.is_err() && self.prealloc {
+            // Pages of the refused stream may be in the prepared RAM: the next sender gets fresh RAM.
+            self.ram = Some(prefault_in_background(self.expect_memory_mib.expect("checked in bind"))?);
         }
+        received
     }
-    m.announce();
-    Ok(m)
+
+    fn receive_from(
+        &self,
+        stream: &mut TcpStream,
+        ram: Option<Arc<GuestRam>>,
+        cfg: &MachineConfig,
+        console: Box<dyn Write + Send>,
+        wake: kemari_devices::host::Wake,
+    ) -> Result<Machine, MigrateError> {
+        stream.set_nodelay(true)?;
+        let (harts, memory) = self.hello(stream)?;
+        let cfg = MachineConfig { harts, memory_mib: memory >> 20, ..cfg.clone() };
+        let mut m = match ram {
+            Some(ram) => Machine::empty_on(ram, &cfg, console, wake)?,
+            None => Machine::build(&cfg, console, wake, false)?,
+        };
+        let mut payload = Vec::new();
+        loop {
+            let kind = receive_into(stream, &mut payload)?;
+            match kind {
+                PAGES => {
+                    m.restore_pages(&payload).map_err(RestoreError::from)?;
+                }
+                SYNC if payload.is_empty() => stream.write_all(&[SYNCED])?,
+                FINAL => {
+                    m.restore_into(&payload)?;
+                    // From here on this copy runs. Should the acknowledgement not reach the sender, the sender
+                    // keeps its guest paused (it cannot tell whether we run), so there is still one active copy.
+                    if let Err(e) = stream.write_all(&[ACK]) {
+                        tracing::warn!("could not acknowledge the final state ({e}); running here anyway");
+                    }
+                    break;
+                }
+                k => return Err(MigrateError::Protocol(format!("unexpected message kind {k}"))),
+            }
+        }
+        m.announce();
+        Ok(m)
+    }
+
+    /// Reads and checks the sender's HELLO: protocol, machine shape. Returns (harts, memory bytes).
+    fn hello(&self, stream: &mut TcpStream) -> Result<(usize, u64), MigrateError> {
+        let not_kemari = || MigrateError::Protocol("not a kemari migration stream (no HELLO first)".into());
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head)?;
+        let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
+        if head[0] != HELLO || !(8..=64).contains(&len) {
+            return Err(not_kemari());
+        }
+        let mut hello = vec![0u8; len as usize];
+        stream.read_exact(&mut hello)?;
+        if &hello[..4] != PROTOCOL_MAGIC {
+            return Err(not_kemari());
+        }
+        let version = u32::from_le_bytes(hello[4..8].try_into().expect("4 bytes"));
+        if version != PROTOCOL_VERSION {
+            return Err(MigrateError::Protocol(format!(
+                "the sender speaks migration protocol version {version}, this kemari speaks {PROTOCOL_VERSION}"
+            )));
+        }
+        if hello.len() != 20 {
+            return Err(MigrateError::Protocol(format!("HELLO of {} bytes, expected 20", hello.len())));
+        }
+        let harts = u32::from_le_bytes(hello[8..12].try_into().expect("4 bytes")) as usize;
+        let memory = u64::from_le_bytes(hello[12..].try_into().expect("8 bytes"));
+        if memory % (1 << 20) != 0 {
+            return Err(MigrateError::Protocol(format!("memory size {memory} is not whole MiB")));
+        }
+        if let Some(mib) = self.expect_memory_mib.filter(|&mib| mib != memory >> 20) {
+            return Err(MigrateError::Protocol(format!(
+                "the sender's guest has {} MiB of RAM, this receiver was given --memory {mib}",
+                memory >> 20
+            )));
+        }
+        Ok((harts, memory))
+    }
 }

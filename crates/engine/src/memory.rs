@@ -130,6 +130,29 @@ impl GuestRam {
         }
     }
 
+    /// Faults every page of RAM in now, so that later writes (a migration's incoming pages, the guest's first
+    /// touches) find memory already there: first-touch faults are most of the cost of receiving pages into a
+    /// fresh machine. Contents stay as they are (zeros, or what others write meanwhile: this is safe while
+    /// other threads write to RAM) and nothing is marked dirty. Works in 64 MiB steps; fails on kernels
+    /// without MADV_POPULATE_WRITE (before Linux 5.14) or when the host cannot back the memory.
+    pub fn prefault(&self) -> std::io::Result<()> {
+        const STEP: u64 = 64 << 20;
+        let mut off = 0;
+        while off < self.size {
+            let len = STEP.min(self.size - off);
+            // SAFETY: the range lies inside our mapping; MADV_POPULATE_WRITE only faults pages in (as a write
+            // fault that stores nothing would), it never changes their contents.
+            let r = unsafe {
+                libc::madvise(self.host.add(off as usize) as *mut libc::c_void, len as usize, libc::MADV_POPULATE_WRITE)
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            off += len;
+        }
+        Ok(())
+    }
+
     /// Copies into guest memory and records the pages as dirty. Fails if the range is not entirely RAM.
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<()> {
         let off = self.offset_of(addr, data.len() as u64)?;
@@ -216,5 +239,18 @@ mod tests {
         assert!(ram.take_dirty().is_empty());
         assert!(ram.write(0x8000_0000 + 64 * PAGE_SIZE - 2, &[0; 4]).is_none());
         assert!(ram.read(0x7fff_ffff, &mut [0; 2]).is_none());
+    }
+
+    #[test]
+    fn prefault_keeps_contents_and_logs_nothing() {
+        let ram = GuestRam::new(0x8000_0000, 256 * PAGE_SIZE).unwrap();
+        ram.write(0x8000_0000 + 7 * PAGE_SIZE, b"kept").unwrap();
+        ram.take_dirty();
+        ram.prefault().unwrap();
+        assert!(ram.take_dirty().is_empty());
+        let mut buf = [0u8; 4];
+        ram.read(0x8000_0000 + 7 * PAGE_SIZE, &mut buf).unwrap();
+        assert_eq!(&buf, b"kept");
+        assert!((0..256).filter(|&p| p != 7).all(|p| ram.page_is_zero(p)));
     }
 }

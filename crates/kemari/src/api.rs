@@ -111,8 +111,10 @@ fn answer(reply: Reply) -> Answer {
             if let Some(p) = migration {
                 put(
                     "migration",
-                    serde_json::json!({"round": p.round, "bytes": p.bytes, "pages_left": p.pages_left,
-                                       "dirty_pages_last_round": p.dirty_pages_last_round}),
+                    serde_json::json!({"round": p.round, "bytes": p.bytes, "pages": p.pages,
+                                       "pages_left": p.pages_left,
+                                       "dirty_pages_last_round": p.dirty_pages_last_round,
+                                       "dirty_rate": p.dirty_rate}),
                 );
             }
         }

@@ -129,9 +129,9 @@ struct RunArgs {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0")]
     append: String,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory: u64,
+    /// Guest RAM in MiB (default 256; with --incoming, optional: the sender's, checked when given).
+    #[arg(long)]
+    memory: Option<u64>,
     /// Number of harts (vCPUs), 1 to 8.
     #[arg(long, default_value_t = 1)]
     cpus: usize,
@@ -186,6 +186,10 @@ struct DeviceArgs {
     /// Serve the control API (line-delimited JSON) on this Unix socket.
     #[arg(long)]
     api: Option<PathBuf>,
+    /// Fault all guest RAM in before the guest runs, so that it never waits for the host to find memory. A
+    /// receiver (run --incoming, standby) does it while it waits for its sender; it then needs --memory.
+    #[arg(long)]
+    prealloc: bool,
 }
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -307,12 +311,27 @@ fn standby(args: StandbyArgs) -> ExitCode {
         (None, None) => None,
         (c, m) => Some((c.unwrap_or(machine.harts), m.unwrap_or(machine.memory_mib))),
     };
+    let ram = match (machine.prealloc, args.memory) {
+        (false, _) => None,
+        (true, Some(mib)) => match kemari_board::prefault_in_background(mib) {
+            Ok(ram) => Some(ram),
+            Err(e) => {
+                eprintln!("kemari: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (true, None) => {
+            eprintln!("kemari: --prealloc on a standby needs --memory (the size to map)");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = kemari_replication::secondary::StandbyConfig {
         listen: args.listen,
         opts: args.ft.options(),
         arbiter,
         machine,
         expect_shape,
+        ram,
     };
     let console = console::Console::start();
     if let Some(path) = &args.devices.api {
@@ -391,13 +410,14 @@ fn machine_config(devices: &DeviceArgs) -> MachineConfig {
             .map(|(i, n)| NetConfig { mac: if n.mac == [0; 6] { default_mac(i) } else { n.mac }, ..n.clone() })
             .collect(),
         rng: !devices.no_rng,
+        prealloc: devices.prealloc,
     }
 }
 
 fn run(args: RunArgs) -> ExitCode {
     let cfg = MachineConfig {
         harts: args.cpus,
-        memory_mib: args.memory,
+        memory_mib: args.memory.unwrap_or(256),
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline: args.append,
@@ -406,15 +426,9 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let console = console::Console::start();
     if let Some(addr) = &args.incoming {
-        return match kemari_board::migrate::receive_machine(addr, &cfg, Box::new(std::io::stdout()), console.waker()) {
-            Ok(m) => {
-                eprintln!("kemari: migration from the sender complete; running here");
-                drive(m, console, args.devices.api.as_deref(), None, false)
-            }
-            Err(e) => {
-                eprintln!("kemari: incoming migration failed: {e}");
-                ExitCode::from(2)
-            }
+        return match receive(addr, args.memory, &cfg, &console) {
+            Some(m) => drive(m, console, args.devices.api.as_deref(), None, false),
+            None => ExitCode::from(2),
         };
     }
     let primary = match protection(&args.protect, &cfg, &console) {
@@ -433,6 +447,52 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// `run --incoming`: waits for a sender until one migrates its guest here (a refused stream is reported and
+/// the next sender awaited). None when listening itself fails.
+fn receive(addr: &str, memory: Option<u64>, cfg: &MachineConfig, console: &console::Console) -> Option<Machine> {
+    let mut incoming = match kemari_board::migrate::Incoming::bind(addr, memory, cfg.prealloc) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("kemari: cannot receive a migration on {addr}: {e}");
+            return None;
+        }
+    };
+    loop {
+        match incoming.receive(cfg, Box::new(std::io::stdout()), console.waker()) {
+            Ok(m) => {
+                eprintln!("kemari: migration from the sender complete; running here");
+                return Some(m);
+            }
+            Err(e) => eprintln!("kemari: incoming migration refused: {e}; waiting for the next sender"),
+        }
+    }
+}
+
+/// One progress report of a running migration: on a terminal a bar redrawn in place (the full pass, then the
+/// dirty rounds), elsewhere a line each time.
+fn show_progress(m: &serde_json::Value) {
+    use std::io::IsTerminal;
+    let n = |k: &str| m[k].as_u64().unwrap_or(0);
+    let (pages, left) = (n("pages").max(1), n("pages_left"));
+    let stage = match n("round") {
+        0 => format!("full pass {:>3}%", (pages - left.min(pages)) * 100 / pages),
+        r => format!("dirty round {r} ({} pages)", n("dirty_pages_last_round")),
+    };
+    let text = format!(
+        "{} MiB sent, {stage}, guest dirtying {:.1} MiB/s",
+        n("bytes") >> 20,
+        n("dirty_rate") as f64 / (1 << 20) as f64
+    );
+    if std::io::stderr().is_terminal() {
+        const WIDTH: u64 = 30;
+        let done = if left == 0 { WIDTH } else { (pages - left.min(pages)) * WIDTH / pages };
+        let bar = "#".repeat(done as usize) + &"-".repeat((WIDTH - done) as usize);
+        eprint!("\r\x1b[Kkemari: migrating [{bar}] {text}");
+    } else {
+        eprintln!("kemari: migrating: {text}");
+    }
+}
+
 fn migrate(args: MigrateArgs) -> ExitCode {
     // Progress from a second connection while the migrate request waits for its answer.
     let api_path = args.api.clone();
@@ -440,18 +500,12 @@ fn migrate(args: MigrateArgs) -> ExitCode {
     let done2 = done.clone();
     let progress = std::thread::spawn(move || {
         while !done2.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::thread::sleep(std::time::Duration::from_millis(100));
             if let Ok(reply) = api::call(&api_path, &serde_json::json!({"op": "status"})) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&reply) {
                     let m = &v["migration"];
                     if m.is_object() {
-                        eprint!(
-                            "\rkemari: migrating: {} MiB sent, round {}, {} pages left in the full pass, {} dirty last round   ",
-                            m["bytes"].as_u64().unwrap_or(0) >> 20,
-                            m["round"],
-                            m["pages_left"],
-                            m["dirty_pages_last_round"]
-                        );
+                        show_progress(m);
                     }
                 }
             }
@@ -461,7 +515,9 @@ fn migrate(args: MigrateArgs) -> ExitCode {
     let result = api::call(&args.api, &request);
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = progress.join();
-    eprintln!();
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
     match result {
         Ok(reply) => {
             let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();

@@ -396,12 +396,13 @@ fn no_acknowledged_write_is_lost_with_replicated_storage() {
     no_acknowledged_write_is_lost(Storage::Replicated);
 }
 
-/// The console test under a given synchronisation policy (extra `kemari run` arguments).
-fn console_has_no_gap(test: &str, policy: &[&str]) {
+/// The console test under a given synchronisation policy (extra `kemari run` arguments) and standby options.
+fn console_has_no_gap(test: &str, policy: &[&str], standby: &[&str]) {
     let _serial = ft::serial();
     let mut rng = Rng::new(test);
     let primary_args = policy.iter().map(|a| a.to_string()).collect();
-    let mut pair = Pair::start(PairOptions { primary_args, ..PairOptions::default() });
+    let secondary_args = standby.iter().map(|a| a.to_string()).collect();
+    let mut pair = Pair::start(PairOptions { primary_args, secondary_args, ..PairOptions::default() });
     pair.start_ticks();
     let kill_at = rng.range(10, 60);
     ft::wait_tick(&mut pair.primary, kill_at);
@@ -417,17 +418,26 @@ fn console_has_no_gap(test: &str, policy: &[&str]) {
 
 #[test]
 fn console_has_no_gap_across_a_failover() {
-    console_has_no_gap("console_has_no_gap_across_a_failover", &[]);
+    console_has_no_gap("console_has_no_gap_across_a_failover", &[], &[]);
 }
 
+/// (Its standby also faults the replica's RAM in while it waits for the primary: `--prealloc`.)
 #[test]
 fn console_has_no_gap_with_strict_checkpoints_and_a_coalescing_window() {
-    console_has_no_gap("console_has_no_gap_with_strict_checkpoints", &["--strict", "--window-us", "500"]);
+    console_has_no_gap(
+        "console_has_no_gap_with_strict_checkpoints",
+        &["--strict", "--window-us", "500"],
+        &["--memory", "256", "--prealloc"],
+    );
 }
 
 #[test]
 fn console_has_no_gap_with_interval_checkpoints() {
-    console_has_no_gap("console_has_no_gap_with_interval_checkpoints", &["--sync", "interval", "--interval-ms", "20"]);
+    console_has_no_gap(
+        "console_has_no_gap_with_interval_checkpoints",
+        &["--sync", "interval", "--interval-ms", "20"],
+        &[],
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Live migration between two kemari processes: the guest's counter carries on across the switch with no gap
 //! and no repeat, and the sender stops; between two hosts (network namespaces, see `common/ft.rs`), a client's
-//! TCP stream through the guest and the guest's disk writes carry on across it; a garbage stream is refused.
+//! TCP stream through the guest and the guest's disk writes carry on across it; hostile streams are refused and
+//! the receiver waits for the next sender; a lost acknowledgement leaves one copy running.
 //!
 //! Needs root (namespaces, taps). Timeouts only guard against hangs; nothing asserts on time.
 
@@ -75,33 +76,143 @@ fn guest_moves_to_the_receiver_without_losing_a_tick() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_garbage_migration_stream_is_refused_with_a_clear_error() {
-    use std::io::Write;
-    let to = format!("127.0.0.1:{}", free_port());
-    let mut receiver = Vm::start(&["run", "--incoming", &to]);
-    let mut conn = None;
-    for _ in 0..100 {
-        if let Ok(c) = std::net::TcpStream::connect(&to) {
-            conn = Some(c);
-            break;
+/// Boots a sender with the control API on `api` and starts a console tick every 50 ms.
+fn ticking_sender(api: &str) -> Vm {
+    let kernel = guest_file("Image");
+    let initrd = guest_file("initramfs.cpio.gz");
+    let mut sender =
+        Vm::start(&["run", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(), "--api", api]);
+    sender.expect("KEMARI-GUEST-READY");
+    sender.send("i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.05; done &");
+    sender.expect("tick-10");
+    sender
+}
+
+fn connect_when_listening(to: &str) -> std::net::TcpStream {
+    for _ in 0..200 {
+        if let Ok(c) = std::net::TcpStream::connect(to) {
+            return c;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let mut conn = conn.expect("receiver listens");
-    // A HELLO for a 64 MiB, 1-hart machine, then a page stream that fails its checksum.
-    let mut hello = vec![1u8];
-    hello.extend_from_slice(&12u64.to_le_bytes());
-    hello.extend_from_slice(&1u32.to_le_bytes());
-    hello.extend_from_slice(&(64u64 << 20).to_le_bytes());
-    conn.write_all(&hello).unwrap();
-    let mut pages = vec![2u8];
-    pages.extend_from_slice(&20u64.to_le_bytes());
-    pages.extend_from_slice(b"KEMARIST\x01\0\0\0\0\0\0\0\xde\xad\xbe\xef");
-    conn.write_all(&pages).unwrap();
-    let status = receiver.wait();
-    assert_eq!(status.code(), Some(2));
-    assert!(receiver.stderr().contains("incoming migration failed"), "{}", receiver.stderr());
+    panic!("nothing listens on {to}");
+}
+
+/// A migration message: kind, length, payload.
+fn message(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+/// A HELLO of protocol `version` for a 1-hart machine of `mib` MiB.
+fn hello(version: u32, mib: u64) -> Vec<u8> {
+    let mut p = b"KMIG".to_vec();
+    p.extend_from_slice(&version.to_le_bytes());
+    p.extend_from_slice(&1u32.to_le_bytes());
+    p.extend_from_slice(&(mib << 20).to_le_bytes());
+    message(1, &p)
+}
+
+/// Hostile senders (a protocol from the future, another machine size, a page stream that fails its checksum,
+/// one that stops mid-message) are each refused with a message saying why, and the receiver (which
+/// preallocates its RAM) stays there: a real migration to it afterwards works, and no page of a refused stream
+/// leaks into the migrated guest (it would show as a crash or a wrong counter).
+#[test]
+fn a_receiver_refuses_hostile_streams_then_takes_a_real_migration() {
+    use std::io::Write;
+    let dir = TempDir::new("mig-hostile");
+    let api = dir.path("api.sock").display().to_string();
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut receiver = Vm::start(&["run", "--incoming", &to, "--memory", "256", "--prealloc"]);
+
+    let mut bad_pages = hello(1, 256);
+    // A PAGS section claiming page 5, whose section checksum is wrong.
+    let mut stream = b"KEMARIST\x01\0\0\0\x01\0\0\0PAGS\x01\0\x0c\0\0\0\x01\0\0\0\x05\0\0\0\0\0\0\0".to_vec();
+    stream.extend_from_slice(b"\xde\xad\xbe\xef\0\0\0\0");
+    bad_pages.extend(message(2, &stream));
+    let mut cut = hello(1, 256);
+    cut.extend_from_slice(&message(2, &[0u8; 4096])[..2000]);
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec(), "not a kemari migration stream"),
+        ("future version", hello(99, 256), "protocol version 99"),
+        ("other size", hello(1, 64), "has 64 MiB of RAM, this receiver was given --memory 256"),
+        ("bad checksum", bad_pages, "checksum"),
+        ("cut mid-message", cut, "network"),
+    ];
+    for (what, bytes, why) in cases {
+        let mark = receiver.stderr_lines();
+        let mut conn = connect_when_listening(&to);
+        conn.write_all(&bytes).unwrap();
+        drop(conn);
+        let line = receiver.expect_stderr_after("incoming migration refused", mark);
+        assert!(line.contains(why), "{what}: the refusal does not say {why:?}: {line}");
+        assert!(receiver.try_status().is_none(), "{what}: the receiver exited: {}", receiver.stderr());
+    }
+
+    let mut sender = ticking_sender(&api);
+    let out = Command::new(kemari_bin()).args(["migrate", "--api", &api, "--to", &to]).output().unwrap();
+    assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sender.wait().code(), Some(0), "the sender stops after the switch: {}", sender.stderr());
+    let last = *ticks(&sender.output()).last().unwrap();
+    receiver.expect(&format!("tick-{}", last + 10));
+    let answer = receiver.sh("echo $((6*7))");
+    let answer: Vec<&str> = answer.lines().filter(|l| !l.trim().starts_with("tick-")).collect();
+    assert_eq!(answer, ["42"]);
+}
+
+/// Between a real sender and a real receiver, a proxy passes everything but the receiver's acknowledgement of
+/// the final state, and closes the sender's connection instead. The receiver runs the guest; the sender cannot
+/// tell, so it keeps its copy paused (one active copy) and says so: `kemari migrate` fails with "outcome
+/// unknown", the sender's status is paused, and its console stays silent while the receiver's ticks go on.
+#[test]
+fn a_lost_acknowledgement_leaves_the_sender_paused_and_one_copy_running() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("mig-lost-ack");
+    let api = dir.path("api.sock").display().to_string();
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut receiver = Vm::start(&["run", "--incoming", &to]);
+    connect_when_listening(&to); // (the receiver refuses this empty connection and waits for the next)
+
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let via = proxy.local_addr().unwrap().to_string();
+    let to2 = to.clone();
+    let swallowed = std::thread::spawn(move || {
+        let (mut from_sender, _) = proxy.accept().unwrap();
+        let mut to_receiver = std::net::TcpStream::connect(&to2).unwrap();
+        let (mut up_in, mut up_out) = (from_sender.try_clone().unwrap(), to_receiver.try_clone().unwrap());
+        std::thread::spawn(move || std::io::copy(&mut up_in, &mut up_out));
+        let mut byte = [0u8; 1];
+        loop {
+            to_receiver.read_exact(&mut byte).unwrap();
+            if byte[0] == 4 {
+                // The ACK: the sender never sees it.
+                from_sender.shutdown(std::net::Shutdown::Both).unwrap();
+                return true;
+            }
+            from_sender.write_all(&byte).unwrap();
+        }
+    });
+
+    let mut sender = ticking_sender(&api);
+    let out = Command::new(kemari_bin()).args(["migrate", "--api", &api, "--to", &via]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "migrate reported success without an acknowledgement: {said}");
+    assert!(said.contains("outcome unknown"), "{said}");
+    assert!(swallowed.join().unwrap());
+
+    assert!(sender.try_status().is_none(), "the sender exited: {}", sender.stderr());
+    let status = Command::new(kemari_bin()).args(["ctl", "--api", &api, "status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("\"paused\":true"), "the sender's guest is not paused: {status}");
+    let last = *ticks(&sender.output()).last().unwrap();
+    receiver.expect(&format!("tick-{}", last + 20));
+    assert_eq!(
+        ticks(&sender.output()).last(),
+        Some(&last),
+        "the sender's guest ran on while the receiver's did: two active copies"
+    );
 }
 
 /// The guest's echo service port, and where the receiver listens on the second host.

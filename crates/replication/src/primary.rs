@@ -203,7 +203,7 @@ enum Phase {
     /// Waiting for a connection to the secondary (the guest runs unprotected).
     Connecting(Receiver<TcpStream>),
     /// Connected: pre-copy while `copy` is set, then checkpoints; protected once the first one is acknowledged.
-    Linked { link: Link, copy: Option<PreCopy>, established: bool },
+    Linked { link: Link, copy: Option<Box<PreCopy>>, established: bool },
     /// No secondary (none configured, or replicated disks diverged): active, effects pass at once.
     Unprotected,
 }
@@ -462,7 +462,7 @@ impl Primary {
                     gate.lock().expect("gate lock").set_holding(true);
                 }
                 self.sync_started = Instant::now();
-                self.phase = Phase::Linked { link, copy: Some(copy), established: false };
+                self.phase = Phase::Linked { link, copy: Some(Box::new(copy)), established: false };
                 self.set_state("syncing");
                 eprintln!("kemari: synchronising with the secondary at {}", self.peer());
             }

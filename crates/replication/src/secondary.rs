@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use kemari_board::control::{Reply, Request};
 use kemari_board::{Event, Machine, MachineConfig};
 use kemari_devices::host::Wake;
+use kemari_engine::GuestRam;
 
 use crate::arbiter::{Arbiter, TakeOver};
 use crate::metrics::{Metrics, SharedMetrics};
@@ -40,6 +41,8 @@ pub struct StandbyConfig {
     pub machine: MachineConfig,
     /// Harts and MiB given on this node's command line, if any: the primary must match them.
     pub expect_shape: Option<(usize, u64)>,
+    /// RAM of the expected size, faulted in while no primary is there yet (--prealloc), for the first replica.
+    pub ram: Option<Arc<GuestRam>>,
 }
 
 /// How standing by ended.
@@ -188,7 +191,11 @@ impl Standby {
         }
         let shape =
             MachineConfig { harts: hello.harts as usize, memory_mib: hello.memory >> 20, ..cfg.machine.clone() };
-        let mut machine = match Machine::empty(&shape, console(), wake) {
+        let built = match cfg.ram.take() {
+            Some(ram) => Machine::empty_on(ram, &shape, console(), wake),
+            None => Machine::empty(&shape, console(), wake),
+        };
+        let mut machine = match built {
             Ok(m) => Box::new(m),
             Err(e) => return Ok(SessionEnd::Retry(format!("cannot build the replica machine: {e}"))),
         };

@@ -48,6 +48,7 @@ pub fn guest_config(memory_mib: u64) -> MachineConfig {
         disks: vec![],
         nets: vec![],
         rng: true,
+        prealloc: false,
     }
 }
 
