@@ -511,7 +511,10 @@ impl Incoming {
         let received = self.receive_from(&mut stream, ram, cfg, console, wake);
         if received.is_err() && self.prealloc {
             // Pages of the refused stream may be in the prepared RAM: the next sender gets fresh RAM.
-            self.ram = Some(prefault_in_background(self.expect_memory_mib.expect("checked in bind"))?);
+            match prefault_in_background(self.expect_memory_mib.expect("checked in bind")) {
+                Ok(ram) => self.ram = Some(ram),
+                Err(e) => tracing::warn!("{e}; the next sender's pages fault in as they arrive"),
+            }
         }
         received
     }

@@ -51,7 +51,8 @@ fn restored_guest_continues_its_counter_and_open_file() {
     assert!(ctl(&api, &["snapshot", &snap]).contains("\"ok\":true"));
     drop(vm); // SIGKILL: the original process is gone.
 
-    let mut restored = Vm::start(&["restore", &snap]);
+    // (--prealloc: the restored machine's RAM is faulted in before the state is written into it.)
+    let mut restored = Vm::start(&["restore", &snap, "--prealloc"]);
     restored.expect(&format!("tick-{}", last + 10));
     let after = ticks(&restored.output());
     assert_eq!(after[0], last + 1, "the first tick after restore must follow the last one before it: {after:?}");
