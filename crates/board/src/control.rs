@@ -68,6 +68,13 @@ pub enum Reply {
         migration: Option<crate::migrate::Progress>,
         protection: Option<Box<Protection>>,
     },
+    /// Status of a `run --incoming` that waits for its sender (no guest here yet).
+    Incoming {
+        listen: String,
+        /// Senders refused so far, and why the last one was.
+        refused: u64,
+        last_refusal: Option<String>,
+    },
     Migrated {
         rounds: u32,
         bytes: u64,

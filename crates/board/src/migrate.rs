@@ -18,6 +18,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -496,17 +497,42 @@ impl Incoming {
         Ok(Incoming { listener: TcpListener::bind(addr)?, expect_memory_mib, prealloc, ram })
     }
 
-    /// Waits for a sender and receives its machine: builds it with the devices of `cfg`, applies the pre-copied
-    /// pages and the final state, acknowledges, announces the guest's MACs, and returns the machine ready to
-    /// run. An error means this sender's stream was refused (nothing of it runs); call again for the next.
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Waits up to `patience` for a sender to connect (so that the caller can serve its control API between
+    /// waits); returns at once when one does.
+    pub fn next_sender(&self, patience: Duration) -> std::io::Result<Option<TcpStream>> {
+        let mut fd = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let millis = patience.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut fd, 1, millis) } {
+            0 => Ok(None),
+            r if r < 0 => match std::io::Error::last_os_error() {
+                e if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
+                e => Err(e),
+            },
+            _ => {
+                let (stream, peer) = self.listener.accept()?;
+                tracing::info!("incoming migration from {peer}");
+                Ok(Some(stream))
+            }
+        }
+    }
+
+    /// Receives the machine of the sender on `stream`: builds it with the devices of `cfg`, applies the
+    /// pre-copied pages and the final state, acknowledges, announces the guest's MACs, and returns the machine
+    /// ready to run. An error means this sender's stream was refused (nothing of it runs); the next sender
+    /// may come.
     pub fn receive(
         &mut self,
+        mut stream: TcpStream,
         cfg: &MachineConfig,
         console: Box<dyn Write + Send>,
         wake: kemari_devices::host::Wake,
     ) -> Result<Machine, MigrateError> {
-        let (mut stream, peer) = self.listener.accept()?;
-        tracing::info!("incoming migration from {peer}");
         let ram = self.ram.take();
         let received = self.receive_from(&mut stream, ram, cfg, console, wake);
         if received.is_err() && self.prealloc {

@@ -124,6 +124,15 @@ fn answer(reply: Reply) -> Answer {
             put("total_millis", total_millis.into());
             put("downtime_micros", downtime_micros.into());
         }
+        Reply::Incoming { listen, refused, last_refusal } => {
+            put("role", "incoming".into());
+            put("paused", true.into());
+            put("listen", listen.into());
+            put("refused", refused.into());
+            if let Some(why) = last_refusal {
+                put("last_refusal", why.into());
+            }
+        }
         Reply::Snapshot { bytes, millis } => {
             put("bytes", bytes.into());
             put("millis", millis.into());

@@ -426,9 +426,22 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let console = console::Console::start();
     if let Some(addr) = &args.incoming {
+        let api = args.devices.api.as_deref();
+        if let Some(path) = api {
+            if let Err(e) = api::serve(path, console.sender()) {
+                eprintln!("kemari: cannot serve the control API on {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
         return match receive(addr, args.memory, &cfg, &console) {
-            Some(m) => drive(m, console, args.devices.api.as_deref(), None, false),
-            None => ExitCode::from(2),
+            Ok(m) => drive(m, console, api, None, true),
+            Err(code) => {
+                drop(console);
+                if let Some(path) = api {
+                    let _ = std::fs::remove_file(path);
+                }
+                code
+            }
         };
     }
     let primary = match protection(&args.protect, &cfg, &console) {
@@ -448,22 +461,65 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 /// `run --incoming`: waits for a sender until one migrates its guest here (a refused stream is reported and
-/// the next sender awaited). None when listening itself fails.
-fn receive(addr: &str, memory: Option<u64>, cfg: &MachineConfig, console: &console::Console) -> Option<Machine> {
-    let mut incoming = match kemari_board::migrate::Incoming::bind(addr, memory, cfg.prealloc) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("kemari: cannot receive a migration on {addr}: {e}");
-            return None;
-        }
-    };
+/// the next sender awaited), answering the control API meanwhile and keeping what is typed for the guest.
+/// Returns the exit code instead when listening fails (2) or the user quits (0).
+fn receive(
+    addr: &str,
+    memory: Option<u64>,
+    cfg: &MachineConfig,
+    console: &console::Console,
+) -> Result<Machine, ExitCode> {
+    use kemari_board::control::{Reply, Request};
+    use kemari_board::Event;
+    let mut incoming = kemari_board::migrate::Incoming::bind(addr, memory, cfg.prealloc).map_err(|e| {
+        eprintln!("kemari: cannot receive a migration on {addr}: {e}");
+        ExitCode::from(2)
+    })?;
+    let listen = incoming.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+    eprintln!("kemari: waiting for an incoming migration on {listen}");
+    let (mut typed, mut refused, mut last_refusal) = (Vec::new(), 0, None);
     loop {
-        match incoming.receive(cfg, Box::new(std::io::stdout()), console.waker()) {
-            Ok(m) => {
-                eprintln!("kemari: migration from the sender complete; running here");
-                return Some(m);
+        while let Ok(event) = console.input().try_recv() {
+            match event {
+                Event::Console(bytes) => typed.extend(bytes),
+                Event::Control(Request::Status, reply) => {
+                    let _ = reply.send(Reply::Incoming {
+                        listen: listen.clone(),
+                        refused,
+                        last_refusal: last_refusal.clone(),
+                    });
+                }
+                Event::Control(_, reply) => {
+                    let _ = reply.send(Reply::Error(format!(
+                        "no guest runs here yet: waiting for an incoming migration on {listen}"
+                    )));
+                }
+                Event::Quit => {
+                    eprintln!("kemari: quit");
+                    return Err(ExitCode::SUCCESS);
+                }
+                Event::Wake => {}
             }
-            Err(e) => eprintln!("kemari: incoming migration refused: {e}; waiting for the next sender"),
+        }
+        let stream = match incoming.next_sender(std::time::Duration::from_millis(20)) {
+            Ok(Some(stream)) => stream,
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("kemari: waiting for a sender on {listen}: {e}");
+                return Err(ExitCode::from(2));
+            }
+        };
+        match incoming.receive(stream, cfg, Box::new(std::io::stdout()), console.waker()) {
+            Ok(mut m) => {
+                eprintln!("kemari: migration from the sender complete; running here");
+                m.push_input(&typed);
+                return Ok(m);
+            }
+            Err(e) => {
+                eprintln!("kemari: incoming migration refused: {e}; waiting for the next sender");
+                refused += 1;
+                last_refusal = Some(e.to_string());
+            }
         }
     }
 }

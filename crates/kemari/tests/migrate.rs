@@ -115,17 +115,25 @@ fn hello(version: u32, mib: u64) -> Vec<u8> {
     message(1, &p)
 }
 
+/// `kemari ctl --api API ARGS`: (success, stdout).
+fn ctl(api: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(kemari_bin()).args(["ctl", "--api", api]).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
 /// Hostile senders (a protocol from the future, another machine size, a page stream that fails its checksum,
 /// one that stops mid-message) are each refused with a message saying why, and the receiver (which
-/// preallocates its RAM) stays there: a real migration to it afterwards works, and no page of a refused stream
-/// leaks into the migrated guest (it would show as a crash or a wrong counter).
+/// preallocates its RAM) stays there, its control API telling what it waits for and what it refused: a real
+/// migration to it afterwards works, and no page of a refused stream leaks into the migrated guest (it would
+/// show as a crash or a wrong counter).
 #[test]
 fn a_receiver_refuses_hostile_streams_then_takes_a_real_migration() {
     use std::io::Write;
     let dir = TempDir::new("mig-hostile");
     let api = dir.path("api.sock").display().to_string();
+    let receiver_api = dir.path("receiver.sock").display().to_string();
     let to = format!("127.0.0.1:{}", free_port());
-    let mut receiver = Vm::start(&["run", "--incoming", &to, "--memory", "256", "--prealloc"]);
+    let mut receiver = Vm::start(&["run", "--incoming", &to, "--memory", "256", "--prealloc", "--api", &receiver_api]);
 
     let mut bad_pages = hello(1, 256);
     // A PAGS section claiming page 5, whose section checksum is wrong.
@@ -150,6 +158,11 @@ fn a_receiver_refuses_hostile_streams_then_takes_a_real_migration() {
         assert!(line.contains(why), "{what}: the refusal does not say {why:?}: {line}");
         assert!(receiver.try_status().is_none(), "{what}: the receiver exited: {}", receiver.stderr());
     }
+    let (ok, status) = ctl(&receiver_api, &["status"]);
+    assert!(ok && status.contains("\"role\":\"incoming\"") && status.contains("\"refused\":5"), "{status}");
+    assert!(status.contains("\"last_refusal\":\"network"), "{status}");
+    let (ok, said) = ctl(&receiver_api, &["pause"]);
+    assert!(!ok && said.contains("no guest runs here yet"), "{said}");
 
     let mut sender = ticking_sender(&api);
     let out = Command::new(kemari_bin()).args(["migrate", "--api", &api, "--to", &to]).output().unwrap();
@@ -160,6 +173,9 @@ fn a_receiver_refuses_hostile_streams_then_takes_a_real_migration() {
     let answer = receiver.sh("echo $((6*7))");
     let answer: Vec<&str> = answer.lines().filter(|l| !l.trim().starts_with("tick-")).collect();
     assert_eq!(answer, ["42"]);
+    // The same socket now serves the running guest.
+    let (ok, status) = ctl(&receiver_api, &["status"]);
+    assert!(ok && status.contains("\"paused\":false") && !status.contains("incoming"), "{status}");
 }
 
 /// Between a real sender and a real receiver, a proxy passes everything but the receiver's acknowledgement of
