@@ -528,10 +528,21 @@ fn receive(
 /// dirty rounds), elsewhere a line each time.
 fn show_progress(m: &serde_json::Value) {
     use std::io::IsTerminal;
+    let (bar, text) = progress_text(m);
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[Kkemari: migrating [{bar}] {text}");
+    } else {
+        eprintln!("kemari: migrating: {text}");
+    }
+}
+
+/// A bar of the full pass's progress, and the figures of a status reply's `migration` object.
+fn progress_text(m: &serde_json::Value) -> (String, String) {
+    const WIDTH: u64 = 30;
     let n = |k: &str| m[k].as_u64().unwrap_or(0);
-    let (pages, left) = (n("pages").max(1), n("pages_left"));
+    let (pages, left) = (n("pages").max(1), n("pages_left").min(n("pages")));
     let stage = match n("round") {
-        0 => format!("full pass {:>3}%", (pages - left.min(pages)) * 100 / pages),
+        0 => format!("full pass {:>3}%", (pages - left) * 100 / pages),
         r => format!("dirty round {r} ({} pages)", n("dirty_pages_last_round")),
     };
     let text = format!(
@@ -539,14 +550,8 @@ fn show_progress(m: &serde_json::Value) {
         n("bytes") >> 20,
         n("dirty_rate") as f64 / (1 << 20) as f64
     );
-    if std::io::stderr().is_terminal() {
-        const WIDTH: u64 = 30;
-        let done = if left == 0 { WIDTH } else { (pages - left.min(pages)) * WIDTH / pages };
-        let bar = "#".repeat(done as usize) + &"-".repeat((WIDTH - done) as usize);
-        eprint!("\r\x1b[Kkemari: migrating [{bar}] {text}");
-    } else {
-        eprintln!("kemari: migrating: {text}");
-    }
+    let done = (pages - left) * WIDTH / pages;
+    (format!("{}{}", "#".repeat(done as usize), "-".repeat((WIDTH - done) as usize)), text)
 }
 
 fn migrate(args: MigrateArgs) -> ExitCode {
@@ -715,5 +720,24 @@ fn drive(
             eprintln!("kemari: test failed with code {code}");
             ExitCode::from(code.clamp(1, 255) as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_text;
+
+    #[test]
+    fn progress_shows_the_full_pass_then_the_rounds() {
+        let m = serde_json::json!({"round": 0, "bytes": 64 << 20, "pages": 65536, "pages_left": 16384,
+                                   "dirty_pages_last_round": 0, "dirty_rate": 0});
+        let (bar, text) = progress_text(&m);
+        assert_eq!(bar, format!("{}{}", "#".repeat(22), "-".repeat(8)));
+        assert_eq!(text, "64 MiB sent, full pass  75%, guest dirtying 0.0 MiB/s");
+        let m = serde_json::json!({"round": 3, "bytes": 300 << 20, "pages": 65536, "pages_left": 0,
+                                   "dirty_pages_last_round": 512, "dirty_rate": 25 << 20});
+        let (bar, text) = progress_text(&m);
+        assert_eq!(bar, "#".repeat(30));
+        assert_eq!(text, "300 MiB sent, dirty round 3 (512 pages), guest dirtying 25.0 MiB/s");
     }
 }
