@@ -231,6 +231,50 @@ fn a_lost_acknowledgement_leaves_the_sender_paused_and_one_copy_running() {
     );
 }
 
+/// The receiver vanishes mid-transfer (stopped, so the pre-copy is surely under way, then SIGKILLed): the
+/// sender reports the failure, its guest carries on (the ticks continue, status not paused), and a migration to
+/// a new receiver then works.
+#[test]
+fn a_receiver_that_dies_mid_transfer_leaves_the_guest_running_on_the_sender() {
+    let dir = TempDir::new("mig-receiver-dies");
+    let api = dir.path("api.sock").display().to_string();
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut doomed = Vm::start(&["run", "--incoming", &to]);
+    connect_when_listening(&to); // (refused: it only shows the receiver listens)
+    let mut sender = ticking_sender(&api);
+    // The guest's memory is more than the socket buffers hold: a stopped receiver stalls the pre-copy.
+    sender.send("dd if=/dev/urandom of=/tmp/fill bs=1M count=48 2>/dev/null; echo FILLED");
+    sender.expect("FILLED");
+    doomed.signal(libc::SIGSTOP);
+    let migrate = std::process::Command::new(kemari_bin())
+        .args(["migrate", "--api", &api, "--to", &to])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !ctl(&api, &["status"]).1.contains("\"migration\"") {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    doomed.signal(libc::SIGKILL);
+    let out = migrate.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("migration failed"), "{said}");
+
+    let last = *ticks(&sender.output()).last().unwrap();
+    sender.expect(&format!("tick-{}", last + 5));
+    let (ok, status) = ctl(&api, &["status"]);
+    assert!(ok && status.contains("\"paused\":false"), "{status}");
+
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut receiver = Vm::start(&["run", "--incoming", &to]);
+    connect_when_listening(&to);
+    let out = Command::new(kemari_bin()).args(["migrate", "--api", &api, "--to", &to]).output().unwrap();
+    assert!(out.status.success(), "the second migration failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sender.wait().code(), Some(0), "the sender stops after the switch: {}", sender.stderr());
+    let last = *ticks(&sender.output()).last().unwrap();
+    receiver.expect(&format!("tick-{}", last + 5));
+}
+
 /// The guest's echo service port, and where the receiver listens on the second host.
 const ECHO_PORT: u16 = 5001;
 const MIGRATE_PORT: u16 = 7790;
