@@ -361,6 +361,8 @@ pub(crate) struct Migration {
     stream: TcpStream,
     pub(crate) copy: PreCopy,
     reply: Sender<Reply>,
+    /// The user had paused the guest before migrating: a failed migration leaves it paused.
+    was_paused: bool,
 }
 
 impl Migration {
@@ -379,7 +381,7 @@ impl Migration {
         hello.extend_from_slice(&m.ram.size().to_le_bytes());
         send(&mut stream, HELLO, &hello)?;
         let copy = PreCopy::start(m, budget, Box::new(StreamSink(stream.try_clone()?)))?;
-        Ok(Migration { stream, copy, reply })
+        Ok(Migration { stream, copy, reply, was_paused: m.paused })
     }
 }
 
@@ -398,6 +400,7 @@ impl Machine {
     /// Advances a running migration by one step. Returns the run's end once the receiver took over.
     pub(crate) fn migration_step(&mut self) -> Option<RunOutcome> {
         let mut mig = self.migration.take()?;
+        let was_paused = mig.was_paused;
         let switch = match mig.copy.step(self) {
             Ok(false) => {
                 self.migration = Some(mig);
@@ -413,10 +416,13 @@ impl Machine {
         match switch {
             Switch::Done => Some(RunOutcome::Migrated),
             Switch::Failed(e) => {
-                // The guest carries on here; the receiver sees the connection drop and gives up.
+                // The guest carries on here (unless the user had paused it); the receiver sees the connection
+                // drop and gives up.
                 tracing::warn!("live migration failed: {e}");
-                self.paused = false;
-                self.dev.clock.resume();
+                self.paused = was_paused;
+                if !was_paused {
+                    self.dev.clock.resume();
+                }
                 None
             }
             Switch::Unknown(e) => {
@@ -430,7 +436,7 @@ impl Machine {
     /// Stops the guest, sends the final state and waits for the receiver's acknowledgement; replies to the
     /// `migrate` request either way.
     fn stop_and_copy(&mut self, mig: Migration) -> Switch {
-        let Migration { mut stream, copy, reply } = mig;
+        let Migration { mut stream, copy, reply, .. } = mig;
         let stop = Instant::now();
         self.dev.clock.pause();
         let elapsed = copy.elapsed();
