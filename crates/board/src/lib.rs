@@ -20,6 +20,4 @@ pub mod persist;
 pub mod plic;
 pub mod sbi;
 
-pub use machine::{
-    prefault_in_background, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome,
-};
+pub use machine::{receiver_ram, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome};

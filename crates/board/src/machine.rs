@@ -84,6 +84,8 @@ pub enum BuildError {
     Ram(#[from] kemari_engine::RamError),
     #[error("cannot preallocate guest RAM (--prealloc): {0}")]
     Prealloc(std::io::Error),
+    #[error("--prealloc on a receiver needs --memory (the size to map while it waits)")]
+    PreallocNeedsMemory,
     #[error("cannot build the device tree: {0}")]
     Fdt(String),
     #[error("cannot open disk {path}: {source}")]
@@ -94,15 +96,25 @@ pub enum BuildError {
     TooManyDevices(usize),
 }
 
-/// Maps guest RAM of `memory_mib` MiB and faults it in on a thread of its own, for a machine built on it
-/// later ([`Machine::empty_on`]): a receiver (`--incoming`, `standby`) prepares it while it waits for its
-/// sender, so incoming pages land in memory that is already there. A failure to fault in is only logged (the
-/// pages then fault in on first use).
-pub fn prefault_in_background(memory_mib: u64) -> Result<Arc<GuestRam>, BuildError> {
-    if !(16..=65536).contains(&memory_mib) {
-        return Err(BuildError::MemorySize(memory_mib));
+fn check_memory_size(memory_mib: u64) -> Result<(), BuildError> {
+    match memory_mib {
+        16..=65536 => Ok(()),
+        _ => Err(BuildError::MemorySize(memory_mib)),
     }
-    let ram = Arc::new(GuestRam::new(RAM_BASE, memory_mib << 20)?);
+}
+
+/// RAM for a receiver (`run --incoming`, `standby`) to build its machine on ([`Machine::empty_on`]): with
+/// `prealloc`, mapped and faulted in on a thread of its own while it waits for its sender, so that incoming
+/// pages land in memory that is already there (a failure to fault in is only logged: pages then fault in on
+/// first use). Preallocating needs the size (`memory_mib`, from --memory).
+pub fn receiver_ram(prealloc: bool, memory_mib: Option<u64>) -> Result<Option<Arc<GuestRam>>, BuildError> {
+    let mib = match (prealloc, memory_mib) {
+        (false, _) => return Ok(None),
+        (true, None) => return Err(BuildError::PreallocNeedsMemory),
+        (true, Some(mib)) => mib,
+    };
+    check_memory_size(mib)?;
+    let ram = Arc::new(GuestRam::new(RAM_BASE, mib << 20)?);
     let r = ram.clone();
     std::thread::Builder::new()
         .name("prealloc".into())
@@ -112,7 +124,7 @@ pub fn prefault_in_background(memory_mib: u64) -> Result<Arc<GuestRam>, BuildErr
             }
         })
         .map_err(BuildError::Prealloc)?;
-    Ok(ram)
+    Ok(Some(ram))
 }
 
 /// Events that reach the machine loop from other threads.
@@ -355,7 +367,7 @@ impl Machine {
     }
 
     /// Like [`Machine::empty`], on RAM mapped earlier (e.g. faulted in while a receiver waited for its sender;
-    /// see [`prefault_in_background`]). The RAM must be untouched (all zeros) and of `cfg`'s size.
+    /// see [`receiver_ram`]). The RAM must be untouched (all zeros) and of `cfg`'s size.
     pub fn empty_on(
         ram: Arc<GuestRam>,
         cfg: &MachineConfig,
@@ -392,9 +404,7 @@ impl Machine {
         if cfg.harts == 0 || cfg.harts > layout::MAX_HARTS {
             return Err(BuildError::Harts(cfg.harts));
         }
-        if !(16..=65536).contains(&cfg.memory_mib) {
-            return Err(BuildError::MemorySize(cfg.memory_mib));
-        }
+        check_memory_size(cfg.memory_mib)?;
         if boot && cfg.kernel.is_none() && cfg.firmware.is_none() {
             return Err(BuildError::NothingToBoot);
         }

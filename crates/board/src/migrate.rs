@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use kemari_engine::{GuestRam, PAGE_SIZE};
 
 use crate::control::Reply;
-use crate::machine::{prefault_in_background, BuildError, Machine, MachineConfig, RunOutcome};
+use crate::machine::{receiver_ram, BuildError, Machine, MachineConfig, RunOutcome};
 use crate::persist::{encode_pages_into, Pages, RestoreError};
 
 const HELLO: u8 = 1;
@@ -493,13 +493,7 @@ impl Incoming {
     /// Listens on `addr`. With `prealloc`, maps the guest's RAM (`expect_memory_mib`, which it needs) and faults
     /// it in while no sender is there yet.
     pub fn bind(addr: &str, expect_memory_mib: Option<u64>, prealloc: bool) -> Result<Incoming, MigrateError> {
-        let ram = match (prealloc, expect_memory_mib) {
-            (false, _) => None,
-            (true, Some(mib)) => Some(prefault_in_background(mib)?),
-            (true, None) => {
-                return Err(MigrateError::Protocol("--prealloc on a receiver needs --memory (the size to map)".into()))
-            }
-        };
+        let ram = receiver_ram(prealloc, expect_memory_mib)?;
         Ok(Incoming { listener: TcpListener::bind(addr)?, expect_memory_mib, prealloc, ram })
     }
 
@@ -543,8 +537,8 @@ impl Incoming {
         let received = self.receive_from(&mut stream, ram, cfg, console, wake);
         if received.is_err() && self.prealloc {
             // Pages of the refused stream may be in the prepared RAM: the next sender gets fresh RAM.
-            match prefault_in_background(self.expect_memory_mib.expect("checked in bind")) {
-                Ok(ram) => self.ram = Some(ram),
+            match receiver_ram(true, self.expect_memory_mib) {
+                Ok(ram) => self.ram = ram,
                 Err(e) => tracing::warn!("{e}; the next sender's pages fault in as they arrive"),
             }
         }

@@ -299,29 +299,22 @@ fn disk_sizes(cfg: &MachineConfig) -> Vec<u64> {
 }
 
 fn standby(args: StandbyArgs) -> ExitCode {
-    let arbiter = match args.ft.arbiter("secondary") {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("kemari: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let machine = machine_config(&args.devices);
     let expect_shape = match (args.cpus, args.memory) {
         (None, None) => None,
         (c, m) => Some((c.unwrap_or(machine.harts), m.unwrap_or(machine.memory_mib))),
     };
-    let ram = match (machine.prealloc, args.memory) {
-        (false, _) => None,
-        (true, Some(mib)) => match kemari_board::prefault_in_background(mib) {
-            Ok(ram) => Some(ram),
-            Err(e) => {
-                eprintln!("kemari: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        (true, None) => {
-            eprintln!("kemari: --prealloc on a standby needs --memory (the size to map)");
+    let ram = match kemari_board::receiver_ram(machine.prealloc, args.memory) {
+        Ok(ram) => ram,
+        Err(e) => {
+            eprintln!("kemari: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let arbiter = match args.ft.arbiter("secondary") {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kemari: {e}");
             return ExitCode::from(2);
         }
     };

@@ -89,3 +89,11 @@ fn too_many_cpus_is_rejected() {
     let kernel = guest_file("Image");
     assert_input_error(&["run", "--kernel", kernel.to_str().unwrap(), "--cpus", "9"], "--cpus 9");
 }
+
+#[test]
+fn a_preallocating_receiver_needs_to_know_the_size() {
+    assert_input_error(&["run", "--incoming", "127.0.0.1:0", "--prealloc"], "needs --memory");
+    // (Checked before the arbiter, whose directory does not even exist here.)
+    let standby = ["standby", "--listen", "127.0.0.1:0", "--arbiter", "file:/nonexistent", "--prealloc"];
+    assert_input_error(&standby, "needs --memory");
+}

@@ -14,7 +14,7 @@ mod netns;
 use std::net::TcpListener;
 use std::process::Command;
 
-use common::{guest_file, kemari_bin, Vm, GUEST_TIMEOUT};
+use common::{ctl, guest_file, kemari_bin, Vm, GUEST_TIMEOUT};
 use ft::{EchoStream, Rng, TempDir, Topology, GUEST_IP, GUEST_MAC, SECONDARY_REPL_IP, TAP};
 
 fn ticks(console: &str) -> Vec<u64> {
@@ -89,13 +89,7 @@ fn ticking_sender(api: &str) -> Vm {
 }
 
 fn connect_when_listening(to: &str) -> std::net::TcpStream {
-    for _ in 0..200 {
-        if let Ok(c) = std::net::TcpStream::connect(to) {
-            return c;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("nothing listens on {to}");
+    common::connect(to.parse().expect("an IP:port"))
 }
 
 /// A migration message: kind, length, payload.
@@ -113,12 +107,6 @@ fn hello(version: u32, mib: u64) -> Vec<u8> {
     p.extend_from_slice(&1u32.to_le_bytes());
     p.extend_from_slice(&(mib << 20).to_le_bytes());
     message(1, &p)
-}
-
-/// `kemari ctl --api API ARGS`: (success, stdout).
-fn ctl(api: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(kemari_bin()).args(["ctl", "--api", api]).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
 }
 
 /// Hostile senders (a protocol from the future, another machine size, a page stream that fails its checksum,
@@ -219,8 +207,7 @@ fn a_lost_acknowledgement_leaves_the_sender_paused_and_one_copy_running() {
     assert!(swallowed.join().unwrap());
 
     assert!(sender.try_status().is_none(), "the sender exited: {}", sender.stderr());
-    let status = Command::new(kemari_bin()).args(["ctl", "--api", &api, "status"]).output().unwrap();
-    let status = String::from_utf8_lossy(&status.stdout);
+    let (_, status) = ctl(&api, &["status"]);
     assert!(status.contains("\"paused\":true"), "the sender's guest is not paused: {status}");
     let last = *ticks(&sender.output()).last().unwrap();
     receiver.expect(&format!("tick-{}", last + 20));

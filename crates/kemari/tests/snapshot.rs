@@ -2,14 +2,11 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{guest_file, kemari_bin, Vm};
+use common::{guest_file, Vm};
 
 fn ctl(api: &str, args: &[&str]) -> String {
-    let out = Command::new(kemari_bin()).args(["ctl", "--api", api]).args(args).output().expect("kemari ctl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "kemari ctl {args:?} failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    let (ok, text) = common::ctl(api, args);
+    assert!(ok, "kemari ctl {args:?} failed: {text}");
     text
 }
 

@@ -249,6 +249,12 @@ pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// `kemari ctl --api API ARGS...`: whether it succeeded, and what it printed (stdout, then stderr).
+pub fn ctl(api: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(kemari_bin()).args(["ctl", "--api", api]).args(args).output().expect("kemari ctl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
 /// Connects to `addr` from the calling thread's namespace, retrying while nothing listens yet.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let start = Instant::now();
