@@ -145,9 +145,31 @@ impl Machine {
 }
 
 /// Writes via a temporary file and rename, so a crash never leaves a half-written snapshot under the real name.
+/// On an error the temporary file is removed: a full disk must not stay full of a snapshot that failed.
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("kemari-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The target is a non-empty directory, so the final rename fails after the temporary file is written.
+        let target = dir.join("state");
+        std::fs::create_dir_all(target.join("occupied")).unwrap();
+        assert!(write_atomically(&target, b"snapshot").is_err());
+        assert!(!dir.join("state.tmp").exists(), "the temporary file was left behind");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

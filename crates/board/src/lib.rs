@@ -20,4 +20,6 @@ pub mod persist;
 pub mod plic;
 pub mod sbi;
 
-pub use machine::{receiver_ram, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome};
+pub use machine::{
+    check_shape, receiver_ram, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome,
+};

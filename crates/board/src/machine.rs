@@ -103,6 +103,15 @@ fn check_memory_size(memory_mib: u64) -> Result<(), BuildError> {
     }
 }
 
+/// Checks a machine shape given in part (a receiver checks what its command line names before any sender
+/// comes): harts and RAM size within what the board supports.
+pub fn check_shape(harts: Option<usize>, memory_mib: Option<u64>) -> Result<(), BuildError> {
+    if let Some(h) = harts.filter(|&h| h == 0 || h > layout::MAX_HARTS) {
+        return Err(BuildError::Harts(h));
+    }
+    memory_mib.map_or(Ok(()), check_memory_size)
+}
+
 /// RAM for a receiver (`run --incoming`, `standby`) to build its machine on ([`Machine::empty_on`]): with
 /// `prealloc`, mapped and faulted in on a thread of its own while it waits for its sender, so that incoming
 /// pages land in memory that is already there (a failure to fault in is only logged: pages then fault in on
@@ -401,10 +410,7 @@ impl Machine {
         wake: Wake,
         boot: bool,
     ) -> Result<Machine, BuildError> {
-        if cfg.harts == 0 || cfg.harts > layout::MAX_HARTS {
-            return Err(BuildError::Harts(cfg.harts));
-        }
-        check_memory_size(cfg.memory_mib)?;
+        check_shape(Some(cfg.harts), Some(cfg.memory_mib))?;
         if boot && cfg.kernel.is_none() && cfg.firmware.is_none() {
             return Err(BuildError::NothingToBoot);
         }
@@ -751,17 +757,17 @@ fn build_virtio(
     let mut outlets = Outlets { disk_bytes: Vec::new(), nics: cfg.nets.len() };
     for (i, d) in cfg.disks.iter().enumerate() {
         let path = d.path.display().to_string();
-        let open = |write: bool| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(write)
-                .open(&d.path)
-                .map_err(|source| BuildError::Disk { path: path.clone(), source })
-        };
+        let disk_err = |source| BuildError::Disk { path: path.clone(), source };
+        // Checked before opening: a read-only open would accept a directory, and opening a FIFO would block.
+        let kind = std::fs::metadata(&d.path).map_err(disk_err)?.file_type();
+        if !kind.is_file() && !std::os::unix::fs::FileTypeExt::is_block_device(&kind) {
+            let why = if kind.is_dir() { "is a directory" } else { "is not a regular file or a block device" };
+            return Err(disk_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why)));
+        }
+        let open = |write: bool| std::fs::OpenOptions::new().read(true).write(write).open(&d.path).map_err(disk_err);
         let index = backend.add_disk(open(!d.readonly)?);
         let id = format!("kemari-disk{i}");
-        let blk = Block::new(index, open(false)?, d.readonly, &id)
-            .map_err(|source| BuildError::Disk { path: path.clone(), source })?;
+        let blk = Block::new(index, open(false)?, d.readonly, &id).map_err(disk_err)?;
         outlets.disk_bytes.push(blk.sectors() * 512);
         devices.push(MmioTransport::new(Box::new(blk)));
     }

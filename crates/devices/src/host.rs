@@ -12,15 +12,21 @@ use crate::gate::{Backend, Effect};
 /// Wakes the machine loop from another thread (e.g. when a frame arrived).
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
+/// Fault injection for tests: every disk flush takes this many more milliseconds (a slow shared disk).
+pub const FLUSH_DELAY_ENV: &str = "KEMARI_FAULT_FLUSH_DELAY_MS";
+
 pub struct HostBackend {
     console: Box<dyn Write + Send>,
     disks: Vec<File>,
     taps: Vec<File>,
+    flush_delay: Option<std::time::Duration>,
 }
 
 impl HostBackend {
     pub fn new(console: Box<dyn Write + Send>) -> HostBackend {
-        HostBackend { console, disks: Vec::new(), taps: Vec::new() }
+        let flush_delay =
+            std::env::var(FLUSH_DELAY_ENV).ok().and_then(|v| v.parse().ok()).map(std::time::Duration::from_millis);
+        HostBackend { console, disks: Vec::new(), taps: Vec::new(), flush_delay }
     }
 
     /// Registers a disk's write handle; returns its index for `Effect::BlockWrite`.
@@ -59,7 +65,13 @@ impl Backend for HostBackend {
             Effect::BlockWrite { disk, offset, data } => {
                 self.disks.get(*disk).ok_or_else(|| unknown("disk", *disk))?.write_all_at(data, *offset)
             }
-            Effect::BlockFlush { disk } => self.disks.get(*disk).ok_or_else(|| unknown("disk", *disk))?.sync_data(),
+            Effect::BlockFlush { disk } => {
+                let file = self.disks.get(*disk).ok_or_else(|| unknown("disk", *disk))?;
+                if let Some(delay) = self.flush_delay {
+                    std::thread::sleep(delay);
+                }
+                file.sync_data()
+            }
         }
     }
 }

@@ -19,13 +19,22 @@
 //!
 //! Requests are served by the machine loop between slices, so the machine is quiesced for each. Later
 //! issues extend the same API (migration, protection, metrics).
+//!
+//! The socket is the VM's remote control, so only its owner may use it: it is created with mode 0600 whatever
+//! the umask, and it only ever replaces a stale socket (one nobody listens on), never a file or a live API.
+//! At most [`MAX_CONNECTIONS`] clients are served at once (each holds a thread); one more gets
+//! `{"ok":false,"error":"too many control connections"}` and is closed, and a client idle for
+//! [`IDLE_TIMEOUT`] between requests is closed so that it does not hold its slot forever.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kemari_board::control::{Reply, Request};
@@ -34,6 +43,16 @@ use serde::{Deserialize, Serialize};
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// How long a connection may wait between requests (or take to read an answer). Waiting for the machine's
+/// answer is not limited: a migration request is answered only when the migration ends.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The whole answer to a connection beyond [`MAX_CONNECTIONS`].
+const TOO_MANY: &[u8] = b"{\"ok\":false,\"error\":\"too many control connections\"}\n";
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
@@ -177,21 +196,98 @@ pub fn drain(within: Duration) {
     }
 }
 
-/// Starts serving the API on `path` (an existing socket file is replaced).
+/// Starts serving the API on `path`, replacing only a stale socket there.
 pub fn serve(path: &Path, events: Sender<Event>) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
+    remove_stale(path)?;
+    let listener = bind_private(path)?;
     let events = Mutex::new(events);
+    // Each connection's thread holds a clone: the count beyond this one is the number being served. Only this
+    // thread clones it, so a count read here can only be too high (a thread ending), never too low.
+    let slots = Arc::new(());
     std::thread::Builder::new().name("api".into()).spawn(move || {
         for conn in listener.incoming().flatten() {
+            if Arc::strong_count(&slots) > MAX_CONNECTIONS {
+                // Non-blocking: a client that does not read cannot stall the accept loop (a fresh socket's
+                // buffer holds the line anyway).
+                let _ = conn.set_nonblocking(true);
+                let _ = (&conn).write_all(TOO_MANY);
+                continue;
+            }
+            let slot = slots.clone();
             let tx = events.lock().expect("api sender").clone();
-            std::thread::spawn(move || handle(conn, tx));
+            // If the thread cannot start, the closure, and with it the connection and its slot, is dropped.
+            let _ = std::thread::Builder::new().name("api-conn".into()).spawn(move || {
+                handle(conn, tx);
+                drop(slot);
+            });
         }
     })?;
     Ok(())
 }
 
+/// Makes way for a new socket at `path`: fine if nothing is there, removes a socket nobody listens on (left by a
+/// kemari that crashed), and refuses anything else.
+fn remove_stale(path: &Path) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        found => found?,
+    };
+    if !meta.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            ErrorKind::AlreadyExists,
+            "exists and is not a socket; refusing to replace it",
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(std::io::Error::new(ErrorKind::AddrInUse, "another process serves this socket")),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// Binds a listener at `path` with mode 0600, whatever the umask. Binding at `path` and then chmod-ing would
+/// leave a moment in which anyone may connect (and stay connected); the umask is process-wide. So the socket is
+/// bound in a fresh 0700 directory beside `path`, where nobody else can reach it, made 0600 there, and then
+/// hard-linked to `path`: unlike a rename, the link fails if anything appeared at `path` meanwhile.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = PrivateDir::new(parent)?;
+    // A short name: a socket's path is limited to 107 bytes.
+    let tmp = dir.0.join("s");
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::hard_link(&tmp, path)?;
+    Ok(listener)
+}
+
+/// A fresh directory (mode 0700, random name) that is removed with what it holds when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new(parent: &Path) -> std::io::Result<PrivateDir> {
+        let mut template = parent.join(".kemari-XXXXXX").into_os_string().into_vec();
+        template.push(0);
+        // SAFETY: `template` is a NUL-terminated buffer we own and keep alive across the call; mkdtemp only
+        // rewrites the six X before the NUL in place.
+        if unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) }.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        template.pop();
+        Ok(PrivateDir(PathBuf::from(OsString::from_vec(template))))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn handle(conn: UnixStream, events: Sender<Event>) {
+    // Bounds reading a request and writing an answer, not the wait for the machine's answer.
+    if conn.set_read_timeout(Some(IDLE_TIMEOUT)).and_then(|()| conn.set_write_timeout(Some(IDLE_TIMEOUT))).is_err() {
+        return;
+    }
     let Ok(mut out) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
@@ -246,8 +342,12 @@ pub fn call(path: &Path, request: &serde_json::Value) -> std::io::Result<String>
     let mut s = UnixStream::connect(path)?;
     let mut line = request.to_string();
     line.push('\n');
-    s.write_all(line.as_bytes())?;
+    // A server that refuses the connection (too many clients) may answer and close before the request is
+    // written: its answer is still there to read.
+    let sent = s.write_all(line.as_bytes());
     let mut reply = String::new();
-    BufReader::new(s).read_line(&mut reply)?;
-    Ok(reply.trim_end().to_string())
+    match (sent, BufReader::new(s).read_line(&mut reply)) {
+        (Err(e), Ok(0) | Err(_)) | (Ok(()), Err(e)) => Err(e),
+        _ => Ok(reply.trim_end().to_string()),
+    }
 }

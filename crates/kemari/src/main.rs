@@ -300,10 +300,11 @@ fn disk_sizes(cfg: &MachineConfig) -> Vec<u64> {
 
 fn standby(args: StandbyArgs) -> ExitCode {
     let machine = machine_config(&args.devices);
-    let expect_shape = match (args.cpus, args.memory) {
-        (None, None) => None,
-        (c, m) => Some((c.unwrap_or(machine.harts), m.unwrap_or(machine.memory_mib))),
-    };
+    // A shape no machine can have would refuse every primary later: refuse it now.
+    if let Err(e) = kemari_board::check_shape(args.cpus, args.memory) {
+        eprintln!("kemari: {e}");
+        return ExitCode::from(2);
+    }
     let ram = match kemari_board::receiver_ram(machine.prealloc, args.memory) {
         Ok(ram) => ram,
         Err(e) => {
@@ -323,7 +324,8 @@ fn standby(args: StandbyArgs) -> ExitCode {
         opts: args.ft.options(),
         arbiter,
         machine,
-        expect_shape,
+        expect_harts: args.cpus,
+        expect_memory_mib: args.memory,
         ram,
     };
     let console = console::Console::start();
@@ -336,7 +338,8 @@ fn standby(args: StandbyArgs) -> ExitCode {
     let stdout = || -> Box<dyn std::io::Write + Send> { Box::new(std::io::stdout()) };
     let end = kemari_replication::secondary::standby(cfg, &stdout, console.waker(), console.input());
     match end {
-        Ok(kemari_replication::secondary::StandbyEnd::Shutdown) => {
+        Ok(kemari_replication::secondary::StandbyEnd::Shutdown | kemari_replication::secondary::StandbyEnd::Quit) => {
+            drop(console);
             if let Some(path) = &args.devices.api {
                 let _ = std::fs::remove_file(path);
             }
@@ -356,6 +359,10 @@ fn standby(args: StandbyArgs) -> ExitCode {
             drive(*machine, console, args.devices.api.as_deref(), Some(primary), true)
         }
         Err(e) => {
+            drop(console);
+            if let Some(path) = &args.devices.api {
+                let _ = std::fs::remove_file(path);
+            }
             eprintln!("kemari: standby: {e}");
             ExitCode::from(match e {
                 kemari_replication::secondary::StandbyError::Stale { .. } => EXIT_FENCED,
@@ -417,6 +424,13 @@ fn run(args: RunArgs) -> ExitCode {
         firmware: args.firmware,
         ..machine_config(&args.devices)
     };
+    if args.incoming.is_some() {
+        // The sender's shape must match what is given here: refuse one no machine can have at once.
+        if let Err(e) = kemari_board::check_shape(None, args.memory) {
+            eprintln!("kemari: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let console = console::Console::start();
     if let Some(addr) = &args.incoming {
         let api = args.devices.api.as_deref();

@@ -97,3 +97,28 @@ fn a_preallocating_receiver_needs_to_know_the_size() {
     let standby = ["standby", "--listen", "127.0.0.1:0", "--arbiter", "file:/nonexistent", "--prealloc"];
     assert_input_error(&standby, "needs --memory");
 }
+
+#[test]
+fn a_directory_is_not_a_disk_even_readonly() {
+    let fw = temp_file("pass-disk.elf", &elf::build(elf::EM_RISCV, &elf::tohost_program(1)));
+    let dir = std::env::temp_dir().join(format!("kemari-cli-{}/not-a-disk", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.to_str().unwrap();
+    for disk in [dir.to_string(), format!("{dir},readonly")] {
+        assert_input_error(&["run", "--firmware", fw.to_str().unwrap(), "--disk", &disk], dir);
+    }
+    assert_input_error(
+        &["run", "--firmware", fw.to_str().unwrap(), "--disk", &format!("{dir},readonly")],
+        "is a directory",
+    );
+}
+
+#[test]
+fn a_receiver_refuses_an_impossible_shape_at_start() {
+    // Refused before anything else is looked at (this arbiter directory does not even exist): a shape no
+    // machine can have would otherwise refuse every primary or sender later.
+    let standby = ["standby", "--listen", "127.0.0.1:0", "--arbiter", "file:/nonexistent"];
+    assert_input_error(&[&standby[..], &["--memory", "5"]].concat(), "--memory 5");
+    assert_input_error(&[&standby[..], &["--cpus", "9"]].concat(), "--cpus 9");
+    assert_input_error(&["run", "--incoming", "127.0.0.1:0", "--memory", "5"], "--memory 5");
+}

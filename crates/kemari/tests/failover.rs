@@ -604,23 +604,7 @@ fn a_failed_over_guest_is_protected_again_by_a_new_standby() {
     pair.wait_failover();
     // The host of the dead primary comes back as the new standby (its tap is free again).
     let api = pair.dir.path("third.sock");
-    let args = [
-        "standby".to_string(),
-        "--listen".into(),
-        third.to_string(),
-        "--arbiter".into(),
-        format!("file:{}", pair.arbiter.display()),
-        "--node".into(),
-        "third".into(),
-        "--heartbeat-ms".into(),
-        ft::HEARTBEAT_MS.to_string(),
-        "--heartbeat-timeout-ms".into(),
-        ft::HEARTBEAT_TIMEOUT_MS.to_string(),
-        "--net".into(),
-        format!("tap={TAP},mac={GUEST_MAC}"),
-        "--api".into(),
-        api.display().to_string(),
-    ];
+    let args = ft::standby_args(&pair.arbiter, third, "third", &api);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut third_vm = pair.net.pri.enter(|| Vm::start(&args));
     third_vm.expect_stderr("protection established");
@@ -640,4 +624,78 @@ fn a_failed_over_guest_is_protected_again_by_a_new_standby() {
     let (seen, _) = assert_no_console_gap(&pair.secondary.output_bytes(), &third_vm.output_bytes());
     assert_eq!(third_vm.sh("echo $((6*7))").lines().filter(|l| !l.contains("tick-")).collect::<Vec<_>>(), ["42"]);
     eprintln!("re-protected: {line}; second failover: {failover}; {seen} ticks without a gap on the second seam");
+}
+
+#[test]
+fn a_primary_whose_standby_died_is_protected_again_by_a_new_one() {
+    let _serial = ft::serial();
+    let mut rng = Rng::new("a_primary_whose_standby_died_is_protected_again_by_a_new_one");
+    // Two harts: the replacement standby names only --memory (the README's recipe), which must not make it
+    // expect one hart.
+    let primary_args = vec!["--cpus".to_string(), "2".into()];
+    let mut pair = Pair::start(PairOptions { primary_args, ..PairOptions::default() });
+    pair.start_ticks();
+    ft::wait_tick(&mut pair.primary, rng.range(5, 20));
+    let mark = pair.primary.stderr_lines();
+    pair.kill_secondary();
+    pair.primary.expect_stderr_after("unprotected", mark);
+    pair.secondary.wait();
+
+    // A new standby on the same host, address and tap. The primary's checkpoints so far had epochs the new
+    // standby never saw: the new session starts again at 1.
+    let mark = pair.primary.stderr_lines();
+    let api = pair.dir.path("secondary-2.sock");
+    let listen = SocketAddr::from((SECONDARY_REPL_IP, ft::STANDBY_PORT));
+    let mut args = ft::standby_args(&pair.arbiter, listen, "sec-2", &api);
+    args.extend(["--memory", "256", "--prealloc"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    pair.secondary = pair.net.sec.enter(|| Vm::start(&args));
+    pair.secondary_api = api;
+    pair.secondary.expect_stderr("protection established");
+    let line = pair.primary.expect_stderr_after("protection established", mark);
+    let status = pair.primary_status();
+    assert_eq!(status["protection"], "protected", "the primary is protected again: {status}");
+    assert_eq!(pair.secondary_status()["protection"], "protected");
+
+    // The new pair checkpoints, then the primary dies: the new standby takes over from where the guest was.
+    let last = *complete_ticks(&pair.primary.output_bytes()).last().unwrap();
+    ft::wait_tick(&mut pair.primary, last + rng.range(5, 20));
+    pair.kill_primary();
+    let failover = pair.wait_failover();
+    std::thread::sleep(Duration::from_millis(200));
+    let last = *complete_ticks(&pair.primary.output_bytes()).last().unwrap();
+    ft::wait_tick(&mut pair.secondary, last + 10);
+    let (seen, repeats) = assert_no_console_gap(&pair.primary.output_bytes(), &pair.secondary.output_bytes());
+    let answer = pair.secondary.sh("echo $((6*7))");
+    assert_eq!(answer.lines().filter(|l| !l.contains("tick-")).collect::<Vec<_>>(), ["42"]);
+    eprintln!("protected again: {line}; {failover}; {seen} ticks, {repeats} repeated at the seam");
+}
+
+#[test]
+fn a_slow_disk_flush_does_not_fence_a_healthy_primary() {
+    let _serial = ft::serial();
+    // Every flush of the shared disk takes half as long again as the lease (the heartbeat timeout): each
+    // release of a flush lets the lease lapse by the primary's own clock, with nobody else taking it.
+    let delay = (ft::HEARTBEAT_TIMEOUT_MS * 3 / 2).to_string();
+    let primary_env = vec![("KEMARI_FAULT_FLUSH_DELAY_MS".to_string(), delay.clone())];
+    let mut pair = Pair::start(PairOptions { disk: Some(Storage::Shared), primary_env, ..PairOptions::default() });
+    // Console output while each flush is written keeps more checkpoints in flight while it is released, so
+    // acknowledgements wait behind the slow release.
+    let written = guest_ok(
+        &mut pair.primary,
+        "for i in 0 1 2; do dd if=/dev/urandom of=/dev/vda bs=4096 count=8 seek=$((i*8)) conv=fsync 2>/dev/null & \
+         yes flood-$i | head -n 1000; wait; done; dd if=/dev/vda bs=4096 count=24 2>/dev/null | sha256sum",
+    );
+    let guest_sum = written.lines().last().unwrap().split_whitespace().next().unwrap().to_string();
+    assert_eq!(pair.primary.sh("echo $((6*7))"), "42", "the primary's console goes on");
+    assert!(pair.primary.try_status().is_none(), "the primary exited:\n{}", pair.primary.stderr());
+    let said = pair.primary.stderr();
+    assert!(!said.contains("fenced"), "a healthy primary fenced itself after a slow flush:\n{said}");
+    let status = pair.primary_status();
+    assert_eq!(status["protection"], "protected", "{status}");
+    assert!(!pair.secondary.stderr().contains("failover"), "nobody needed a failover:\n{}", pair.secondary.stderr());
+    // What the guest wrote (and read back through its own writes) is what the shared disk holds.
+    let disk = std::fs::read(pair.primary_disk.as_ref().unwrap()).unwrap();
+    assert_eq!(ft::sha256(&disk[..24 * 4096]), guest_sum, "the disk does not hold what the guest wrote");
+    eprintln!("three flushes of {delay} ms each released; fence {} kept, still protected", status["fence"]);
 }

@@ -12,10 +12,17 @@
 //! Phases: *connecting* (the guest runs unprotected, effects pass at once) → *syncing* (full pre-copy while
 //! the guest runs, then the first checkpoint, from which on the gate holds; with replicated disks it holds from
 //! the start of the pre-copy, so that the secondary's copy sees every write) → *protected* once that
-//! checkpoint is acknowledged. Losing the secondary: the gate keeps holding until the arbiter confirms this node is still the
-//! active one and the fence is bumped (the stale replica can then never take over); only then are the held
-//! effects released and the guest goes on *unprotected*, waiting for a new secondary. A node that finds
-//! another one active stops without releasing anything ([`Ended::Fenced`]).
+//! checkpoint is acknowledged. Losing the secondary: *confirming* — the gate keeps holding until the arbiter
+//! confirms this node is still the active one and the fence is bumped (the stale replica can then never take
+//! over); only then are the held effects released and the guest goes on *unprotected*, waiting for a new
+//! secondary. Each new session starts its checkpoint epochs at 1 again (a new standby knows nothing of the
+//! last one's).
+//!
+//! The arbiter's answers are typed, and only proof that another node is active is final: a node that finds
+//! itself fenced stops without releasing anything ([`Ended::Fenced`]). A lease that lapsed by our own clock
+//! (a release that took longer than the lease, a loaded host) is renewed and checked again; an arbiter that
+//! does not answer (a slow or unreachable store) only delays releases: the gate holds, and the next round
+//! asks again.
 
 use std::collections::VecDeque;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -28,7 +35,7 @@ use kemari_board::persist::Pages;
 use kemari_board::{Event, Machine, RunOutcome};
 use kemari_devices::host::Wake;
 
-use crate::arbiter::Arbiter;
+use crate::arbiter::{Arbiter, ArbiterError};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::wire::{self, Hello, LastHeard, Tracked};
 use crate::{Options, Storage, SyncPolicy};
@@ -44,6 +51,8 @@ const MIN_RECONNECT: Duration = Duration::from_secs(1);
 const MAX_RECONNECT: Duration = Duration::from_secs(16);
 /// Messages queued for the sender thread (back-pressure on the machine loop beyond that).
 const SEND_QUEUE: usize = 16;
+/// At most one warning per this interval about an arbiter that does not answer.
+const WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// How a protected run ended.
 #[derive(Debug)]
@@ -204,8 +213,19 @@ enum Phase {
     Connecting(Receiver<TcpStream>),
     /// Connected: pre-copy while `copy` is set, then checkpoints; protected once the first one is acknowledged.
     Linked { link: Link, copy: Option<Box<PreCopy>>, established: bool },
+    /// The secondary is gone; the gate holds until the arbiter confirms this node and the fence is bumped.
+    Confirming,
     /// No secondary (none configured, or replicated disks diverged): active, effects pass at once.
     Unprotected,
+}
+
+/// What the arbiter said about this node being the active one.
+enum Confirmed {
+    /// It is: release.
+    Yes,
+    /// No answer now (the store is slow or unreachable, or the lease lapsed and could not be renewed yet):
+    /// keep holding and ask again later.
+    NotNow(ArbiterError),
 }
 
 pub struct Primary {
@@ -215,6 +235,8 @@ pub struct Primary {
     epoch: u64,
     /// Highest gate sequence number some checkpoint covers.
     covered: u64,
+    /// Highest gate sequence number an acknowledged checkpoint covers (released once the arbiter confirms us).
+    acked: u64,
     pending_since: Option<Instant>,
     last_checkpoint: Instant,
     last_renew: Instant,
@@ -223,6 +245,8 @@ pub struct Primary {
     /// Bytes the pre-copy sent (reported when protection is established).
     sync_bytes: u64,
     reconnect_delay: Duration,
+    /// When the last warning about an unanswering arbiter was printed.
+    warned: Option<Instant>,
 }
 
 /// Runs the guest as the active node until its run ends or another node is found active.
@@ -301,6 +325,7 @@ impl Primary {
             phase,
             epoch: 0,
             covered: 0,
+            acked: 0,
             pending_since: None,
             last_checkpoint: now,
             last_renew: now,
@@ -308,6 +333,7 @@ impl Primary {
             sync_started: now,
             sync_bytes: 0,
             reconnect_delay: MIN_RECONNECT,
+            warned: None,
         })
     }
 
@@ -343,6 +369,7 @@ impl Primary {
                 }
             }
             Phase::Linked { copy: None, .. } => self.maybe_checkpoint(machine)?,
+            Phase::Confirming => self.go_alone(machine)?,
             Phase::Unprotected => {}
         }
         Ok(())
@@ -352,9 +379,14 @@ impl Primary {
     /// waiting.
     fn housekeeping(&mut self, machine: &mut Machine) -> Result<(), String> {
         if self.last_renew.elapsed() >= self.cfg.opts.heartbeat {
-            self.cfg.arbiter.renew().map_err(|e| format!("the arbiter refused to renew this node's lease: {e}"))?;
-            self.last_renew = Instant::now();
+            match self.cfg.arbiter.renew() {
+                Ok(()) => self.last_renew = Instant::now(),
+                Err(e) if is_final(&e) => return Err(format!("the arbiter refused to renew this node's lease: {e}")),
+                // Not final: releases wait for `check`, which fails by itself once the lease lapsed.
+                Err(e) => self.warn(&format!("cannot renew the lease ({e}); outputs wait until it is renewed")),
+            }
         }
+        self.release_acknowledged(machine)?;
         loop {
             let Phase::Linked { link, .. } = &self.phase else { return Ok(()) };
             let ev = match link.events.try_recv() {
@@ -407,10 +439,8 @@ impl Primary {
             covered = self.in_flight.pop_front().map(|f| f.covered);
         }
         let Some(covered) = covered else { return Ok(()) };
-        self.cfg.arbiter.check().map_err(|e| format!("this node is no longer the active one: {e}"))?;
-        if let Err(e) = machine.dev.gate.lock().expect("gate lock").release_through(covered) {
-            tracing::warn!("releasing effects: {e}");
-        }
+        self.acked = self.acked.max(covered);
+        self.release_acknowledged(machine)?;
         if let Phase::Linked { established: established @ false, .. } = &mut self.phase {
             *established = true;
             let took = self.sync_started.elapsed();
@@ -424,6 +454,36 @@ impl Primary {
             self.reconnect_delay = MIN_RECONNECT;
         }
         Ok(())
+    }
+
+    /// Releases what acknowledged checkpoints cover, once the arbiter confirms this node as the active one;
+    /// without an answer it stays held for the next round.
+    fn release_acknowledged(&mut self, machine: &mut Machine) -> Result<(), String> {
+        let gate = machine.dev.gate.clone();
+        let first_held = gate.lock().expect("gate lock").held().next().map(|(seq, _)| *seq);
+        if first_held.is_none_or(|first| first > self.acked) {
+            return Ok(());
+        }
+        if let Confirmed::NotNow(e) = self.confirm_active()? {
+            self.warn(&format!("the arbiter does not confirm this node as active yet ({e}); outputs wait"));
+            return Ok(());
+        }
+        if let Err(e) = gate.lock().expect("gate lock").release_through(self.acked) {
+            tracing::warn!("releasing effects: {e}");
+        }
+        Ok(())
+    }
+
+    fn confirm_active(&mut self) -> Result<Confirmed, String> {
+        confirm_active(self.cfg.arbiter.as_mut())
+    }
+
+    /// A warning at most every [`WARN_EVERY`] (a store that does not answer is asked every round).
+    fn warn(&mut self, what: &str) {
+        if self.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            eprintln!("kemari: {what}");
+            self.warned = Some(Instant::now());
+        }
     }
 
     fn begin_sync(&mut self, machine: &mut Machine, mut stream: TcpStream) {
@@ -462,6 +522,9 @@ impl Primary {
                     gate.lock().expect("gate lock").set_holding(true);
                 }
                 self.sync_started = Instant::now();
+                // A new secondary: its first checkpoint is epoch 1 (it knows nothing of an earlier session's).
+                self.epoch = 0;
+                self.in_flight.clear();
                 self.phase = Phase::Linked { link, copy: Some(Box::new(copy)), established: false };
                 self.set_state("syncing");
                 eprintln!("kemari: synchronising with the secondary at {}", self.peer());
@@ -549,16 +612,38 @@ impl Primary {
         Ok(())
     }
 
-    /// The secondary is gone. Go on alone only as the confirmed active node, with the fence bumped so the
-    /// replica left behind can never take over; then release what was held.
+    /// The secondary is gone: drop the link and go on alone once the arbiter confirms this node (`go_alone`).
     fn lost(&mut self, machine: &mut Machine, why: &str) -> Result<(), String> {
         let Phase::Linked { .. } = &self.phase else { return Ok(()) };
         eprintln!("kemari: secondary at {} lost: {why}", self.peer());
-        let fence = self
-            .cfg
-            .arbiter
-            .bump_fence()
-            .map_err(|e| format!("lost the secondary and the arbiter does not confirm this node as active: {e}"))?;
+        if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Confirming) {
+            drop(link);
+        }
+        // What was in flight will never be acknowledged; everything held waits for the confirmation.
+        self.in_flight.clear();
+        machine.dev.gate.lock().expect("gate lock").set_holding(true);
+        self.set_state("confirming");
+        self.go_alone(machine)
+    }
+
+    /// Goes on alone only as the confirmed active node, with the fence bumped so the replica left behind can
+    /// never take over; then releases what was held. Without an answer from the arbiter it stays `Confirming`
+    /// (outputs held) and tries again next round.
+    fn go_alone(&mut self, machine: &mut Machine) -> Result<(), String> {
+        let bumped = match self.cfg.arbiter.bump_fence() {
+            Err(ArbiterError::Expired { .. }) => self.cfg.arbiter.renew().and_then(|()| self.cfg.arbiter.bump_fence()),
+            other => other,
+        };
+        let fence = match bumped {
+            Ok(fence) => fence,
+            Err(e) if is_final(&e) => {
+                return Err(format!("lost the secondary and the arbiter does not confirm this node as active: {e}"))
+            }
+            Err(e) => {
+                self.warn(&format!("lost the secondary; the arbiter does not answer yet ({e}): outputs wait"));
+                return Ok(());
+            }
+        };
         self.last_renew = Instant::now();
         {
             let mut gate = machine.dev.gate.lock().expect("gate lock");
@@ -566,9 +651,9 @@ impl Primary {
             if let Err(e) = gate.release_through(u64::MAX) {
                 tracing::warn!("releasing effects: {e}");
             }
+            self.covered = gate.next_seq() - 1;
         }
-        self.in_flight.clear();
-        self.covered = machine.dev.gate.lock().expect("gate lock").next_seq() - 1;
+        self.acked = self.covered;
         self.pending_since = None;
         {
             let mut m = self.metrics.lock().expect("metrics lock");
@@ -576,9 +661,7 @@ impl Primary {
             m.state = "unprotected";
         }
         eprintln!("kemari: unprotected: this node stays active without a secondary (fence {fence})");
-        if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Unprotected) {
-            drop(link);
-        }
+        self.phase = Phase::Unprotected;
         let replicated_diverges = self.cfg.opts.storage == Storage::Replicated;
         if !replicated_diverges {
             self.reconnect();
@@ -593,9 +676,18 @@ impl Primary {
                 self.checkpoint(machine)?;
                 self.wait_in_flight(machine, 0)?;
             }
+            // The secondary went away during the final checkpoint: bump the fence before anything leaves.
+            let give_up = Instant::now() + (self.cfg.opts.heartbeat_timeout * 10).max(Duration::from_secs(10));
+            while matches!(self.phase, Phase::Confirming) {
+                if Instant::now() >= give_up {
+                    return Err("lost the secondary and the arbiter did not confirm this node as active".into());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                self.go_alone(machine)?;
+            }
             if machine.dev.gate.lock().expect("gate lock").held().count() > 0 {
-                // Still held (the link went away during the final checkpoint, or during pre-copy).
-                self.cfg.arbiter.check().map_err(|e| format!("this node is no longer the active one: {e}"))?;
+                // Still held (the link went away during pre-copy).
+                self.confirm_until_answered(give_up)?;
                 let mut gate = machine.dev.gate.lock().expect("gate lock");
                 gate.set_holding(false);
                 let _ = gate.release_through(u64::MAX);
@@ -613,5 +705,107 @@ impl Primary {
             tracing::warn!("giving up the lease: {e}");
         }
         Ended::Machine(outcome)
+    }
+
+    /// The guest ended with outputs held: wait (a while) for the arbiter to confirm this node before releasing
+    /// them. Nothing is released without that answer.
+    fn confirm_until_answered(&mut self, give_up: Instant) -> Result<(), String> {
+        loop {
+            match self.confirm_active()? {
+                Confirmed::Yes => return Ok(()),
+                Confirmed::NotNow(e) if Instant::now() >= give_up => {
+                    return Err(format!("the arbiter did not confirm this node as active: {e}"))
+                }
+                Confirmed::NotNow(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+/// Asks the arbiter whether this node may release now. A lease that lapsed by our own clock is renewed and
+/// asked again (nobody else took it meanwhile: renewal checks that under the store's lock). Err only on proof
+/// that another node is active, or that this one holds no lease.
+fn confirm_active(arbiter: &mut dyn Arbiter) -> Result<Confirmed, String> {
+    let fenced = |e: ArbiterError| format!("this node is no longer the active one: {e}");
+    match arbiter.check() {
+        Ok(()) => return Ok(Confirmed::Yes),
+        Err(e) if is_final(&e) => return Err(fenced(e)),
+        Err(ArbiterError::Expired { .. }) => {}
+        Err(e) => return Ok(Confirmed::NotNow(e)),
+    }
+    match arbiter.renew() {
+        Ok(()) => {}
+        Err(e) if is_final(&e) => return Err(fenced(e)),
+        Err(e) => return Ok(Confirmed::NotNow(e)),
+    }
+    match arbiter.check() {
+        Ok(()) => Ok(Confirmed::Yes),
+        Err(e) if is_final(&e) => Err(fenced(e)),
+        Err(e) => Ok(Confirmed::NotNow(e)),
+    }
+}
+
+/// Only proof that another node holds the active role (or that this one holds no lease) is final; anything
+/// else (a slow store, a lapsed lease) means "not now".
+fn is_final(e: &ArbiterError) -> bool {
+    matches!(e, ArbiterError::Fenced { .. } | ArbiterError::NotHeld { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arbiter::{FileArbiter, TakeOver, LOCK_FILE};
+    use std::os::fd::AsRawFd;
+
+    fn store(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("kemari-primary-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A release that outlasted the lease (a slow disk) lapses it by our own clock; nobody took over, so the
+    /// node renews and goes on instead of fencing itself.
+    #[test]
+    fn a_lapsed_lease_is_renewed_not_fenced() {
+        let dir = store("lapsed");
+        let mut a = FileArbiter::new(&dir, "pri", Duration::from_millis(50)).unwrap();
+        a.acquire().unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(matches!(a.check(), Err(ArbiterError::Expired { .. })), "the lease lapsed by the node's clock");
+        assert!(matches!(confirm_active(&mut a), Ok(Confirmed::Yes)));
+        a.check().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Only another node's holding is final: after a takeover, the old holder is fenced.
+    #[test]
+    fn another_active_node_is_final() {
+        let dir = store("taken");
+        let mut a = FileArbiter::new(&dir, "pri", Duration::from_millis(50)).unwrap();
+        let fence = a.acquire().unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        // The lease expired by the wall clock and the active lock is still held: `b` waits for expiry only.
+        let mut b = FileArbiter::new(&dir, "sec", Duration::from_millis(50)).unwrap();
+        assert!(matches!(b.take_over(fence), Ok(TakeOver::Won { .. })));
+        let err = confirm_active(&mut a).err().expect("fenced");
+        assert!(err.contains("no longer the active one"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store that does not answer in time (its lock held by a stuck writer) means "not now": outputs wait,
+    /// the node is not fenced.
+    #[test]
+    fn an_unanswering_store_only_delays() {
+        let dir = store("stuck");
+        let mut a = FileArbiter::new(&dir, "pri", Duration::from_secs(5)).unwrap();
+        a.acquire().unwrap();
+        let stuck = std::fs::File::open(dir.join(LOCK_FILE)).unwrap();
+        // SAFETY: flock on a file we own, no memory involved.
+        assert_eq!(unsafe { libc::flock(stuck.as_raw_fd(), libc::LOCK_EX) }, 0);
+        assert!(matches!(confirm_active(&mut a), Ok(Confirmed::NotNow(_))));
+        drop(stuck);
+        assert!(matches!(confirm_active(&mut a), Ok(Confirmed::Yes)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,6 +16,7 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,8 +40,10 @@ pub struct StandbyConfig {
     pub arbiter: Box<dyn Arbiter>,
     /// This node's devices (disks, taps, rng); harts and memory come from the primary's HELLO.
     pub machine: MachineConfig,
-    /// Harts and MiB given on this node's command line, if any: the primary must match them.
-    pub expect_shape: Option<(usize, u64)>,
+    /// Harts given on this node's command line, if any: the primary must have as many.
+    pub expect_harts: Option<usize>,
+    /// MiB of guest RAM given on this node's command line, if any: the primary must have as much.
+    pub expect_memory_mib: Option<u64>,
     /// RAM of the expected size, faulted in while no primary is there yet (--prealloc), for the first replica.
     pub ram: Option<Arc<GuestRam>>,
 }
@@ -51,6 +54,8 @@ pub enum StandbyEnd {
     TookOver { machine: Box<Machine>, arbiter: Box<dyn Arbiter>, metrics: SharedMetrics },
     /// The primary's guest ended (powered off); so does this replica.
     Shutdown,
+    /// The user quit this standby (Ctrl-A x, SIGTERM) while no guest ran here.
+    Quit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,7 @@ enum SessionEnd {
     /// The session ended before protection was established: wait for the next primary.
     Retry(String),
     Shutdown,
+    Quit,
 }
 
 /// Waits for a primary, replicates it, and fails over when it dies.
@@ -108,7 +114,9 @@ pub fn standby(
     let mut s = Standby { metrics, input_bytes: Vec::new() };
     loop {
         let stream = loop {
-            s.serve_events(input);
+            if s.serve_events(input).is_break() {
+                return Ok(StandbyEnd::Quit);
+            }
             match conns.recv_timeout(Duration::from_millis(20)) {
                 Ok(c) => break c,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -122,8 +130,13 @@ pub fn standby(
         };
         match s.session(&mut cfg, stream, &conns, console, wake.clone(), input) {
             Ok(SessionEnd::Shutdown) => return Ok(StandbyEnd::Shutdown),
+            Ok(SessionEnd::Quit) => return Ok(StandbyEnd::Quit),
             Ok(SessionEnd::Retry(why)) => {
                 eprintln!("kemari: standby: the session ended before protection was established ({why}); waiting for a primary");
+                // The status shows no primary until the next one connects.
+                let mut m = s.metrics.lock().expect("metrics lock");
+                m.state = "standby";
+                m.peer.clear();
             }
             Ok(SessionEnd::Lost { why, machine, hello }) => {
                 return s.fail_over(cfg.arbiter, *machine, &hello, &why, input);
@@ -140,8 +153,8 @@ struct Standby {
 }
 
 impl Standby {
-    /// Answers control requests while no guest runs here.
-    fn serve_events(&mut self, input: &Receiver<Event>) {
+    /// Answers control requests while no guest runs here. Breaks when the user quits.
+    fn serve_events(&mut self, input: &Receiver<Event>) -> ControlFlow<()> {
         loop {
             match input.try_recv() {
                 Ok(Event::Console(b)) => self.input_bytes.extend(b),
@@ -159,9 +172,9 @@ impl Standby {
                     };
                     let _ = reply.send(answer);
                 }
-                Ok(Event::Quit) => std::process::exit(0),
+                Ok(Event::Quit) => return ControlFlow::Break(()),
                 Ok(Event::Wake) => {}
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return ControlFlow::Continue(()),
             }
         }
     }
@@ -235,7 +248,10 @@ impl Standby {
             }
         };
         loop {
-            self.serve_events(input);
+            if self.serve_events(input).is_break() {
+                eprintln!("kemari: standby: quit; the primary at {peer} goes on unprotected");
+                return Ok(SessionEnd::Quit);
+            }
             // One primary at a time: anyone else is turned away.
             while let Ok(other) = others.try_recv() {
                 let who = other.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -335,14 +351,15 @@ impl Standby {
         if hello.storage != cfg.opts.storage {
             return Err(format!("the primary uses {:?} storage, this node {:?}", hello.storage, cfg.opts.storage));
         }
-        if let Some((harts, mib)) = cfg.expect_shape {
-            if harts != hello.harts as usize || mib != hello.memory >> 20 {
-                return Err(format!(
-                    "the primary has {} harts and {} MiB, this node was given {harts} and {mib}",
-                    hello.harts,
-                    hello.memory >> 20
-                ));
-            }
+        // Only what this node's command line gave is checked: the rest comes from the primary.
+        if let Some(harts) = cfg.expect_harts.filter(|&h| h != hello.harts as usize) {
+            return Err(format!("the primary has {} harts, this node was given --cpus {harts}", hello.harts));
+        }
+        if let Some(mib) = cfg.expect_memory_mib.filter(|&m| m != hello.memory >> 20) {
+            return Err(format!(
+                "the primary has {} MiB of RAM, this node was given --memory {mib}",
+                hello.memory >> 20
+            ));
         }
         if hello.disks.len() != cfg.machine.disks.len() {
             return Err(format!("the primary has {} disks, this node {}", hello.disks.len(), cfg.machine.disks.len()));
@@ -389,7 +406,10 @@ impl Standby {
                 }
                 Err(_) => {}
             }
-            self.serve_events(input);
+            if self.serve_events(input).is_break() {
+                eprintln!("kemari: standby: quit during failover; the guest runs nowhere now");
+                return Ok(StandbyEnd::Quit);
+            }
             std::thread::sleep(Duration::from_millis(2));
         };
         {

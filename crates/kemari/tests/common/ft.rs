@@ -348,6 +348,31 @@ pub struct PairOptions {
     pub primary_args: Vec<String>,
     /// More `kemari standby` arguments for the secondary (e.g. `--reprotect`).
     pub secondary_args: Vec<String>,
+    /// Environment of the primary's process (e.g. a fault to inject).
+    pub primary_env: Vec<(String, String)>,
+}
+
+/// `kemari standby` listening on `listen` with the test's arbiter, heartbeat, tap and control socket.
+pub fn standby_args(arbiter: &Path, listen: SocketAddr, node: &str, api: &Path) -> Vec<String> {
+    [
+        "standby",
+        "--listen",
+        &listen.to_string(),
+        "--arbiter",
+        &format!("file:{}", arbiter.display()),
+        "--node",
+        node,
+        "--heartbeat-ms",
+        &HEARTBEAT_MS.to_string(),
+        "--heartbeat-timeout-ms",
+        &HEARTBEAT_TIMEOUT_MS.to_string(),
+        "--net",
+        &format!("tap={TAP},mac={GUEST_MAC}"),
+        "--api",
+        &api.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// A protected pair: `kemari standby` in ns `sec`, `kemari run --protect` in ns `pri`, the guest configured on
@@ -398,23 +423,8 @@ impl Pair {
         let hb = HEARTBEAT_MS.to_string();
         let hb_timeout = HEARTBEAT_TIMEOUT_MS.to_string();
 
-        let mut standby: Vec<String> = vec![
-            "standby".into(),
-            "--listen".into(),
-            format!("{SECONDARY_REPL_IP}:{STANDBY_PORT}"),
-            "--arbiter".into(),
-            arbiter_arg.clone(),
-            "--node".into(),
-            "sec".into(),
-            "--heartbeat-ms".into(),
-            hb.clone(),
-            "--heartbeat-timeout-ms".into(),
-            hb_timeout.clone(),
-            "--net".into(),
-            net_arg.clone(),
-            "--api".into(),
-            secondary_api.display().to_string(),
-        ];
+        let mut standby =
+            standby_args(&arbiter, SocketAddr::from((SECONDARY_REPL_IP, STANDBY_PORT)), "sec", &secondary_api);
         if let (Some(storage), Some(disk)) = (opts.disk, &secondary_disk) {
             standby.extend(["--storage".into(), storage.flag().into(), "--disk".into(), disk.display().to_string()]);
         }
@@ -462,7 +472,8 @@ impl Pair {
             run.extend(["--storage".into(), storage.flag().into(), "--disk".into(), disk.display().to_string()]);
         }
         run.extend(opts.primary_args.iter().cloned());
-        let primary = net.pri.enter(|| Vm::start(&strs(&run)));
+        let env: Vec<(&str, &str)> = opts.primary_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let primary = net.pri.enter(|| Vm::start_with_env(&strs(&run), &env));
 
         let mut pair = Pair {
             primary,

@@ -52,8 +52,14 @@ fn drain(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) {
 
 impl Vm {
     pub fn start(args: &[&str]) -> Vm {
+        Vm::start_with_env(args, &[])
+    }
+
+    /// Starts kemari with more environment variables (e.g. a fault to inject).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Vm {
         let mut child = Command::new(kemari_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
