@@ -1,5 +1,9 @@
 //! The user's console: stdin feeds the guest's UART; on a terminal it is in raw mode and Ctrl-A x quits, as
 //! in QEMU. The terminal mode is restored when the console is dropped.
+//!
+//! SIGTERM, SIGINT and SIGHUP quit the same way (a service manager stopping kemari, or the terminal going
+//! away): the run ends through the normal path, which restores the terminal and removes the control socket.
+//! A second signal while that takes its time ends the process at once.
 
 use std::io::Read;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -58,6 +62,7 @@ impl Console {
                 }
             })
             .expect("spawn console thread");
+        quit_on_signals(tx_keep.clone(), saved);
         Console { rx, tx: tx_keep, saved }
     }
 
@@ -85,6 +90,37 @@ impl Drop for Console {
             // SAFETY: restores the attributes read from fd 0 by `raw_mode`; the struct is fully initialised.
             unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
         }
+    }
+}
+
+/// Turns SIGTERM, SIGINT and SIGHUP into a quit request; a second one exits at once (terminal restored).
+fn quit_on_signals(tx: Sender<Event>, saved: Option<libc::termios>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kemari: cannot handle termination signals ({e}); they end kemari at once");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut asked = false;
+        for sig in signals.forever() {
+            if asked {
+                if let Some(t) = saved {
+                    // SAFETY: restores the attributes read from fd 0 by `raw_mode`; the struct is fully initialised.
+                    unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+                }
+                eprintln!("kemari: signal {sig} again: exiting now");
+                std::process::exit(128 + sig);
+            }
+            asked = true;
+            eprintln!("kemari: signal {sig}: quitting");
+            let _ = tx.send(Event::Quit);
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!("kemari: cannot handle termination signals ({e})");
     }
 }
 
