@@ -67,6 +67,8 @@ pub enum Reply {
         instret: u64,
         migration: Option<crate::migrate::Progress>,
         protection: Option<Box<Protection>>,
+        /// Why the guest is paused on a disk write that could not be performed, if it is.
+        io_error: Option<String>,
     },
     /// Status of a `run --incoming` that waits for its sender (no guest here yet).
     Incoming {
@@ -116,6 +118,8 @@ impl Machine {
                 Reply::Ok
             }
             Request::Resume => {
+                // A stalled disk write is tried again by the next release.
+                self.dev.gate.lock().expect("gate lock").clear_stall();
                 self.paused = false;
                 Reply::Ok
             }
@@ -126,6 +130,7 @@ impl Machine {
                 instret: self.harts.iter().map(|h| h.state().instret).sum(),
                 migration: self.migration.as_ref().map(|m| m.copy.progress.clone()),
                 protection: self.protection.as_ref().map(|status| Box::new(status())),
+                io_error: self.dev.gate.lock().expect("gate lock").stalled().map(str::to_string),
             },
             Request::Snapshot { dir } => {
                 let start = std::time::Instant::now();

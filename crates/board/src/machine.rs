@@ -630,6 +630,7 @@ impl Machine {
             if let Some(outcome) = self.migration_step() {
                 return Some(outcome);
             }
+            self.pause_on_stalled_disk();
             if self.paused {
                 // A paused machine only answers events.
                 match input.recv_timeout(Duration::from_millis(50)) {
@@ -711,6 +712,21 @@ impl Machine {
             }
         }
         None
+    }
+
+    /// A held disk write that could not be performed stalls the gate: the guest stops until the user resumes
+    /// it (`werror=stop`), so that it does not run on past a write it was told had completed.
+    fn pause_on_stalled_disk(&mut self) {
+        if self.paused {
+            return;
+        }
+        let Some(why) = self.dev.gate.lock().expect("gate lock").stalled().map(str::to_string) else { return };
+        self.paused = true;
+        self.dev.clock.pause();
+        eprintln!(
+            "kemari: {why}; the guest is paused and the write kept; fix the disk, then `kemari ctl resume` \
+             tries it again"
+        );
     }
 
     /// Announces every network interface's MAC (after the machine moved hosts), so switches learn its port.

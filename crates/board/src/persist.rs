@@ -38,6 +38,8 @@ pub enum RestoreError {
     Build(#[from] BuildError),
     #[error("the saved machine has {what} {saved}, the command line gives {given}")]
     Mismatch { what: &'static str, saved: u64, given: u64 },
+    #[error("the snapshot holds a disk write that cannot be performed now ({0}); fix the disk and restore again")]
+    HeldWrite(String),
 }
 
 /// Which guest pages a save carries.
@@ -172,7 +174,12 @@ impl Machine {
         // runs on its own: perform them now (at least once, as a failover does) and let later ones pass.
         let mut gate = m.dev.gate.lock().expect("gate lock");
         gate.set_holding(false);
-        if let Err(e) = gate.release_through(u64::MAX) {
+        let released = gate.release_through(u64::MAX);
+        if let Some(why) = gate.stalled() {
+            // The snapshot keeps the write: refuse, so that it can be restored again once the disk is fixed.
+            return Err(RestoreError::HeldWrite(why.to_string()));
+        }
+        if let Err(e) = released {
             tracing::warn!("performing the snapshot's held effects: {e}");
         }
         drop(gate);

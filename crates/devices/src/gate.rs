@@ -14,6 +14,13 @@
 //!
 //! Reads see the guest's own writes: [`OutputGate::overlay_read`] patches data read from a disk with the block
 //! writes the gate still holds.
+//!
+//! A held block write or flush that cannot be performed when it is released (EIO, ENOSPC) was already
+//! completed to the guest, so it must not be dropped: the gate *stalls*. It keeps that effect and everything
+//! after it (in order), holds whatever is submitted next, and performs nothing until [`OutputGate::clear_stall`]
+//! lets the next release try again. The machine pauses the guest while the gate is stalled (as QEMU's
+//! `werror=stop` does) and the user resumes it once the disk is fixed. A frame or console bytes that cannot
+//! be written are dropped (a lost packet), as on any network.
 
 use std::collections::VecDeque;
 use std::io;
@@ -31,6 +38,18 @@ pub enum Effect {
     BlockWrite { disk: usize, offset: u64, data: Vec<u8> },
     /// Make every earlier write to disk `disk` durable.
     BlockFlush { disk: usize },
+}
+
+impl Effect {
+    /// A short name for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Effect::Console(_) => "console output",
+            Effect::NetTx { .. } => "frame",
+            Effect::BlockWrite { .. } => "block write",
+            Effect::BlockFlush { .. } => "flush",
+        }
+    }
 }
 
 /// Performs effects on the real world (or records them, in tests).
@@ -67,6 +86,8 @@ pub struct OutputGate {
     /// Block writes performed in pass-through mode (replicated storage cannot be protected once the copies
     /// diverged this way).
     passed_block_writes: u64,
+    /// Why a held block effect could not be performed; releases wait until the stall is cleared.
+    stalled: Option<String>,
 }
 
 impl OutputGate {
@@ -79,13 +100,15 @@ impl OutputGate {
             held: VecDeque::new(),
             next_seq: 1,
             passed_block_writes: 0,
+            stalled: None,
         }
     }
 
     /// Hands an effect to the gate. In pass-through mode the backend's error (if any) is returned so the
     /// device can report it to the guest (e.g. an I/O error status); a held effect cannot fail here.
     pub fn submit(&mut self, effect: Effect) -> io::Result<Submitted> {
-        if self.holding {
+        // Behind a stalled write nothing may overtake it.
+        if self.holding || self.stalled.is_some() {
             let seq = self.next_seq;
             self.next_seq += 1;
             self.held.push_back((seq, effect));
@@ -143,17 +166,38 @@ impl OutputGate {
         self.held.iter()
     }
 
-    /// Performs, in order, every held effect with a sequence number up to `seq`. Errors from the backend are
-    /// returned after the remaining effects were still attempted (a lost frame must not block the disk).
+    /// Performs, in order, every held effect with a sequence number up to `seq`. A frame or console write
+    /// that fails is dropped and reported after the rest was attempted (a lost frame must not block the disk).
+    /// A block write or flush that fails stalls the gate (see the module doc): it stays held with everything
+    /// after it, and the error says so. A stalled gate performs nothing.
     pub fn release_through(&mut self, seq: u64) -> io::Result<()> {
+        if let Some(why) = &self.stalled {
+            return Err(io::Error::other(format!("releases wait for a failed disk write: {why}")));
+        }
         let mut first_err = None;
         while self.held.front().is_some_and(|(s, _)| *s <= seq) {
-            let (_, effect) = self.held.pop_front().expect("checked non-empty");
+            let (s, effect) = self.held.pop_front().expect("checked non-empty");
             if let Err(e) = self.backend.perform(&effect) {
+                if let Effect::BlockWrite { disk, .. } | Effect::BlockFlush { disk } = &effect {
+                    let why = format!("{} on disk {disk} failed: {e}", effect.kind());
+                    self.held.push_front((s, effect));
+                    self.stalled = Some(why.clone());
+                    return Err(io::Error::new(e.kind(), why));
+                }
                 first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Why the gate is stalled (a held disk write could not be performed), if it is.
+    pub fn stalled(&self) -> Option<&str> {
+        self.stalled.as_deref()
+    }
+
+    /// Lets the next release try the stalled write again (the user fixed the disk).
+    pub fn clear_stall(&mut self) {
+        self.stalled = None;
     }
 
     /// Patches `buf`, read from byte `offset` of disk `disk`, with the writes the gate still holds for it, in
@@ -347,6 +391,57 @@ mod tests {
         );
         assert_eq!(g.held().count(), 3, "still held for re-issue at failover");
         assert_eq!(g.passed_block_writes(), 0);
+    }
+
+    /// A backend whose disk fails until told otherwise.
+    #[derive(Clone, Default)]
+    struct FailingDisk {
+        failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        done: Recorder,
+    }
+
+    impl Backend for FailingDisk {
+        fn perform(&mut self, effect: &Effect) -> io::Result<()> {
+            let disk = matches!(effect, Effect::BlockWrite { .. } | Effect::BlockFlush { .. });
+            if disk && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            self.done.perform(effect)
+        }
+    }
+
+    #[test]
+    fn a_failed_held_write_stalls_the_gate_and_is_kept_in_order() {
+        let backend = FailingDisk::default();
+        backend.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut g = OutputGate::new(Box::new(backend.clone()));
+        g.set_holding(true);
+        g.submit(Effect::Console(b"a".to_vec())).unwrap();
+        g.submit(Effect::BlockWrite { disk: 0, offset: 0, data: vec![1] }).unwrap();
+        g.submit(Effect::NetTx { nic: 0, frame: vec![2] }).unwrap();
+        let err = g.release_through(3).unwrap_err();
+        assert!(err.to_string().contains("block write on disk 0 failed"), "{err}");
+        assert!(g.stalled().is_some());
+        assert_eq!(g.held().count(), 2, "the failed write and what follows it stay held");
+        // Nothing overtakes the stalled write, also after holding stops (a node going on alone).
+        g.set_holding(false);
+        assert_eq!(g.submit(Effect::Console(b"b".to_vec())).unwrap(), Submitted::Held(4));
+        assert!(g.release_through(u64::MAX).is_err(), "a stalled gate performs nothing");
+        assert_eq!(backend.done.0.lock().unwrap().as_slice(), &[Effect::Console(b"a".to_vec())]);
+        // The disk is fixed: the write and everything after it go out, in order.
+        backend.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        g.clear_stall();
+        g.release_through(u64::MAX).unwrap();
+        assert_eq!(
+            backend.done.0.lock().unwrap().as_slice(),
+            &[
+                Effect::Console(b"a".to_vec()),
+                Effect::BlockWrite { disk: 0, offset: 0, data: vec![1] },
+                Effect::NetTx { nic: 0, frame: vec![2] },
+                Effect::Console(b"b".to_vec()),
+            ]
+        );
+        assert_eq!(g.held().count(), 0);
     }
 
     #[test]

@@ -95,7 +95,10 @@ fn answer(reply: Reply) -> Answer {
     };
     match reply {
         Reply::Ok => {}
-        Reply::Status { paused, harts, memory_mib, instret, migration, protection } => {
+        Reply::Status { paused, harts, memory_mib, instret, migration, protection, io_error } => {
+            if let Some(why) = io_error {
+                put("io_error", why.into());
+            }
             match protection {
                 Some(p) => {
                     put("role", p.role.clone().into());

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kemari_bin, run_to_end, Vm, GUEST_TIMEOUT};
+use common::{kemari_bin, run_to_end, SmallFs, Vm, GUEST_TIMEOUT};
 
 /// The API's cap on concurrent connections (`MAX_CONNECTIONS` in src/api.rs).
 const MAX_CONNECTIONS: usize = 16;
@@ -178,31 +178,6 @@ fn api_caps_concurrent_connections() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A 1 MiB tmpfs mounted on a fresh directory, unmounted when dropped.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(at: PathBuf) -> SmallFs {
-        std::fs::create_dir_all(&at).unwrap();
-        let out =
-            Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&at).output().expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test needs root to mount a small tmpfs on {}: {}",
-            at.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        SmallFs(at)
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// Every regular file under `dir`, with its size.
 fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
     let mut found = Vec::new();
@@ -221,7 +196,7 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
 #[test]
 fn snapshot_that_does_not_fit_leaves_no_temporary_file() {
     let dir = scratch("enospc");
-    let full = SmallFs::mount(dir.join("small"));
+    let full = SmallFs::mount(dir.join("small"), 1 << 20);
     let api = dir.join("api.sock").to_str().unwrap().to_string();
     // 2 MiB of non-zero RAM: the snapshot cannot fit in the 1 MiB filesystem.
     let vm = spinning_vm(&spinning_firmware(&dir, 2 << 20), &api, "16");

@@ -699,3 +699,54 @@ fn a_slow_disk_flush_does_not_fence_a_healthy_primary() {
     assert_eq!(ft::sha256(&disk[..24 * 4096]), guest_sum, "the disk does not hold what the guest wrote");
     eprintln!("three flushes of {delay} ms each released; fence {} kept, still protected", status["fence"]);
 }
+
+#[test]
+fn a_disk_write_that_fails_on_release_pauses_the_guest_and_is_not_lost() {
+    let _serial = ft::serial();
+    // The shared disk lives on a file system with almost no room: its writes fail with ENOSPC once they are
+    // released, after the guest was told they completed.
+    let dir = ft::TempDir::new("full-disk");
+    let fs = common::SmallFs::mount(dir.path("fs"), 4 << 20);
+    let image = fs.path("shared.img");
+    ft::make_image(&image);
+    let filler = fs.path("filler");
+    std::fs::write(&filler, vec![1u8; (4 << 20) - (128 << 10)]).unwrap();
+    let opts = PairOptions { disk: Some(Storage::Shared), shared_disk: Some(image.clone()), ..PairOptions::default() };
+    let mut pair = Pair::start(opts);
+    let data = guest_ok(
+        &mut pair.primary,
+        "dd if=/dev/urandom of=/tmp/data bs=4096 count=256 2>/dev/null; sha256sum /tmp/data",
+    );
+    let want = data.split_whitespace().next().unwrap().to_string();
+    pair.primary.send("dd if=/tmp/data of=/dev/vda bs=4096 conv=fsync 2>/dev/null; echo WRITTEN-RC=$?");
+
+    // The guest stops on the write it cannot keep, and says why.
+    let start = Instant::now();
+    let stalled = loop {
+        let s = pair.primary_status();
+        if s["paused"] == true && s["io_error"].is_string() {
+            break s;
+        }
+        assert!(start.elapsed() < GUEST_TIMEOUT, "the guest never paused on the failed write; status {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let why = stalled["io_error"].as_str().unwrap();
+    assert!(why.contains("No space left on device"), "{stalled}");
+    assert!(stalled["effects_held"].as_u64().unwrap() > 0, "the failed write is kept: {stalled}");
+    assert!(pair.primary.stderr().contains("the guest is paused"), "{}", pair.primary.stderr());
+    assert!(!pair.primary.output().contains("WRITTEN-RC=0"), "output behind the failed write left the VM");
+    assert!(pair.primary.try_status().is_none(), "the primary exited:\n{}", pair.primary.stderr());
+
+    // Room again: resume retries the write, and everything behind it follows.
+    std::fs::remove_file(&filler).unwrap();
+    let (ok, out) = common::ctl(pair.primary_api.to_str().unwrap(), &["resume"]);
+    assert!(ok, "resume: {out}");
+    pair.primary.expect("WRITTEN-RC=0");
+    let status = pair.primary_status();
+    assert_eq!(status["paused"], false, "{status}");
+    assert!(status.get("io_error").is_none(), "{status}");
+    assert_eq!(status["protection"], "protected", "{status}");
+    let disk = std::fs::read(&image).unwrap();
+    assert_eq!(ft::sha256(&disk[..1 << 20]), want, "the disk does not hold every write the guest saw complete");
+    eprintln!("paused on: {why}; after resume the disk holds all 1 MiB the guest wrote");
+}

@@ -458,17 +458,27 @@ impl Primary {
 
     /// Releases what acknowledged checkpoints cover, once the arbiter confirms this node as the active one;
     /// without an answer it stays held for the next round.
+    /// (This is also where a write that stalled the gate is tried again, once the user resumed the guest.)
     fn release_acknowledged(&mut self, machine: &mut Machine) -> Result<(), String> {
         let gate = machine.dev.gate.clone();
-        let first_held = gate.lock().expect("gate lock").held().next().map(|(seq, _)| *seq);
-        if first_held.is_none_or(|first| first > self.acked) {
+        // Alone, everything held may go (it is held only behind a stalled write).
+        let target = if matches!(self.phase, Phase::Unprotected) { u64::MAX } else { self.acked };
+        let first_held = {
+            let g = gate.lock().expect("gate lock");
+            if g.stalled().is_some() {
+                return Ok(());
+            }
+            let first = g.held().next().map(|(seq, _)| *seq);
+            first
+        };
+        if first_held.is_none_or(|first| first > target) {
             return Ok(());
         }
         if let Confirmed::NotNow(e) = self.confirm_active()? {
             self.warn(&format!("the arbiter does not confirm this node as active yet ({e}); outputs wait"));
             return Ok(());
         }
-        if let Err(e) = gate.lock().expect("gate lock").release_through(self.acked) {
+        if let Err(e) = gate.lock().expect("gate lock").release_through(target) {
             tracing::warn!("releasing effects: {e}");
         }
         Ok(())
@@ -697,6 +707,14 @@ impl Primary {
         if let Err(why) = result {
             return Ended::Fenced(why);
         }
+        // The guest ended while its last writes were being released and one failed: nothing can carry it on.
+        let stalled = machine.dev.gate.lock().expect("gate lock").stalled().map(str::to_string);
+        let outcome = match stalled {
+            Some(why) => RunOutcome::Crash(format!(
+                "the guest ended, but a disk write it was told had completed could not be performed: {why}"
+            )),
+            None => outcome,
+        };
         if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Unprotected) {
             link.send(wire::SHUTDOWN, None, Arc::default(), self.cfg.opts.heartbeat_timeout);
             link.close(self.cfg.opts.heartbeat_timeout);

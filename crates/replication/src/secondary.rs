@@ -167,6 +167,7 @@ impl Standby {
                             instret: 0,
                             migration: None,
                             protection: Some(Box::new(self.metrics.lock().expect("metrics lock").report(0))),
+                            io_error: None,
                         },
                         _ => Reply::Error("this node is a standby: no guest runs here".into()),
                     };

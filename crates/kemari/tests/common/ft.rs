@@ -350,6 +350,8 @@ pub struct PairOptions {
     pub secondary_args: Vec<String>,
     /// Environment of the primary's process (e.g. a fault to inject).
     pub primary_env: Vec<(String, String)>,
+    /// Where the shared image is (made there if missing) instead of the pair's own directory.
+    pub shared_disk: Option<PathBuf>,
 }
 
 /// `kemari standby` listening on `listen` with the test's arbiter, heartbeat, tap and control socket.
@@ -406,8 +408,10 @@ impl Pair {
         let (primary_disk, secondary_disk) = match opts.disk {
             None => (None, None),
             Some(Storage::Shared) => {
-                let p = dir.path("shared.img");
-                make_image(&p);
+                let p = opts.shared_disk.clone().unwrap_or_else(|| dir.path("shared.img"));
+                if !p.exists() {
+                    make_image(&p);
+                }
                 (Some(p.clone()), Some(p))
             }
             Some(Storage::Replicated) => {

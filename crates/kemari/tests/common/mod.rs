@@ -322,3 +322,36 @@ pub fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
     assert!(out.status.success(), "debugfs cat {path} failed");
     out.stdout
 }
+
+/// A small tmpfs (a file system that fills up) mounted on a fresh directory, unmounted when dropped. Needs root;
+/// a test that uses it fails (does not skip) without.
+pub struct SmallFs(pub PathBuf);
+
+impl SmallFs {
+    pub fn mount(at: PathBuf, bytes: u64) -> SmallFs {
+        std::fs::create_dir_all(&at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs root to mount a small tmpfs on {}: {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        SmallFs(at)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
