@@ -16,7 +16,7 @@
 //! state stream. The sender stays the active copy until the ACK: any failure before it leaves the guest
 //! running where it was.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,8 +53,12 @@ const MAX_SYNCS: u32 = 4;
 const SETTLED: Duration = Duration::from_micros(250);
 /// How long the sender waits for the receiver to acknowledge the final state.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest message the receiver accepts.
-const MAX_MESSAGE: u64 = 8 << 30;
+/// How long a sender has for its whole HELLO (an idle or trickling connection is refused after it).
+const HELLO_WITHIN: Duration = Duration::from_secs(5);
+/// Silence after which the receiver gives up on a sender (the sender streams without pause while it sends).
+const SENDER_SILENCE: Duration = Duration::from_secs(30);
+/// Memory reserved for a message before its bytes arrive (it grows as they do).
+const RESERVE_AHEAD: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -78,17 +82,55 @@ fn send(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()>
     stream.write_all(payload)
 }
 
-/// Reads one message into `payload` (reused: no allocation per batch). Returns its kind.
-fn receive_into(stream: &mut TcpStream, payload: &mut Vec<u8>) -> Result<u8, MigrateError> {
+/// Reads one message of at most `max` bytes into `payload` (reused: no allocation per batch; it grows only as
+/// bytes arrive, so a header claiming gigabytes costs nothing). Returns its kind.
+fn receive_into(stream: &mut TcpStream, payload: &mut Vec<u8>, max: u64) -> Result<u8, MigrateError> {
     let mut head = [0u8; 9];
     stream.read_exact(&mut head)?;
     let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
-    if len > MAX_MESSAGE {
-        return Err(MigrateError::Protocol(format!("message of {len} bytes is too large")));
+    if len > max {
+        return Err(MigrateError::Protocol(format!(
+            "message of {len} bytes is too large (at most {max} for this machine)"
+        )));
     }
-    payload.resize(len as usize, 0);
-    stream.read_exact(payload)?;
+    payload.clear();
+    payload.reserve(len.min(RESERVE_AHEAD) as usize);
+    let got = stream.take(len).read_to_end(payload)?;
+    if got as u64 != len {
+        let why = format!("the sender vanished inside a message of {len} bytes");
+        return Err(MigrateError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
+    }
     Ok(head[0])
+}
+
+/// Reads from a stream until a deadline for the whole exchange, not per read: a peer trickling one byte at a
+/// time cannot stretch it.
+pub struct Deadline<'a> {
+    stream: &'a TcpStream,
+    until: Instant,
+}
+
+impl<'a> Deadline<'a> {
+    pub fn new(stream: &'a TcpStream, within: Duration) -> Deadline<'a> {
+        Deadline { stream, until: Instant::now() + within }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer did not finish in time"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        match stream.read(buf) {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the peer did not finish in time"))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Progress, reported by `status` while a migration runs.
@@ -554,7 +596,14 @@ impl Incoming {
         wake: kemari_devices::host::Wake,
     ) -> Result<Machine, MigrateError> {
         stream.set_nodelay(true)?;
-        let (harts, memory) = self.hello(stream)?;
+        let (harts, memory) = self.hello(&mut Deadline::new(stream, HELLO_WITHIN)).map_err(|e| match e {
+            MigrateError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                MigrateError::Protocol(format!("no complete HELLO within {} s", HELLO_WITHIN.as_secs()))
+            }
+            e => e,
+        })?;
+        stream.set_read_timeout(Some(SENDER_SILENCE))?;
+        let max = crate::persist::max_state_len(memory);
         let cfg = MachineConfig { harts, memory_mib: memory >> 20, ..cfg.clone() };
         let mut m = match ram {
             Some(ram) => Machine::empty_on(ram, &cfg, console, wake)?,
@@ -562,7 +611,7 @@ impl Incoming {
         };
         let mut payload = Vec::new();
         loop {
-            let kind = receive_into(stream, &mut payload)?;
+            let kind = receive_into(stream, &mut payload, max)?;
             match kind {
                 PAGES => {
                     m.restore_pages(&payload).map_err(RestoreError::from)?;
@@ -585,7 +634,7 @@ impl Incoming {
     }
 
     /// Reads and checks the sender's HELLO: protocol, machine shape. Returns (harts, memory bytes).
-    fn hello(&self, stream: &mut TcpStream) -> Result<(usize, u64), MigrateError> {
+    fn hello(&self, stream: &mut impl Read) -> Result<(usize, u64), MigrateError> {
         let not_kemari = || MigrateError::Protocol("not a kemari migration stream (no HELLO first)".into());
         let mut head = [0u8; 9];
         stream.read_exact(&mut head)?;

@@ -26,6 +26,18 @@ const GATE: Section = Section { tag: *b"GATE", version: 1, cap: 256 << 20 };
 const PAGES_PER_SECTION: usize = 1024;
 const PAGS: Section = Section { tag: *b"PAGS", version: 1, cap: (PAGES_PER_SECTION * (8 + 4096) + 4) as u32 };
 
+/// The longest state stream a machine with `memory` bytes of RAM has: every page once, every other section
+/// at its cap, as many hart sections as the board has harts at most. Receivers cap what they read by it
+/// before a byte of it arrives.
+pub fn max_state_len(memory: u64) -> u64 {
+    const FRAMING: u64 = 16 + 4;
+    let section = |s: &Section| 10 + s.cap as u64 + 4;
+    let pages = memory / PAGE_SIZE;
+    let fixed: u64 = [BORD, CLNT, PLIC, UART, VIRT, GATE].iter().map(section).sum();
+    let harts = crate::layout::MAX_HARTS as u64 * section(&hart::SECTION);
+    FRAMING + fixed + harts + pages.div_ceil(PAGES_PER_SECTION as u64) * section(&PAGS)
+}
+
 fn known() -> [Section; 8] {
     [BORD, hart::SECTION, CLNT, PLIC, UART, VIRT, GATE, PAGS]
 }

@@ -143,7 +143,7 @@ impl Link {
         })?;
         let mut reader = Tracked::new(stream, heard.clone());
         std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
-            let ev = match wire::receive(&mut reader) {
+            let ev = match wire::receive(&mut reader, wire::SMALL_MESSAGE) {
                 Ok((wire::ACK, p)) => wire::split_epoch(&p).map(|(e, _)| Incoming::Ack(e)),
                 Ok((wire::NACK, p)) => wire::split_epoch(&p).map(|(e, _)| Incoming::Nack(e)),
                 Ok((wire::HEARTBEAT, _)) => continue,

@@ -33,6 +33,23 @@ use crate::{Options, Storage};
 
 /// Bytes one page takes inside a checkpoint (index + data), to report page counts.
 const PAGE_RECORD: u64 = 8 + 4096;
+/// Connections whose HELLO is being read at once, at most; more are closed at once (one peer must not keep
+/// the standby from hearing the real primary).
+const MAX_HANDSHAKES: usize = 16;
+
+/// A connection that sent a HELLO (or failed to), from a handshake thread.
+struct Handshake {
+    stream: TcpStream,
+    peer: String,
+    hello: Result<Hello, WireError>,
+}
+
+/// A primary that introduced itself.
+struct Offer {
+    stream: TcpStream,
+    peer: String,
+    hello: Hello,
+}
 
 pub struct StandbyConfig {
     pub listen: String,
@@ -95,20 +112,10 @@ pub fn standby(
         TcpListener::bind(&cfg.listen).map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
     eprintln!("kemari: standby: waiting for a primary on {}", cfg.listen);
     let (conns_tx, conns) = mpsc::channel();
+    let within = cfg.opts.heartbeat_timeout.max(Duration::from_secs(2));
     std::thread::Builder::new()
         .name("ft-accept".into())
-        .spawn(move || {
-            for c in listener.incoming() {
-                match c {
-                    Ok(s) => {
-                        if conns_tx.send(s).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::warn!("accepting a replication connection: {e}"),
-                }
-            }
-        })
+        .spawn(move || accept(listener, conns_tx, within))
         .map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
     let metrics = Metrics::new("secondary", "standby");
     let mut s = Standby { metrics, input_bytes: Vec::new() };
@@ -128,7 +135,16 @@ pub fn standby(
                 }
             }
         };
-        match s.session(&mut cfg, stream, &conns, console, wake.clone(), input) {
+        let Handshake { stream, peer, hello } = stream;
+        let hello = match hello {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("kemari: standby: refused a connection from {peer}: {e}");
+                continue;
+            }
+        };
+        let offer = Offer { stream, peer, hello };
+        match s.session(&mut cfg, offer, &conns, console, wake.clone(), input) {
             Ok(SessionEnd::Shutdown) => return Ok(StandbyEnd::Shutdown),
             Ok(SessionEnd::Quit) => return Ok(StandbyEnd::Quit),
             Ok(SessionEnd::Retry(why)) => {
@@ -142,6 +158,43 @@ pub fn standby(
                 return s.fail_over(cfg.arbiter, *machine, &hello, &why, input);
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Accepts connections and reads each one's HELLO on a thread of its own, within `within` for the whole
+/// HELLO; hands over the outcome. A connection beyond [`MAX_HANDSHAKES`] is closed at once.
+fn accept(listener: TcpListener, conns: mpsc::Sender<Handshake>, within: Duration) {
+    let busy = Arc::new(());
+    for c in listener.incoming() {
+        let stream = match c {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accepting a replication connection: {e}");
+                continue;
+            }
+        };
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        // Each handshake thread holds a clone; only this thread clones it.
+        if Arc::strong_count(&busy) > MAX_HANDSHAKES {
+            tracing::warn!("closed a replication connection from {peer}: {MAX_HANDSHAKES} handshakes under way");
+            continue;
+        }
+        let (slot, conns) = (busy.clone(), conns.clone());
+        let spawned = std::thread::Builder::new().name("ft-hello".into()).spawn(move || {
+            let _ = stream.set_nodelay(true);
+            let hello = wire::receive(&mut wire::Deadline::new(&stream, within), wire::SMALL_MESSAGE).and_then(
+                |(k, p)| match k {
+                    wire::HELLO => Hello::decode(&p),
+                    k => Err(WireError::Protocol(format!("expected HELLO, got message kind {k}"))),
+                },
+            );
+            let _ = stream.set_read_timeout(None);
+            drop(slot);
+            let _ = conns.send(Handshake { stream, peer, hello });
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a replication handshake: {e}");
         }
     }
 }
@@ -183,22 +236,13 @@ impl Standby {
     fn session(
         &mut self,
         cfg: &mut StandbyConfig,
-        mut stream: TcpStream,
-        others: &Receiver<TcpStream>,
+        offer: Offer,
+        others: &Receiver<Handshake>,
         console: &dyn Fn() -> Box<dyn Write + Send>,
         wake: Wake,
         input: &Receiver<Event>,
     ) -> Result<SessionEnd, StandbyError> {
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(cfg.opts.heartbeat_timeout.max(Duration::from_secs(2))));
-        let hello = match wire::receive(&mut stream).and_then(|(k, p)| match k {
-            wire::HELLO => Hello::decode(&p),
-            k => Err(WireError::Protocol(format!("expected HELLO, got message kind {k}"))),
-        }) {
-            Ok(h) => h,
-            Err(e) => return Ok(SessionEnd::Retry(format!("refused {peer}: {e}"))),
-        };
+        let Offer { stream, peer, hello } = offer;
         if let Err(why) = self.check_hello(cfg, &hello) {
             eprintln!("kemari: standby: refused the primary at {peer}: {why}");
             return Ok(SessionEnd::Retry(why));
@@ -227,8 +271,9 @@ impl Standby {
             Ok(s) => Tracked::new(s, heard.clone()),
             Err(e) => return Ok(SessionEnd::Retry(format!("cannot read from {peer}: {e}"))),
         };
+        let cap = wire::session_cap(hello.memory);
         let _ = std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
-            let m = wire::receive(&mut reader);
+            let m = wire::receive(&mut reader, cap);
             let end = m.is_err();
             if msgs_tx.send(m).is_err() || end {
                 return;
@@ -255,9 +300,10 @@ impl Standby {
             }
             // One primary at a time: anyone else is turned away.
             while let Ok(other) = others.try_recv() {
-                let who = other.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                eprintln!("kemari: standby: refused a second primary connection from {who} while protecting {peer}");
-                drop(other);
+                eprintln!(
+                    "kemari: standby: refused a second primary connection from {} while protecting {peer}",
+                    other.peer
+                );
             }
             if last_beat.elapsed() >= cfg.opts.heartbeat {
                 let _ = wire::send(&mut out, wire::HEARTBEAT, &[]);

@@ -11,8 +11,11 @@
 //!  SHUTDOWN    the guest powered off            ──►  the secondary ends too
 //! ```
 //!
-//! Every message is `kind u8, length u64 (little-endian), payload`. The receiver caps lengths and treats
-//! every payload as untrusted (state streams are validated by the one decoder of `kemari-state`).
+//! Every message is `kind u8, length u64 (little-endian), payload`. The receiver treats every payload as
+//! untrusted (state streams are validated by the one decoder of `kemari-state`) and caps lengths by what the
+//! message may be: a HELLO or an answer is small ([`SMALL_MESSAGE`]); after the HELLO, nothing is longer than
+//! the longest state a machine of the announced size has ([`session_cap`]). Memory grows only as bytes
+//! actually arrive, so a header that claims gigabytes costs nothing until they come.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +32,10 @@ pub const NACK: u8 = 7;
 pub const HEARTBEAT: u8 = 8;
 pub const SHUTDOWN: u8 = 9;
 
-/// Largest message accepted (a first checkpoint of a very large guest stays below).
-pub const MAX_MESSAGE: u64 = 8 << 30;
+/// Largest HELLO, ACK, NACK or heartbeat accepted.
+pub const SMALL_MESSAGE: u64 = 64 << 10;
+/// Memory reserved for a message before its bytes arrive (it grows as they do).
+const RESERVE_AHEAD: u64 = 1 << 20;
 /// Version of this protocol; HELLO carries it.
 pub const PROTOCOL_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"KEMARIFT";
@@ -58,26 +63,31 @@ pub fn send(w: &mut impl Write, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
     w.flush()
 }
 
-/// Reads one message, refusing lengths above [`MAX_MESSAGE`].
-pub fn receive(r: &mut impl Read) -> Result<(u8, Vec<u8>), WireError> {
+/// Reads one message, refusing lengths above `max`.
+pub fn receive(r: &mut impl Read, max: u64) -> Result<(u8, Vec<u8>), WireError> {
     let mut head = [0u8; 9];
     if let Err(e) = r.read_exact(&mut head) {
         return Err(if e.kind() == io::ErrorKind::UnexpectedEof { WireError::Closed } else { e.into() });
     }
     let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
-    if len > MAX_MESSAGE {
-        return Err(WireError::Protocol(format!("message of {len} bytes is too large")));
+    if len > max {
+        return Err(WireError::Protocol(format!("message of {len} bytes is too large (at most {max} here)")));
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            WireError::Protocol(format!("connection closed inside a message of {len} bytes"))
-        } else {
-            e.into()
-        }
-    })?;
+    let mut payload = Vec::with_capacity(len.min(RESERVE_AHEAD) as usize);
+    let got = r.take(len).read_to_end(&mut payload)?;
+    if got as u64 != len {
+        return Err(WireError::Protocol(format!("connection closed inside a message of {len} bytes")));
+    }
     Ok((head[0], payload))
 }
+
+/// The longest message a session with a machine of `memory` bytes may carry: a checkpoint's epoch and the
+/// longest state stream of such a machine.
+pub fn session_cap(memory: u64) -> u64 {
+    8 + kemari_board::persist::max_state_len(memory)
+}
+
+pub use kemari_board::migrate::Deadline;
 
 /// A reader that notes the time of every byte received, so silence (not message boundaries) measures
 /// liveness: a checkpoint that takes long to arrive is not mistaken for a dead peer.
@@ -272,13 +282,23 @@ mod tests {
     fn messages_round_trip_and_oversized_lengths_are_refused() {
         let mut buf = Vec::new();
         send(&mut buf, CHECKPOINT, &[&5u64.to_le_bytes(), b"state"]).unwrap();
-        let (kind, payload) = receive(&mut buf.as_slice()).unwrap();
+        let (kind, payload) = receive(&mut buf.as_slice(), SMALL_MESSAGE).unwrap();
         assert_eq!(kind, CHECKPOINT);
         assert_eq!(split_epoch(&payload).unwrap(), (5, &b"state"[..]));
         let mut huge = vec![CHECKPOINT];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(receive(&mut huge.as_slice()), Err(WireError::Protocol(_))));
-        assert!(matches!(receive(&mut &buf[..5]), Err(WireError::Closed)));
-        assert!(matches!(receive(&mut &buf[..12]), Err(WireError::Protocol(_))));
+        assert!(matches!(receive(&mut huge.as_slice(), u64::MAX - 1), Err(WireError::Protocol(_))));
+        assert!(matches!(receive(&mut &buf[..5], SMALL_MESSAGE), Err(WireError::Closed)));
+        assert!(matches!(receive(&mut &buf[..12], SMALL_MESSAGE), Err(WireError::Protocol(_))));
+        // The cap is the caller's: a checkpoint longer than a machine of 16 MiB could have is refused unread.
+        let mut big = vec![CHECKPOINT];
+        big.extend_from_slice(&(session_cap(16 << 20) + 1).to_le_bytes());
+        let err = receive(&mut big.as_slice(), session_cap(16 << 20)).unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+        // A header that claims more than arrives costs only what arrived.
+        let mut short = vec![CHECKPOINT];
+        short.extend_from_slice(&(4u64 << 30).to_le_bytes());
+        short.extend_from_slice(b"abc");
+        assert!(matches!(receive(&mut short.as_slice(), u64::MAX), Err(WireError::Protocol(_))));
     }
 }

@@ -1,0 +1,215 @@
+//! Anyone who can reach a receiver's port: a header claiming gigabytes, a connection that trickles or idles,
+//! a message longer than the announced machine could send. Receivers (a standby, `run --incoming`) refuse
+//! each with a reason, take memory only as bytes arrive, and keep serving their control API and other peers
+//! meanwhile. No guest is needed: the peers are played by the test.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::Vm;
+use kemari_replication::arbiter::{Arbiter, FileArbiter};
+use kemari_replication::wire::{self, Hello};
+use kemari_replication::Storage;
+
+/// Only guards against a hang; nothing asserts on time.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kemari-peers-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("arbiter")).unwrap();
+    dir
+}
+
+fn status(api: &str) -> serde_json::Value {
+    let (ok, out) = common::ctl(api, &["status"]);
+    assert!(ok, "status failed: {out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 =
+        s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    kb << 10
+}
+
+/// A header of message `kind` claiming `len` bytes, followed by `with` of them.
+fn header(kind: u8, len: u64, with: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend_from_slice(&len.to_le_bytes());
+    m.extend_from_slice(with);
+    m
+}
+
+/// Sends `bytes` one at a time, one every `every`, until all are sent or the receiver closes; true when it
+/// was closed on.
+fn trickle(addr: SocketAddr, bytes: Vec<u8>, every: Duration) -> std::thread::JoinHandle<bool> {
+    let conn = TcpStream::connect(addr).unwrap();
+    std::thread::spawn(move || {
+        for b in bytes {
+            if (&conn).write_all(&[b]).is_err() {
+                return true;
+            }
+            std::thread::sleep(every);
+        }
+        false
+    })
+}
+
+struct Standby {
+    vm: Vm,
+    dir: PathBuf,
+    api: String,
+    listen: SocketAddr,
+}
+
+impl Standby {
+    fn start(tag: &str) -> Standby {
+        let dir = scratch(tag);
+        let api = dir.join("api.sock").display().to_string();
+        let listen = free_addr();
+        let arbiter = format!("file:{}", dir.join("arbiter").display());
+        let mut vm = Vm::start(&[
+            "standby",
+            "--listen",
+            &listen.to_string(),
+            "--arbiter",
+            &arbiter,
+            "--node",
+            "sec",
+            "--no-rng",
+            "--api",
+            &api,
+        ]);
+        vm.expect_stderr("waiting for a primary");
+        Standby { vm, dir, api, listen }
+    }
+
+    /// A primary as far as the standby can tell: it holds the lease and introduces itself (16 MiB, 1 hart).
+    fn fake_primary(&self) -> (FileArbiter, TcpStream) {
+        let mut lease = FileArbiter::new(&self.dir.join("arbiter"), "fake", Duration::from_secs(60)).unwrap();
+        let fence = lease.acquire().unwrap();
+        let hello =
+            Hello { harts: 1, memory: 16 << 20, storage: Storage::Shared, disks: vec![], node: "fake".into(), fence };
+        let mut conn = TcpStream::connect(self.listen).unwrap();
+        wire::send(&mut conn, wire::HELLO, &[&hello.encode()]).unwrap();
+        (lease, conn)
+    }
+
+    fn wait_status(&self, what: &str, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let s = status(&self.api);
+            if cond(&s) {
+                return s;
+            }
+            assert!(start.elapsed() < PATIENCE, "the standby's status never showed {what}; last: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_trickling_connection_neither_blocks_a_standby_nor_its_api_nor_a_real_primary() {
+    let s = Standby::start("trickle");
+    // A plausible HELLO (a header, then 29 bytes) at 0.5 s a byte would take 19 s; a HELLO has to be whole
+    // within a couple of seconds.
+    let trickler = trickle(s.listen, header(wire::HELLO, 29, &[0; 29]), Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(status(&s.api)["protection"], "standby");
+    assert!(!trickler.is_finished(), "the control API answered only after the trickler was done");
+    // A primary arriving meanwhile is heard at once.
+    let (_lease, _conn) = s.fake_primary();
+    s.wait_status("the primary's session", |st| st["protection"] == "syncing");
+    assert!(!trickler.is_finished(), "the standby answered only after the trickler gave up");
+    assert!(trickler.join().unwrap(), "the standby never closed the trickling connection");
+}
+
+#[test]
+fn a_standby_refuses_a_checkpoint_longer_than_the_announced_machine() {
+    let mut s = Standby::start("huge");
+    let (_lease, mut conn) = s.fake_primary();
+    s.wait_status("the session", |st| st["protection"] == "syncing");
+    // 8 GiB claimed by 38 bytes, for a machine of 16 MiB.
+    conn.write_all(&header(wire::CHECKPOINT, 8 << 30, &[0; 29])).unwrap();
+    let line = s.vm.expect_stderr("too large");
+    assert!(line.contains("8589934592"), "{line}");
+    s.wait_status("the end of the session", |st| st["protection"] == "standby");
+    assert!(rss(s.vm.pid()) < 256 << 20, "the standby took memory for bytes that never came");
+}
+
+#[test]
+fn an_idle_or_huge_sender_does_not_hold_a_migration_receiver() {
+    let dir = scratch("incoming");
+    let api = dir.join("api.sock").display().to_string();
+    let to = free_addr();
+    let mut receiver = Vm::start(&["run", "--incoming", &to.to_string(), "--api", &api]);
+    receiver.expect_stderr("waiting for an incoming migration");
+    // An idle connection is refused once its HELLO is overdue, while it is still open.
+    let idle = TcpStream::connect(to).unwrap();
+    let line = receiver.expect_stderr("incoming migration refused");
+    assert!(line.contains("no complete HELLO"), "{line}");
+    // A sender of a 16 MiB machine that claims an 8 GiB message is refused unread.
+    let mut hello = b"KMIG".to_vec();
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&(16u64 << 20).to_le_bytes());
+    let mut huge = TcpStream::connect(to).unwrap();
+    huge.write_all(&header(1, hello.len() as u64, &hello)).unwrap();
+    huge.write_all(&header(2, 8 << 30, &[0; 29])).unwrap();
+    let mark = receiver.stderr_lines();
+    let line = receiver.expect_stderr_after("incoming migration refused", mark);
+    assert!(line.contains("too large"), "{line}");
+    assert!(rss(receiver.pid()) < 256 << 20, "the receiver took memory for bytes that never came");
+    let st = status(&api);
+    assert_eq!(st["refused"], 2, "{st}");
+    drop((idle, huge));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn many_idle_connections_are_closed_not_queued() {
+    let s = Standby::start("crowd");
+    let idle: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(s.listen).unwrap()).collect();
+    // Beyond the handshakes under way, connections are closed at once: the 200th reads EOF now, not after
+    // 199 others timed out one by one.
+    let mut last = &idle[199];
+    last.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut last, &mut buf).ok(), Some(0), "the connection was not closed");
+    // A primary retrying as a real one does (its attempts are closed while the handshake slots are taken) is
+    // heard while the idle connections are still open: those in the slots are refused once their HELLO is
+    // overdue.
+    let mut lease = FileArbiter::new(&s.dir.join("arbiter"), "fake", Duration::from_secs(60)).unwrap();
+    let fence = lease.acquire().unwrap();
+    let hello =
+        Hello { harts: 1, memory: 16 << 20, storage: Storage::Shared, disks: vec![], node: "fake".into(), fence };
+    let start = Instant::now();
+    let _conn = loop {
+        let mut conn = TcpStream::connect(s.listen).unwrap();
+        // Closed on while the slots are taken: try again.
+        let _ = wire::send(&mut conn, wire::HELLO, &[&hello.encode()]);
+        std::thread::sleep(Duration::from_millis(200));
+        if status(&s.api)["protection"] == "syncing" {
+            break conn;
+        }
+        assert!(start.elapsed() < PATIENCE, "the primary was never heard");
+    };
+    drop(idle);
+}
