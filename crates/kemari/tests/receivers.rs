@@ -1,13 +1,16 @@
+//! Receivers (a standby, `run --incoming`) without a guest, their peers played by the test.
+//!
 //! Anyone who can reach a receiver's port: a header claiming gigabytes, a connection that trickles or idles,
-//! a message longer than the announced machine could send. Receivers (a standby, `run --incoming`) refuse
-//! each with a reason, take memory only as bytes arrive, and keep serving their control API and other peers
-//! meanwhile. No guest is needed: the peers are played by the test.
+//! a message longer than the announced machine could send. Receivers refuse each with a reason, take memory
+//! only as bytes arrive, and keep serving their control API and other peers meanwhile. And a standby's own
+//! life: how it ends when told to, and what its status says when a primary leaves before protection was
+//! established. (Fault tolerance with real pairs is in `failover.rs`.)
 
 mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Vm;
@@ -212,4 +215,32 @@ fn many_idle_connections_are_closed_not_queued() {
         assert!(start.elapsed() < PATIENCE, "the primary was never heard");
     };
     drop(idle);
+}
+
+fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+#[test]
+fn a_standby_quits_on_sigterm_and_removes_its_control_socket() {
+    let mut s = Standby::start("sigterm");
+    assert_eq!(status(&s.api)["protection"], "standby");
+    assert!(exists(Path::new(&s.api)));
+    s.vm.signal(libc::SIGTERM);
+    let code = s.vm.wait();
+    assert_eq!(code.code(), Some(0), "a standby told to stop exits 0; stderr:\n{}", s.vm.stderr());
+    assert!(!exists(Path::new(&s.api)), "the control socket was left behind");
+}
+
+#[test]
+fn a_primary_that_leaves_before_protection_is_not_shown_as_syncing() {
+    let s = Standby::start("left");
+    // It introduces itself, then goes away before sending anything else.
+    let (_lease, conn) = s.fake_primary();
+    let during = s.wait_status("the session", |st| st["protection"] == "syncing");
+    assert_ne!(during["peer"], "", "{during}");
+    drop(conn);
+    let after = s.wait_status("the session's end", |st| st["protection"] != "syncing");
+    assert_eq!(after["protection"], "standby", "{after}");
+    assert_eq!(after["peer"], "", "no primary is connected any more: {after}");
 }
