@@ -37,9 +37,9 @@ fn main() {
     let instret: u64 = m.harts.iter().map(|h| h.state().instret).sum();
     let nonzero: Vec<u64> = (0..m.ram.size() / 4096).filter(|&p| !m.page_is_zero(p)).collect();
     let some: Vec<u64> = nonzero.iter().copied().step_by(nonzero.len() / 4 + 1).take(4).collect();
-    let full = m.save(Pages::AllNonZero);
-    let bare = m.save(Pages::Only(&[]));
-    let four = m.save(Pages::Only(&some));
+    let full = m.save(Pages::AllNonZero).expect("the machine saves");
+    let bare = m.save(Pages::Only(&[])).expect("the machine saves");
+    let four = m.save(Pages::Only(&some)).expect("the machine saves");
     let pages = m.save_pages(&nonzero[..3]);
     eprintln!("{instret} instructions in; {} non-zero pages; full state {} bytes", nonzero.len(), full.len());
 

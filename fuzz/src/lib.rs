@@ -38,6 +38,7 @@ pub fn config() -> MachineConfig {
         disks: vec![],
         nets: vec![],
         rng: false,
+        prealloc: false,
     }
 }
 
@@ -55,11 +56,11 @@ fn harness() -> &'static Mutex<Harness> {
     static H: OnceLock<Mutex<Harness>> = OnceLock::new();
     H.get_or_init(|| {
         let mut m = empty_machine();
-        let baseline = m.save(Pages::Only(&[]));
+        let baseline = m.save(Pages::Only(&[])).expect("the machine saves");
         // Restoring stops the machine's clock (a built machine's clock runs), so that two saves of an unchanged
         // machine are identical.
         m.restore_into(&baseline).expect("the machine's own state restores");
-        let baseline = m.save(Pages::Only(&[]));
+        let baseline = m.save(Pages::Only(&[])).expect("the machine saves");
         Mutex::new(Harness { m, baseline })
     })
 }
@@ -70,15 +71,15 @@ pub fn check(data: &[u8]) {
     let _ = peek_shape(data);
     let mut h = harness().lock().unwrap_or_else(|e| e.into_inner());
     let Harness { m, baseline } = &mut *h;
-    let before = m.save(Pages::Only(&[]));
+    let before = m.save(Pages::Only(&[])).expect("the machine saves");
     match m.apply_checkpoint(data) {
         Err(_) => {
-            assert!(m.save(Pages::Only(&[])) == before, "a refused checkpoint changed the machine's state");
+            assert!(m.save(Pages::Only(&[])).expect("the machine saves") == before, "a refused checkpoint changed the machine's state");
         }
         Ok(()) => {
-            let saved = m.save(Pages::Only(&[]));
+            let saved = m.save(Pages::Only(&[])).expect("the machine saves");
             m.restore_into(&saved).expect("a state this machine saved restores");
-            assert!(m.save(Pages::Only(&[])) == saved, "save → restore → save differs");
+            assert!(m.save(Pages::Only(&[])).expect("the machine saves") == saved, "save → restore → save differs");
             m.restore_into(baseline).expect("the baseline restores");
         }
     }

@@ -136,7 +136,10 @@ impl Machine {
                 let start = std::time::Instant::now();
                 // Guest time stops while the state is taken, so the restored guest sees no jump.
                 self.dev.clock.pause();
-                let bytes = self.save(Pages::AllNonZero);
+                let bytes = match self.save(Pages::AllNonZero) {
+                    Ok(bytes) => bytes,
+                    Err(e) => return Some(Reply::Error(format!("cannot take a snapshot: {e}"))),
+                };
                 let written =
                     std::fs::create_dir_all(&dir).and_then(|()| write_atomically(&dir.join(SNAPSHOT_STATE), &bytes));
                 match written {

@@ -96,9 +96,12 @@ pub enum BuildError {
     TooManyDevices(usize),
 }
 
+/// The largest guest RAM the board supports, in MiB.
+pub(crate) const MAX_MEMORY_MIB: u64 = 65536;
+
 fn check_memory_size(memory_mib: u64) -> Result<(), BuildError> {
     match memory_mib {
-        16..=65536 => Ok(()),
+        16..=MAX_MEMORY_MIB => Ok(()),
         _ => Err(BuildError::MemorySize(memory_mib)),
     }
 }

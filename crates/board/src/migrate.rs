@@ -72,6 +72,8 @@ pub enum MigrateError {
     Restore(#[from] RestoreError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("the machine state cannot be encoded: {0}")]
+    Save(kemari_state::StateError),
 }
 
 fn send(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
@@ -484,7 +486,14 @@ impl Machine {
         let elapsed = copy.elapsed();
         let mut progress = copy.finish();
         let pages = self.ram.take_dirty();
-        let state = self.save(Pages::Only(&pages));
+        let state = match self.save(Pages::Only(&pages)) {
+            Ok(state) => state,
+            Err(e) => {
+                // Nothing of the final state left: the guest resumes here.
+                let _ = reply.send(Reply::Error(format!("migration failed: the machine state cannot be encoded: {e}")));
+                return Switch::Failed(MigrateError::Save(e));
+            }
+        };
         if let Err(e) = send(&mut stream, FINAL, &state) {
             // Not all of it was handed to the kernel, so the receiver cannot have it all.
             let _ = reply.send(Reply::Error(format!("migration failed: network: {e}")));

@@ -26,6 +26,12 @@ const GATE: Section = Section { tag: *b"GATE", version: 1, cap: 256 << 20 };
 const PAGES_PER_SECTION: usize = 1024;
 const PAGS: Section = Section { tag: *b"PAGS", version: 1, cap: (PAGES_PER_SECTION * (8 + 4096) + 4) as u32 };
 
+// Every page of the largest machine fits in one stream, with the other sections.
+const _: () = {
+    let page_sections = (crate::machine::MAX_MEMORY_MIB << 20) / PAGE_SIZE / PAGES_PER_SECTION as u64;
+    assert!(page_sections + 6 + crate::layout::MAX_HARTS as u64 <= kemari_state::MAX_SECTIONS as u64);
+};
+
 /// The longest state stream a machine with `memory` bytes of RAM has: every page once, every other section
 /// at its cap, as many hart sections as the board has harts at most. Receivers cap what they read by it
 /// before a byte of it arrives.
@@ -63,8 +69,10 @@ pub enum Pages<'a> {
 }
 
 impl Machine {
-    /// Encodes the machine's complete state. Must be called with the machine quiesced (between slices).
-    pub fn save(&self, pages: Pages) -> Vec<u8> {
+    /// Encodes the machine's complete state. Must be called with the machine quiesced (between slices). An
+    /// error when the state holds what no restore would accept (e.g. more held effects than a checkpoint may
+    /// carry): nothing is written that could not be read back.
+    pub fn save(&self, pages: Pages) -> Result<Vec<u8>, StateError> {
         let all: Vec<u64>;
         let list: &[u64] = match pages {
             Pages::Only(list) => list,
@@ -159,7 +167,8 @@ impl Machine {
     /// Every check of [`Machine::restore_into`] runs before RAM is touched; should a device section fail half-way,
     /// the device state saved just before is put back.
     pub fn apply_checkpoint(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
-        let undo = self.save(Pages::Only(&[]));
+        // The state this machine holds was accepted by a restore, so it encodes.
+        let undo = self.save(Pages::Only(&[]))?;
         let clock = self.dev.clock.clone();
         self.restore_into(bytes).inspect_err(|_| {
             self.restore_into(&undo).expect("a state this machine just saved restores");
@@ -340,7 +349,8 @@ pub fn encode_pages_into(ram: &GuestRam, list: &[u64], buf: Vec<u8>) -> Vec<u8> 
     let bytes = list.len() * (8 + PAGE_SIZE as usize) + list.len().div_ceil(PAGES_PER_SECTION) * 18;
     let mut f = Encoder::reusing(buf, bytes);
     push_pages(ram, &mut f, list);
-    f.finish()
+    // Page sections are full-size at most, and RAM is small enough that all of them fit in a stream.
+    f.finish().expect("a page stream of this RAM is within the format's limits")
 }
 
 /// Adds PAGS sections holding the pages of `list`.

@@ -41,6 +41,14 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// Bytes of data it carries.
+    pub fn payload_len(&self) -> u64 {
+        match self {
+            Effect::Console(b) | Effect::NetTx { frame: b, .. } | Effect::BlockWrite { data: b, .. } => b.len() as u64,
+            Effect::BlockFlush { .. } => 0,
+        }
+    }
+
     /// A short name for messages.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -88,6 +96,8 @@ pub struct OutputGate {
     passed_block_writes: u64,
     /// Why a held block effect could not be performed; releases wait until the stall is cleared.
     stalled: Option<String>,
+    /// Payload bytes of the held effects.
+    held_bytes: u64,
 }
 
 impl OutputGate {
@@ -101,6 +111,7 @@ impl OutputGate {
             next_seq: 1,
             passed_block_writes: 0,
             stalled: None,
+            held_bytes: 0,
         }
     }
 
@@ -111,6 +122,7 @@ impl OutputGate {
         if self.holding || self.stalled.is_some() {
             let seq = self.next_seq;
             self.next_seq += 1;
+            self.held_bytes += effect.payload_len();
             self.held.push_back((seq, effect));
             Ok(Submitted::Held(seq))
         } else {
@@ -177,9 +189,11 @@ impl OutputGate {
         let mut first_err = None;
         while self.held.front().is_some_and(|(s, _)| *s <= seq) {
             let (s, effect) = self.held.pop_front().expect("checked non-empty");
+            self.held_bytes -= effect.payload_len();
             if let Err(e) = self.backend.perform(&effect) {
                 if let Effect::BlockWrite { disk, .. } | Effect::BlockFlush { disk } = &effect {
                     let why = format!("{} on disk {disk} failed: {e}", effect.kind());
+                    self.held_bytes += effect.payload_len();
                     self.held.push_front((s, effect));
                     self.stalled = Some(why.clone());
                     return Err(io::Error::new(e.kind(), why));
@@ -188,6 +202,11 @@ impl OutputGate {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Payload bytes of the effects held now (what a checkpoint's gate section carries, about).
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
     }
 
     /// Why the gate is stalled (a held disk write could not be performed), if it is.
@@ -285,6 +304,7 @@ impl OutputGate {
         }
         self.holding = holding;
         self.next_seq = next_seq.max(1);
+        self.held_bytes = held.iter().map(|(_, e)| e.payload_len()).sum();
         self.held = held;
         Ok(())
     }
@@ -418,8 +438,10 @@ mod tests {
         g.set_holding(true);
         g.submit(Effect::Console(b"a".to_vec())).unwrap();
         g.submit(Effect::BlockWrite { disk: 0, offset: 0, data: vec![1] }).unwrap();
-        g.submit(Effect::NetTx { nic: 0, frame: vec![2] }).unwrap();
+        g.submit(Effect::NetTx { nic: 0, frame: vec![2, 3] }).unwrap();
+        assert_eq!(g.held_bytes(), 4);
         let err = g.release_through(3).unwrap_err();
+        assert_eq!(g.held_bytes(), 3, "the failed write is still counted");
         assert!(err.to_string().contains("block write on disk 0 failed"), "{err}");
         assert!(g.stalled().is_some());
         assert_eq!(g.held().count(), 2, "the failed write and what follows it stay held");
@@ -437,11 +459,12 @@ mod tests {
             &[
                 Effect::Console(b"a".to_vec()),
                 Effect::BlockWrite { disk: 0, offset: 0, data: vec![1] },
-                Effect::NetTx { nic: 0, frame: vec![2] },
+                Effect::NetTx { nic: 0, frame: vec![2, 3] },
                 Effect::Console(b"b".to_vec()),
             ]
         );
         assert_eq!(g.held().count(), 0);
+        assert_eq!(g.held_bytes(), 0);
     }
 
     #[test]

@@ -51,6 +51,10 @@ const MIN_RECONNECT: Duration = Duration::from_secs(1);
 const MAX_RECONNECT: Duration = Duration::from_secs(16);
 /// Messages queued for the sender thread (back-pressure on the machine loop beyond that).
 const SEND_QUEUE: usize = 16;
+/// Held effects beyond this many bytes are not left to pile up: the pre-copy ends (the first checkpoint covers
+/// them) and the guest waits for acknowledgements, so a checkpoint never carries more than the state format
+/// accepts (the gate section's cap is 256 MiB; one round of the guest adds far less than the rest).
+const HELD_HIGH_WATER: u64 = 64 << 20;
 /// At most one warning per this interval about an arbiter that does not answer.
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -355,8 +359,10 @@ impl Primary {
                 Err(TryRecvError::Disconnected) => self.phase = Phase::Unprotected,
             },
             Phase::Linked { copy: Some(copy), .. } => {
+                // Replicated disks: the gate holds during the pre-copy; too much held ends it now.
+                let crowded = machine.dev.gate.lock().expect("gate lock").held_bytes() > HELD_HIGH_WATER;
                 let done = match copy.step(machine) {
-                    Ok(done) => done,
+                    Ok(done) => done || crowded,
                     Err(e) => return self.lost(machine, &format!("pre-copy: {e}")),
                 };
                 if done {
@@ -587,7 +593,11 @@ impl Primary {
         }
         let pages = machine.ram.take_dirty();
         let covered = machine.dev.gate.lock().expect("gate lock").next_seq() - 1;
-        let body = Arc::new(machine.save(Pages::Only(&pages)));
+        let body = match machine.save(Pages::Only(&pages)) {
+            Ok(body) => Arc::new(body),
+            // The dirty log is gone with it: the next secondary gets a full pre-copy, which sends every page.
+            Err(e) => return self.lost(machine, &format!("a checkpoint cannot be encoded ({e})")),
+        };
         self.epoch += 1;
         if let Phase::Linked { link, .. } = &self.phase {
             link.send(wire::CHECKPOINT, Some(self.epoch), body.clone(), self.cfg.opts.heartbeat_timeout);
@@ -597,7 +607,8 @@ impl Primary {
         self.covered = covered;
         self.pending_since = None;
         self.last_checkpoint = Instant::now();
-        if !self.cfg.opts.speculative {
+        let crowded = machine.dev.gate.lock().expect("gate lock").held_bytes() > HELD_HIGH_WATER;
+        if !self.cfg.opts.speculative || crowded {
             self.wait_in_flight(machine, 0)?;
         }
         let pause = start.elapsed().as_micros() as u64;

@@ -10,8 +10,9 @@ pub const MAGIC: &[u8; 8] = b"KEMARIST";
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 16;
 const SECTION_HEADER_LEN: usize = 10;
-/// No stream has more sections than this.
-const MAX_SECTIONS: u32 = 4096;
+/// No stream has more sections than this (enough for every page of the largest machine: 64 GiB in 4 MiB
+/// sections, and the rest).
+pub const MAX_SECTIONS: u32 = 1 << 15;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StateError {
@@ -67,6 +68,8 @@ pub struct Encoder {
     count: u32,
     /// Checksum of everything after the header.
     body: Hasher,
+    /// The first thing written that a decoder would refuse (reported by `finish`).
+    refused: Option<StateError>,
 }
 
 impl Default for Encoder {
@@ -87,7 +90,7 @@ impl Encoder {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes()); // section count, set by `finish`
-        Encoder { out, count: 0, body: Hasher::new() }
+        Encoder { out, count: 0, body: Hasher::new(), refused: None }
     }
 
     /// Appends a section whose payload `fill` writes.
@@ -100,7 +103,14 @@ impl Encoder {
         fill(&mut w);
         self.out = w.0;
         let len = self.out.len() - start - SECTION_HEADER_LEN;
-        debug_assert!(len <= section.cap as usize, "section {} of {len} bytes exceeds its cap", section.name());
+        if self.refused.is_none() {
+            if len > section.cap as usize {
+                let len = u32::try_from(len).unwrap_or(u32::MAX);
+                self.refused = Some(StateError::TooLong { tag: section.name(), len, cap: section.cap });
+            } else if self.count >= MAX_SECTIONS {
+                self.refused = Some(StateError::TooManySections(self.count + 1));
+            }
+        }
         self.out[start + 6..start + SECTION_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
         let mut h = Hasher::new();
         h.update(&self.out[start..]);
@@ -116,8 +126,17 @@ impl Encoder {
         self.section(section, |w| w.0.extend_from_slice(payload));
     }
 
-    /// The finished stream.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// The finished stream; an error instead when it holds what a decoder would refuse (a section over its
+    /// cap, more than [`MAX_SECTIONS`]): a stream that cannot be read back must not be written.
+    pub fn finish(mut self) -> Result<Vec<u8>, StateError> {
+        match self.refused.take() {
+            Some(e) => Err(e),
+            None => Ok(self.finish_unchecked()),
+        }
+    }
+
+    /// The finished stream, whatever it holds.
+    fn finish_unchecked(mut self) -> Vec<u8> {
         self.out[12..HEADER_LEN].copy_from_slice(&self.count.to_le_bytes());
         let mut h = Hasher::new();
         h.update(&self.out[..HEADER_LEN]);
@@ -172,6 +191,7 @@ impl<'a> StateFile<'a> {
         }
     }
 
+    /// Encodes the sections as they are, also what a decoder would refuse (tests make such streams).
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::with_capacity(self.sections.iter().map(|s| s.2.len() + 14).sum());
         for (tag, version, payload) in &self.sections {
@@ -179,7 +199,7 @@ impl<'a> StateFile<'a> {
             // streams).
             e.push(&Section { tag: *tag, version: *version, cap: u32::MAX }, payload);
         }
-        e.finish()
+        e.finish_unchecked()
     }
 
     /// Parses and checks the framing. `caps` gives the length cap of every known tag; unknown tags are
@@ -329,5 +349,37 @@ impl<'a> Reader<'a> {
             return Err(self.invalid(format!("{} unexpected trailing bytes", self.buf.len() - self.pos)));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: Section = Section { tag: *b"TINY", version: 1, cap: 4 };
+
+    /// The encoder refuses what the decoder would refuse, with the decoder's own error.
+    #[test]
+    fn the_encoder_refuses_what_the_decoder_refuses() {
+        let mut e = Encoder::default();
+        e.push(&TINY, &[0; 5]);
+        assert_eq!(e.finish(), Err(StateError::TooLong { tag: "TINY".into(), len: 5, cap: 4 }));
+        let mut e = Encoder::default();
+        for _ in 0..=MAX_SECTIONS {
+            e.push(&TINY, &[]);
+        }
+        assert_eq!(e.finish(), Err(StateError::TooManySections(MAX_SECTIONS + 1)));
+    }
+
+    /// As many sections as the format allows are written and read back.
+    #[test]
+    fn a_stream_of_the_most_sections_reads_back() {
+        let mut e = Encoder::default();
+        for _ in 0..MAX_SECTIONS {
+            e.push(&TINY, &[1, 2]);
+        }
+        let bytes = e.finish().unwrap();
+        let f = StateFile::decode(&bytes, &[TINY]).unwrap();
+        assert_eq!(f.all(&TINY).unwrap().len(), MAX_SECTIONS as usize);
     }
 }

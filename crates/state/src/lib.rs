@@ -19,4 +19,4 @@
 mod codec;
 pub mod hart;
 
-pub use codec::{Encoder, Reader, Section, StateError, StateFile, Writer, FORMAT_VERSION, MAGIC};
+pub use codec::{Encoder, Reader, Section, StateError, StateFile, Writer, FORMAT_VERSION, MAGIC, MAX_SECTIONS};
