@@ -31,6 +31,24 @@ enum Command {
     Migrate(MigrateArgs),
     /// Be the secondary of a protected VM: hold its replica and take over when the primary fails.
     Standby(StandbyArgs),
+    /// Make certificates for the nodes of a VM: a cluster CA (unless --add) and one certificate per node.
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Directory for ca.pem, ca.key and NODE.pem, NODE.key (keys are written 0600).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The VM the certificates are for (nodes of one VM accept only each other).
+    #[arg(long)]
+    vm: String,
+    /// Sign with the CA already in --dir instead of making a new one.
+    #[arg(long)]
+    add: bool,
+    /// The nodes to make certificates for.
+    #[arg(required = true)]
+    nodes: Vec<String>,
 }
 
 #[derive(Args)]
@@ -251,6 +269,31 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl(args),
         Command::Migrate(args) => migrate(args),
         Command::Standby(args) => standby(args),
+        Command::Certs(args) => certs(args),
+    }
+}
+
+fn certs(args: CertsArgs) -> ExitCode {
+    let made = if args.add {
+        args.nodes.iter().try_for_each(|n| kemari_transport::sign_node(&args.dir, &args.vm, n))
+    } else {
+        let nodes: Vec<&str> = args.nodes.iter().map(String::as_str).collect();
+        kemari_transport::make_certs(&args.dir, &args.vm, &nodes)
+    };
+    match made {
+        Ok(()) => {
+            eprintln!(
+                "kemari: certificates for {} in {}: {}",
+                args.vm,
+                args.dir.display(),
+                args.nodes.iter().map(|n| format!("{n}.pem {n}.key")).collect::<Vec<_>>().join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kemari: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

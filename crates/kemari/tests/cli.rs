@@ -122,3 +122,23 @@ fn a_receiver_refuses_an_impossible_shape_at_start() {
     assert_input_error(&[&standby[..], &["--cpus", "9"]].concat(), "--cpus 9");
     assert_input_error(&["run", "--incoming", "127.0.0.1:0", "--memory", "5"], "--memory 5");
 }
+
+#[test]
+fn certs_makes_a_cluster_ca_and_node_certificates_that_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("kemari-cli-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = run_to_end(&["certs", "--dir", d, "--vm", "web1", "pri", "sec"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run_to_end(&["certs", "--dir", d, "--vm", "web1", "--add", "third"]);
+    assert_eq!(code, Some(0), "{err}");
+    for node in ["pri", "sec", "third"] {
+        let creds = kemari_transport::Credentials::load(&dir, node).unwrap();
+        assert_eq!(creds.vm(), "web1.kemari");
+        let mode = std::fs::metadata(dir.join(format!("{node}.key"))).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{node}.key is readable by others");
+    }
+    assert_input_error(&["certs", "--dir", d, "--vm", "bad name", "x"], "not a valid VM name");
+    let _ = std::fs::remove_dir_all(&dir);
+}
