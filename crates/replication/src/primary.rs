@@ -467,8 +467,9 @@ impl Primary {
     /// (This is also where a write that stalled the gate is tried again, once the user resumed the guest.)
     fn release_acknowledged(&mut self, machine: &mut Machine) -> Result<(), String> {
         let gate = machine.dev.gate.clone();
-        // Alone, everything held may go (it is held only behind a stalled write).
-        let target = if matches!(self.phase, Phase::Unprotected) { u64::MAX } else { self.acked };
+        // Without a link the gate holds only behind a stalled write: everything may go.
+        let target =
+            if matches!(self.phase, Phase::Unprotected | Phase::Connecting(_)) { u64::MAX } else { self.acked };
         let first_held = {
             let g = gate.lock().expect("gate lock");
             if g.stalled().is_some() {
