@@ -128,7 +128,7 @@ impl Machine {
                 harts: self.harts.len(),
                 memory_mib: self.ram.size() >> 20,
                 instret: self.harts.iter().map(|h| h.state().instret).sum(),
-                migration: self.migration.as_ref().map(|m| m.copy.progress.clone()),
+                migration: self.migration.as_ref().map(|m| m.progress()),
                 protection: self.protection.as_ref().map(|status| Box::new(status())),
                 io_error: self.dev.gate.lock().expect("gate lock").stalled().map(str::to_string),
             },

@@ -107,10 +107,14 @@ fn check_memory_size(memory_mib: u64) -> Result<(), BuildError> {
 }
 
 /// Checks a machine shape given in part (a receiver checks what its command line names before any sender
-/// comes): harts and RAM size within what the board supports.
-pub fn check_shape(harts: Option<usize>, memory_mib: Option<u64>) -> Result<(), BuildError> {
+/// comes): harts and RAM size within what the board supports, and a size given when RAM is to be
+/// preallocated.
+pub fn check_shape(harts: Option<usize>, memory_mib: Option<u64>, prealloc: bool) -> Result<(), BuildError> {
     if let Some(h) = harts.filter(|&h| h == 0 || h > layout::MAX_HARTS) {
         return Err(BuildError::Harts(h));
+    }
+    if prealloc && memory_mib.is_none() {
+        return Err(BuildError::PreallocNeedsMemory);
     }
     memory_mib.map_or(Ok(()), check_memory_size)
 }
@@ -364,6 +368,8 @@ pub struct Machine {
     pub protection: Option<Box<dyn Fn() -> crate::control::Protection + Send>>,
     /// Wakes the machine loop from its idle sleep (helper threads call it when they have news).
     pub wake: Wake,
+    /// How a live migration from here secures its link; `None` refuses to migrate (no credentials given).
+    pub link_security: Option<kemari_transport::Security>,
 }
 
 impl Machine {
@@ -413,7 +419,7 @@ impl Machine {
         wake: Wake,
         boot: bool,
     ) -> Result<Machine, BuildError> {
-        check_shape(Some(cfg.harts), Some(cfg.memory_mib))?;
+        check_shape(Some(cfg.harts), Some(cfg.memory_mib), false)?;
         if boot && cfg.kernel.is_none() && cfg.firmware.is_none() {
             return Err(BuildError::NothingToBoot);
         }
@@ -539,6 +545,7 @@ impl Machine {
             max_idle: Duration::from_millis(10),
             protection: None,
             wake,
+            link_security: None,
         })
     }
 

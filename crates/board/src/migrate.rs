@@ -14,10 +14,12 @@
 //!
 //! Every message is `kind u8, length u64, payload`; the receiver caps lengths and validates payloads like any
 //! state stream. The sender stays the active copy until the ACK: any failure before it leaves the guest
-//! running where it was.
+//! running where it was. The stream runs inside the link [`Security`] gives (mutual TLS unless the operator
+//! asked for plaintext): with TLS, a receiver reads nothing from, and a sender sends nothing to, a peer that
+//! is not a node of the same VM.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
@@ -26,6 +28,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kemari_engine::{GuestRam, PAGE_SIZE};
+pub use kemari_transport::Deadline;
+use kemari_transport::{Channel, Security};
 
 use crate::control::Reply;
 use crate::machine::{receiver_ram, BuildError, Machine, MachineConfig, RunOutcome};
@@ -59,6 +63,8 @@ const HELLO_WITHIN: Duration = Duration::from_secs(5);
 const SENDER_SILENCE: Duration = Duration::from_secs(30);
 /// Memory reserved for a message before its bytes arrive (it grows as they do).
 const RESERVE_AHEAD: u64 = 1 << 20;
+/// How long the sender waits for the TCP connection and for the TLS handshake, each.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -74,9 +80,11 @@ pub enum MigrateError {
     Build(#[from] BuildError),
     #[error("the machine state cannot be encoded: {0}")]
     Save(kemari_state::StateError),
+    #[error(transparent)]
+    Link(#[from] kemari_transport::TlsError),
 }
 
-fn send(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+fn send(stream: &mut dyn Write, kind: u8, payload: &[u8]) -> std::io::Result<()> {
     let mut head = [0u8; 9];
     head[0] = kind;
     head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -86,7 +94,7 @@ fn send(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()>
 
 /// Reads one message of at most `max` bytes into `payload` (reused: no allocation per batch; it grows only as
 /// bytes arrive, so a header claiming gigabytes costs nothing). Returns its kind.
-fn receive_into(stream: &mut TcpStream, payload: &mut Vec<u8>, max: u64) -> Result<u8, MigrateError> {
+fn receive_into(stream: &mut dyn Read, payload: &mut Vec<u8>, max: u64) -> Result<u8, MigrateError> {
     let mut head = [0u8; 9];
     stream.read_exact(&mut head)?;
     let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
@@ -103,36 +111,6 @@ fn receive_into(stream: &mut TcpStream, payload: &mut Vec<u8>, max: u64) -> Resu
         return Err(MigrateError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
     }
     Ok(head[0])
-}
-
-/// Reads from a stream until a deadline for the whole exchange, not per read: a peer trickling one byte at a
-/// time cannot stretch it.
-pub struct Deadline<'a> {
-    stream: &'a TcpStream,
-    until: Instant,
-}
-
-impl<'a> Deadline<'a> {
-    pub fn new(stream: &'a TcpStream, within: Duration) -> Deadline<'a> {
-        Deadline { stream, until: Instant::now() + within }
-    }
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer did not finish in time"));
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        let mut stream = self.stream;
-        match stream.read(buf) {
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "the peer did not finish in time"))
-            }
-            other => other,
-        }
-    }
 }
 
 /// Progress, reported by `status` while a migration runs.
@@ -382,18 +360,27 @@ fn send_pages(
     sent
 }
 
-/// The migration stream as a pre-copy sink (a clone of the sender's socket).
-struct StreamSink(TcpStream);
+/// The migration stream, shared by the pre-copy thread (its sink) and the machine loop (the final state):
+/// one at a time.
+type Stream = Arc<Mutex<Channel>>;
+
+fn lock(stream: &Stream) -> std::sync::MutexGuard<'_, Channel> {
+    stream.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The migration stream as a pre-copy sink.
+struct StreamSink(Stream);
 
 impl PageSink for StreamSink {
     fn send(&mut self, batch: &[u8]) -> Result<(), String> {
-        send(&mut self.0, PAGES, batch).map_err(|e| format!("network: {e}"))
+        send(&mut lock(&self.0).writer, PAGES, batch).map_err(|e| format!("network: {e}"))
     }
 
     fn sync(&mut self) -> Result<(), String> {
-        send(&mut self.0, SYNC, &[]).map_err(|e| format!("network: {e}"))?;
+        let mut link = lock(&self.0);
+        send(&mut link.writer, SYNC, &[]).map_err(|e| format!("network: {e}"))?;
         let mut reply = [0u8; 1];
-        self.0.read_exact(&mut reply).map_err(|e| format!("network: {e}"))?;
+        link.reader.read_exact(&mut reply).map_err(|e| format!("network: {e}"))?;
         match reply[0] {
             SYNCED => Ok(()),
             k => Err(format!("protocol: unexpected reply {k} to a sync")),
@@ -402,31 +389,68 @@ impl PageSink for StreamSink {
 }
 
 pub(crate) struct Migration {
-    stream: TcpStream,
-    pub(crate) copy: PreCopy,
+    to: String,
+    budget: Duration,
+    /// The connection and handshake, made on a thread of their own (the guest runs meanwhile): the link, or
+    /// why there is none. Taken once it answered.
+    connecting: Option<mpsc::Receiver<Result<Channel, MigrateError>>>,
+    /// Set once connected.
+    stream: Option<Stream>,
+    pub(crate) copy: Option<PreCopy>,
     reply: Sender<Reply>,
     /// The user had paused the guest before migrating: a failed migration leaves it paused.
     was_paused: bool,
 }
 
 impl Migration {
+    /// Starts connecting to the receiver at `to`; the pre-copy starts once the link is up.
     pub(crate) fn start(
         m: &Machine,
         to: &str,
         budget: Duration,
         reply: Sender<Reply>,
     ) -> Result<Migration, MigrateError> {
-        let mut stream = TcpStream::connect(to)?;
-        stream.set_nodelay(true)?;
+        let security = m.link_security.clone().ok_or_else(|| {
+            MigrateError::Protocol(
+                "this node has no link credentials: start it with --tls DIR/NODE (or --insecure-plaintext)".into(),
+            )
+        })?;
+        let (tx, connecting) = mpsc::channel();
+        let (addr, wake) = (to.to_string(), m.wake.clone());
         let mut hello = Vec::new();
         hello.extend_from_slice(PROTOCOL_MAGIC);
         hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         hello.extend_from_slice(&(m.harts.len() as u32).to_le_bytes());
         hello.extend_from_slice(&m.ram.size().to_le_bytes());
-        send(&mut stream, HELLO, &hello)?;
-        let copy = PreCopy::start(m, budget, Box::new(StreamSink(stream.try_clone()?)))?;
-        Ok(Migration { stream, copy, reply, was_paused: m.paused })
+        std::thread::Builder::new().name("mig-connect".into()).spawn(move || {
+            let _ = tx.send(connect(&addr, &security, &hello));
+            wake();
+        })?;
+        Ok(Migration {
+            to: to.to_string(),
+            budget,
+            connecting: Some(connecting),
+            stream: None,
+            copy: None,
+            reply,
+            was_paused: m.paused,
+        })
     }
+
+    /// What `status` shows: nothing is sent while connecting.
+    pub(crate) fn progress(&self) -> Progress {
+        self.copy.as_ref().map(|c| c.progress.clone()).unwrap_or_default()
+    }
+}
+
+/// Connects to the receiver at `to`, makes the link's handshake and sends the HELLO.
+fn connect(to: &str, security: &Security, hello: &[u8]) -> Result<Channel, MigrateError> {
+    let addr = to.to_socket_addrs()?.next().ok_or_else(|| io::Error::other(format!("{to}: no address")))?;
+    let sock = TcpStream::connect_timeout(&addr, CONNECT_WITHIN)?;
+    sock.set_nodelay(true)?;
+    let mut link = security.connect(sock, CONNECT_WITHIN)?;
+    send(&mut link.writer, HELLO, hello)?;
+    Ok(link)
 }
 
 /// How a stop-and-copy ended.
@@ -444,8 +468,34 @@ impl Machine {
     /// Advances a running migration by one step. Returns the run's end once the receiver took over.
     pub(crate) fn migration_step(&mut self) -> Option<RunOutcome> {
         let mut mig = self.migration.take()?;
+        if let Some(connecting) = mig.connecting.take() {
+            let started = match connecting.try_recv() {
+                Err(mpsc::TryRecvError::Empty) => {
+                    mig.connecting = Some(connecting);
+                    self.migration = Some(mig);
+                    return None;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => Err("the connecting thread ended".to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(link)) => {
+                    let stream = Arc::new(Mutex::new(link));
+                    PreCopy::start(self, mig.budget, Box::new(StreamSink(stream.clone())))
+                        .map(|copy| (stream, copy))
+                        .map_err(|e| format!("network: {e}"))
+                }
+            };
+            match started {
+                Ok((stream, copy)) => (mig.stream, mig.copy) = (Some(stream), Some(copy)),
+                Err(e) => {
+                    // Nothing was sent: the guest goes on as it was.
+                    let _ = mig.reply.send(Reply::Error(format!("cannot migrate to {}: {e}", mig.to)));
+                    return None;
+                }
+            }
+        }
         let was_paused = mig.was_paused;
-        let switch = match mig.copy.step(self) {
+        let copy = mig.copy.as_mut().expect("a connected migration has its pre-copy");
+        let switch = match copy.step(self) {
             Ok(false) => {
                 self.migration = Some(mig);
                 return None;
@@ -480,7 +530,8 @@ impl Machine {
     /// Stops the guest, sends the final state and waits for the receiver's acknowledgement; replies to the
     /// `migrate` request either way.
     fn stop_and_copy(&mut self, mig: Migration) -> Switch {
-        let Migration { mut stream, copy, reply, .. } = mig;
+        let Migration { stream, copy, reply, .. } = mig;
+        let (Some(stream), Some(copy)) = (stream, copy) else { unreachable!("stop-and-copy of a connected migration") };
         let stop = Instant::now();
         self.dev.clock.pause();
         let elapsed = copy.elapsed();
@@ -494,15 +545,17 @@ impl Machine {
                 return Switch::Failed(MigrateError::Save(e));
             }
         };
-        if let Err(e) = send(&mut stream, FINAL, &state) {
+        // The pre-copy thread is done with the stream.
+        let mut stream = lock(&stream);
+        if let Err(e) = send(&mut stream.writer, FINAL, &state) {
             // Not all of it was handed to the kernel, so the receiver cannot have it all.
             let _ = reply.send(Reply::Error(format!("migration failed: network: {e}")));
             return Switch::Failed(e.into());
         }
         let acked = (|| {
-            stream.set_read_timeout(Some(ACK_TIMEOUT))?;
+            stream.socket.set_read_timeout(Some(ACK_TIMEOUT))?;
             let mut ack = [0u8; 1];
-            stream.read_exact(&mut ack)?;
+            stream.reader.read_exact(&mut ack)?;
             if ack[0] != ACK {
                 return Err(MigrateError::Protocol(format!("unexpected reply {} to the final state", ack[0])));
             }
@@ -532,6 +585,7 @@ impl Machine {
 /// time. A refused stream leaves it ready for the next sender.
 pub struct Incoming {
     listener: TcpListener,
+    security: Security,
     /// The guest size the user gave (--memory): a sender with another is refused.
     expect_memory_mib: Option<u64>,
     prealloc: bool,
@@ -543,9 +597,14 @@ pub struct Incoming {
 impl Incoming {
     /// Listens on `addr`. With `prealloc`, maps the guest's RAM (`expect_memory_mib`, which it needs) and faults
     /// it in while no sender is there yet.
-    pub fn bind(addr: &str, expect_memory_mib: Option<u64>, prealloc: bool) -> Result<Incoming, MigrateError> {
+    pub fn bind(
+        addr: &str,
+        security: Security,
+        expect_memory_mib: Option<u64>,
+        prealloc: bool,
+    ) -> Result<Incoming, MigrateError> {
         let ram = receiver_ram(prealloc, expect_memory_mib)?;
-        Ok(Incoming { listener: TcpListener::bind(addr)?, expect_memory_mib, prealloc, ram })
+        Ok(Incoming { listener: TcpListener::bind(addr)?, security, expect_memory_mib, prealloc, ram })
     }
 
     /// Where it listens.
@@ -579,13 +638,13 @@ impl Incoming {
     /// may come.
     pub fn receive(
         &mut self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         cfg: &MachineConfig,
         console: Box<dyn Write + Send>,
         wake: kemari_devices::host::Wake,
     ) -> Result<Machine, MigrateError> {
         let ram = self.ram.take();
-        let received = self.receive_from(&mut stream, ram, cfg, console, wake);
+        let received = self.receive_from(stream, ram, cfg, console, wake);
         if received.is_err() && self.prealloc {
             // Pages of the refused stream may be in the prepared RAM: the next sender gets fresh RAM.
             match receiver_ram(true, self.expect_memory_mib) {
@@ -598,20 +657,23 @@ impl Incoming {
 
     fn receive_from(
         &self,
-        stream: &mut TcpStream,
+        sock: TcpStream,
         ram: Option<Arc<GuestRam>>,
         cfg: &MachineConfig,
         console: Box<dyn Write + Send>,
         wake: kemari_devices::host::Wake,
     ) -> Result<Machine, MigrateError> {
-        stream.set_nodelay(true)?;
-        let (harts, memory) = self.hello(&mut Deadline::new(stream, HELLO_WITHIN)).map_err(|e| match e {
+        sock.set_nodelay(true)?;
+        // The handshake and the HELLO, each within HELLO_WITHIN.
+        let mut link = self.security.accept(sock, HELLO_WITHIN)?;
+        let Channel { reader, writer, socket } = &mut link;
+        let (harts, memory) = self.hello(&mut Deadline::new(reader, socket, HELLO_WITHIN)).map_err(|e| match e {
             MigrateError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
                 MigrateError::Protocol(format!("no complete HELLO within {} s", HELLO_WITHIN.as_secs()))
             }
             e => e,
         })?;
-        stream.set_read_timeout(Some(SENDER_SILENCE))?;
+        socket.set_read_timeout(Some(SENDER_SILENCE))?;
         let max = crate::persist::max_state_len(memory);
         let cfg = MachineConfig { harts, memory_mib: memory >> 20, ..cfg.clone() };
         let mut m = match ram {
@@ -620,17 +682,17 @@ impl Incoming {
         };
         let mut payload = Vec::new();
         loop {
-            let kind = receive_into(stream, &mut payload, max)?;
+            let kind = receive_into(reader, &mut payload, max)?;
             match kind {
                 PAGES => {
                     m.restore_pages(&payload).map_err(RestoreError::from)?;
                 }
-                SYNC if payload.is_empty() => stream.write_all(&[SYNCED])?,
+                SYNC if payload.is_empty() => writer.write_all(&[SYNCED])?,
                 FINAL => {
                     m.restore_into(&payload)?;
                     // From here on this copy runs. Should the acknowledgement not reach the sender, the sender
                     // keeps its guest paused (it cannot tell whether we run), so there is still one active copy.
-                    if let Err(e) = stream.write_all(&[ACK]) {
+                    if let Err(e) = writer.write_all(&[ACK]) {
                         tracing::warn!("could not acknowledge the final state ({e}); running here anyway");
                     }
                     break;

@@ -51,6 +51,51 @@ struct CertsArgs {
     nodes: Vec<String>,
 }
 
+/// How this node's links to other nodes (replication, live migration) are secured.
+#[derive(Args)]
+struct LinkArgs {
+    /// Mutual TLS with the credentials DIR/NODE.pem and DIR/NODE.key, and the cluster CA DIR/ca.pem (made by
+    /// `kemari certs`): only nodes of the same cluster and VM are heard.
+    #[arg(long, value_name = "DIR/NODE")]
+    tls: Option<PathBuf>,
+    /// Run the links as bare TCP, unauthenticated and unencrypted: anyone who reaches the port can push a
+    /// guest of their choosing or read the guest's memory. Only for a link secured by other means.
+    #[arg(long, conflicts_with = "tls")]
+    insecure_plaintext: bool,
+}
+
+impl LinkArgs {
+    /// The links' security, or `None` when neither flag was given.
+    fn security(&self) -> Result<Option<kemari_transport::Security>, String> {
+        if self.insecure_plaintext {
+            eprintln!(
+                "kemari: WARNING: --insecure-plaintext: links to other nodes are neither authenticated nor \
+                 encrypted; anyone who can reach them can inject a guest or read its memory"
+            );
+            return Ok(Some(kemari_transport::Security::Plaintext));
+        }
+        let Some(path) = &self.tls else { return Ok(None) };
+        let (dir, node) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+            (Some(dir), Some(node)) => (if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir }, node),
+            _ => return Err(format!("--tls {}: give DIR/NODE", path.display())),
+        };
+        let creds = kemari_transport::Credentials::load(dir, node).map_err(|e| format!("--tls: {e}"))?;
+        Ok(Some(kemari_transport::Security::Tls(std::sync::Arc::new(creds))))
+    }
+
+    /// The links' security where a link is opened at once: one of the flags is needed.
+    fn required(&self, what: &str) -> Result<kemari_transport::Security, String> {
+        self.security()?.ok_or_else(|| LinkArgs::missing(what))
+    }
+
+    fn missing(what: &str) -> String {
+        format!(
+            "{what} needs credentials for its link: --tls DIR/NODE (make them with `kemari certs`), or \
+             --insecure-plaintext for an unauthenticated link"
+        )
+    }
+}
+
 #[derive(Args)]
 struct StandbyArgs {
     /// Where the primary connects (ADDR:PORT).
@@ -70,6 +115,8 @@ struct StandbyArgs {
     ft: FtArgs,
     #[command(flatten)]
     devices: DeviceArgs,
+    #[command(flatten)]
+    link: LinkArgs,
 }
 
 /// Fault-tolerance settings, common to the primary (`run --protect`) and the secondary (`standby`).
@@ -111,6 +158,8 @@ struct RestoreArgs {
     dir: PathBuf,
     #[command(flatten)]
     devices: DeviceArgs,
+    #[command(flatten)]
+    link: LinkArgs,
 }
 
 #[derive(Args)]
@@ -163,6 +212,8 @@ struct RunArgs {
     devices: DeviceArgs,
     #[command(flatten)]
     protect: ProtectArgs,
+    #[command(flatten)]
+    link: LinkArgs,
 }
 
 /// Running as a protected primary.
@@ -344,7 +395,7 @@ fn disk_sizes(cfg: &MachineConfig) -> Vec<u64> {
 fn standby(args: StandbyArgs) -> ExitCode {
     let machine = machine_config(&args.devices);
     // A shape no machine can have would refuse every primary later: refuse it now.
-    if let Err(e) = kemari_board::check_shape(args.cpus, args.memory) {
+    if let Err(e) = kemari_board::check_shape(args.cpus, args.memory, machine.prealloc) {
         eprintln!("kemari: {e}");
         return ExitCode::from(2);
     }
@@ -355,8 +406,8 @@ fn standby(args: StandbyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let arbiter = match args.ft.arbiter("secondary") {
-        Ok(a) => a,
+    let (arbiter, security) = match args.ft.arbiter("secondary").and_then(|a| Ok((a, args.link.required("standby")?))) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("kemari: {e}");
             return ExitCode::from(2);
@@ -364,6 +415,7 @@ fn standby(args: StandbyArgs) -> ExitCode {
     };
     let cfg = kemari_replication::secondary::StandbyConfig {
         listen: args.listen,
+        security: security.clone(),
         opts: args.ft.options(),
         arbiter,
         machine,
@@ -388,14 +440,16 @@ fn standby(args: StandbyArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Ok(kemari_replication::secondary::StandbyEnd::TookOver { machine, arbiter, metrics }) => {
+        Ok(kemari_replication::secondary::StandbyEnd::TookOver { mut machine, arbiter, metrics }) => {
             let opts = args.ft.options();
             let disk_sizes = disk_sizes(&machine_config(&args.devices));
+            machine.link_security = Some(security.clone());
             let primary = kemari_replication::primary::PrimaryConfig {
                 peer: args.reprotect.clone(),
                 opts,
                 arbiter,
                 disk_sizes,
+                security,
                 wake: console.waker(),
                 metrics: Some(metrics),
             };
@@ -418,6 +472,7 @@ fn standby(args: StandbyArgs) -> ExitCode {
 /// The primary driver for `run`/`restore` with --protect, or None.
 fn protection(
     args: &ProtectArgs,
+    security: Option<kemari_transport::Security>,
     cfg: &MachineConfig,
     console: &console::Console,
 ) -> Result<Option<kemari_replication::primary::PrimaryConfig>, String> {
@@ -432,6 +487,7 @@ fn protection(
         opts: args.options(),
         arbiter: args.ft.arbiter("primary")?,
         disk_sizes: disk_sizes(cfg),
+        security: security.ok_or_else(|| LinkArgs::missing("a protected VM"))?,
         wake: console.waker(),
         metrics: None,
     }))
@@ -469,13 +525,25 @@ fn run(args: RunArgs) -> ExitCode {
     };
     if args.incoming.is_some() {
         // The sender's shape must match what is given here: refuse one no machine can have at once.
-        if let Err(e) = kemari_board::check_shape(None, args.memory) {
+        if let Err(e) = kemari_board::check_shape(None, args.memory, cfg.prealloc) {
             eprintln!("kemari: {e}");
             return ExitCode::from(2);
         }
     }
+    let security = match args.link.security() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kemari: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let console = console::Console::start();
     if let Some(addr) = &args.incoming {
+        let Some(security) = security else {
+            drop(console);
+            eprintln!("kemari: {}", LinkArgs::missing("run --incoming"));
+            return ExitCode::from(2);
+        };
         let api = args.devices.api.as_deref();
         if let Some(path) = api {
             if let Err(e) = api::serve(path, console.sender()) {
@@ -483,8 +551,11 @@ fn run(args: RunArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
-        return match receive(addr, args.memory, &cfg, &console) {
-            Ok(m) => drive(m, console, api, None, true),
+        return match receive(addr, security.clone(), args.memory, &cfg, &console) {
+            Ok(mut m) => {
+                m.link_security = Some(security);
+                drive(m, console, api, None, true)
+            }
             Err(code) => {
                 drop(console);
                 if let Some(path) = api {
@@ -494,15 +565,19 @@ fn run(args: RunArgs) -> ExitCode {
             }
         };
     }
-    let primary = match protection(&args.protect, &cfg, &console) {
+    let primary = match protection(&args.protect, security.clone(), &cfg, &console) {
         Ok(p) => p,
         Err(e) => {
+            drop(console);
             eprintln!("kemari: {e}");
             return ExitCode::from(2);
         }
     };
     match Machine::new(&cfg, Box::new(std::io::stdout()), console.waker()) {
-        Ok(m) => drive(m, console, args.devices.api.as_deref(), primary, false),
+        Ok(mut m) => {
+            m.link_security = security;
+            drive(m, console, args.devices.api.as_deref(), primary, false)
+        }
         Err(e) => {
             eprintln!("kemari: {e}");
             ExitCode::from(2)
@@ -515,13 +590,14 @@ fn run(args: RunArgs) -> ExitCode {
 /// Returns the exit code instead when listening fails (2) or the user quits (0).
 fn receive(
     addr: &str,
+    security: kemari_transport::Security,
     memory: Option<u64>,
     cfg: &MachineConfig,
     console: &console::Console,
 ) -> Result<Machine, ExitCode> {
     use kemari_board::control::{Reply, Request};
     use kemari_board::Event;
-    let mut incoming = kemari_board::migrate::Incoming::bind(addr, memory, cfg.prealloc).map_err(|e| {
+    let mut incoming = kemari_board::migrate::Incoming::bind(addr, security, memory, cfg.prealloc).map_err(|e| {
         eprintln!("kemari: cannot receive a migration on {addr}: {e}");
         ExitCode::from(2)
     })?;
@@ -672,9 +748,19 @@ fn restore(args: RestoreArgs) -> ExitCode {
         }
     };
     let cfg = MachineConfig { harts, memory_mib, ..machine_config(&args.devices) };
+    let security = match args.link.security() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kemari: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let console = console::Console::start();
     match Machine::restore(&cfg, &bytes, Box::new(std::io::stdout()), console.waker()) {
-        Ok(m) => drive(m, console, args.devices.api.as_deref(), None, false),
+        Ok(mut m) => {
+            m.link_security = security;
+            drive(m, console, args.devices.api.as_deref(), None, false)
+        }
         Err(e) => {
             eprintln!("kemari: cannot restore {}: {e}", path.display());
             ExitCode::from(2)

@@ -142,3 +142,21 @@ fn certs_makes_a_cluster_ca_and_node_certificates_that_load() {
     assert_input_error(&["certs", "--dir", d, "--vm", "bad name", "x"], "not a valid VM name");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_link_needs_credentials_or_an_explicit_plaintext_flag() {
+    let arbiter = std::env::temp_dir().join(format!("kemari-cli-arbiter-{}", std::process::id()));
+    std::fs::create_dir_all(&arbiter).unwrap();
+    let arbiter = format!("file:{}", arbiter.display());
+    let kernel = guest_file("Image");
+    let kernel = kernel.to_str().unwrap();
+    let standby = ["standby", "--listen", "127.0.0.1:0", "--arbiter", &arbiter];
+    let protect = ["run", "--kernel", kernel, "--protect", "127.0.0.1:9", "--arbiter", &arbiter];
+    let incoming = ["run", "--incoming", "127.0.0.1:0"];
+    for args in [&standby[..], &protect[..], &incoming[..]] {
+        assert_input_error(args, "needs credentials for its link: --tls DIR/NODE");
+        assert_input_error(&[args, &["--tls", "/nonexistent/node"]].concat(), "/nonexistent/ca.pem");
+    }
+    let (code, _, err) = run_to_end(&[&incoming[..], &["--tls", "/x/n", "--insecure-plaintext"]].concat());
+    assert_eq!(code, Some(2), "both --tls and --insecure-plaintext accepted: {err}");
+}

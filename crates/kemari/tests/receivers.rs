@@ -5,6 +5,10 @@
 //! only as bytes arrive, and keep serving their control API and other peers meanwhile. And a standby's own
 //! life: how it ends when told to, and what its status says when a primary leaves before protection was
 //! established. (Fault tolerance with real pairs is in `failover.rs`.)
+//!
+//! Most receivers here run with `--insecure-plaintext`: they test the protocol's own defences, which a peer
+//! that passed the TLS handshake (a compromised node) meets too. The `tls_` tests show that with credentials
+//! a peer outside the cluster and VM gets nothing further than the handshake.
 
 mod common;
 
@@ -77,12 +81,18 @@ struct Standby {
 }
 
 impl Standby {
+    /// A standby whose link is plaintext.
     fn start(tag: &str) -> Standby {
+        Standby::start_with(tag, |_| vec!["--insecure-plaintext".into()])
+    }
+
+    /// A standby with the link arguments `link(dir)` gives.
+    fn start_with(tag: &str, link: impl Fn(&Path) -> Vec<String>) -> Standby {
         let dir = scratch(tag);
         let api = dir.join("api.sock").display().to_string();
         let listen = free_addr();
         let arbiter = format!("file:{}", dir.join("arbiter").display());
-        let mut vm = Vm::start(&[
+        let mut args: Vec<String> = [
             "standby",
             "--listen",
             &listen.to_string(),
@@ -93,20 +103,32 @@ impl Standby {
             "--no-rng",
             "--api",
             &api,
-        ]);
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(link(&dir));
+        let mut vm = Vm::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
         vm.expect_stderr("waiting for a primary");
         Standby { vm, dir, api, listen }
     }
 
     /// A primary as far as the standby can tell: it holds the lease and introduces itself (16 MiB, 1 hart).
     fn fake_primary(&self) -> (FileArbiter, TcpStream) {
+        let (lease, hello) = self.lease_and_hello();
+        let mut conn = TcpStream::connect(self.listen).unwrap();
+        conn.write_all(&hello).unwrap();
+        (lease, conn)
+    }
+
+    /// The lease taken by a fake primary, and its HELLO message.
+    fn lease_and_hello(&self) -> (FileArbiter, Vec<u8>) {
         let mut lease = FileArbiter::new(&self.dir.join("arbiter"), "fake", Duration::from_secs(60)).unwrap();
         let fence = lease.acquire().unwrap();
         let hello =
             Hello { harts: 1, memory: 16 << 20, storage: Storage::Shared, disks: vec![], node: "fake".into(), fence };
-        let mut conn = TcpStream::connect(self.listen).unwrap();
-        wire::send(&mut conn, wire::HELLO, &[&hello.encode()]).unwrap();
-        (lease, conn)
+        let mut msg = Vec::new();
+        wire::send(&mut msg, wire::HELLO, &[&hello.encode()]).unwrap();
+        (lease, msg)
     }
 
     fn wait_status(&self, what: &str, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
@@ -162,7 +184,7 @@ fn an_idle_or_huge_sender_does_not_hold_a_migration_receiver() {
     let dir = scratch("incoming");
     let api = dir.join("api.sock").display().to_string();
     let to = free_addr();
-    let mut receiver = Vm::start(&["run", "--incoming", &to.to_string(), "--api", &api]);
+    let mut receiver = Vm::start(&["run", "--incoming", &to.to_string(), "--api", &api, "--insecure-plaintext"]);
     receiver.expect_stderr("waiting for an incoming migration");
     // An idle connection is refused once its HELLO is overdue, while it is still open.
     let idle = TcpStream::connect(to).unwrap();
@@ -243,4 +265,116 @@ fn a_primary_that_leaves_before_protection_is_not_shown_as_syncing() {
     let after = s.wait_status("the session's end", |st| st["protection"] != "syncing");
     assert_eq!(after["protection"], "standby", "{after}");
     assert_eq!(after["peer"], "", "no primary is connected any more: {after}");
+}
+
+// ------------------------------------------------------------------------------------------ mutual TLS --
+
+/// Credentials in `dir`: `certs/` (the receiver's cluster: nodes `rx` and `pri` of VM `vm`, and `intruder`,
+/// signed by the same CA for VM `other-vm`) and `other/` (another cluster's CA with a node `pri` of VM `vm`).
+/// Returns the receiver's `--tls` arguments.
+fn tls_cluster(dir: &Path) -> Vec<String> {
+    let certs = dir.join("certs");
+    kemari_transport::make_certs(&certs, "vm", &["rx", "pri"]).unwrap();
+    kemari_transport::sign_node(&certs, "other-vm", "intruder").unwrap();
+    kemari_transport::make_certs(&dir.join("other"), "vm", &["pri"]).unwrap();
+    vec!["--tls".into(), certs.join("rx").display().to_string()]
+}
+
+/// Connects to `addr` as `node` of the credentials in `dir`: the TLS handshake's outcome.
+fn tls_connect(
+    dir: &Path,
+    node: &str,
+    addr: SocketAddr,
+) -> Result<(kemari_transport::Reader, kemari_transport::Writer), kemari_transport::TlsError> {
+    let creds = kemari_transport::Credentials::load(dir, node).unwrap();
+    creds.connect(TcpStream::connect(addr).unwrap(), PATIENCE)
+}
+
+/// With credentials, a standby hears only a node of its cluster and VM. A fake primary without a certificate
+/// (holding the lease, with a valid HELLO, then a SHUTDOWN: before TLS it got a session and could end the
+/// standby), a node of another cluster and a node of another VM are each refused in the handshake; a node of
+/// the cluster that sends garbage is refused at the protocol; the standby keeps standing by through all of
+/// them, and a real node of the cluster then gets its session (and can end it with SHUTDOWN).
+#[test]
+fn tls_a_standby_hears_only_a_node_of_its_cluster_and_vm() {
+    use std::io::Read;
+    let mut s = Standby::start_with("tls-standby", tls_cluster);
+    let (certs, other) = (s.dir.join("certs"), s.dir.join("other"));
+    let (_lease, hello) = s.lease_and_hello();
+    let mut shutdown = Vec::new();
+    wire::send(&mut shutdown, wire::SHUTDOWN, &[]).unwrap();
+
+    let mark = s.vm.stderr_lines();
+    let mut plain = TcpStream::connect(s.listen).unwrap();
+    plain.write_all(&[&hello[..], &shutdown[..]].concat()).unwrap();
+    let line = s.vm.expect_stderr_after("refused a connection", mark);
+    assert!(line.contains("TLS handshake"), "{line}");
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.windows(8).any(|w| w == b"KEMARIFT"), "the standby answered in the protocol");
+
+    for (what, dir, node) in [("another cluster", &other, "pri"), ("another VM", &certs, "intruder")] {
+        let mark = s.vm.stderr_lines();
+        assert!(tls_connect(dir, node, s.listen).is_err(), "{what}: the handshake succeeded");
+        let line = s.vm.expect_stderr_after("refused a connection", mark);
+        assert!(line.contains("TLS handshake"), "{what}: {line}");
+    }
+
+    let mark = s.vm.stderr_lines();
+    let (_r, mut w) = tls_connect(&certs, "pri", s.listen).expect("a node of the cluster is let in");
+    w.write_all(b"GET / HTTP/1.1\r\nHost: standby\r\n\r\n").unwrap();
+    let line = s.vm.expect_stderr_after("refused a connection", mark);
+    assert!(!line.contains("TLS"), "the garbage is refused by the protocol, after the handshake: {line}");
+    assert!(s.vm.try_status().is_none(), "the standby exited: {}", s.vm.stderr());
+    let st = status(&s.api);
+    assert_eq!((st["protection"].as_str(), st["peer"].as_str()), (Some("standby"), Some("")), "{st}");
+
+    // The same HELLO and SHUTDOWN from a node of the cluster: heard.
+    let (_r, mut w) = tls_connect(&certs, "pri", s.listen).unwrap();
+    w.write_all(&hello).unwrap();
+    s.wait_status("the session with the cluster's node", |st| st["protection"] == "syncing");
+    w.write_all(&shutdown).unwrap();
+    assert_eq!(s.vm.wait().code(), Some(0), "{}", s.vm.stderr());
+}
+
+/// With credentials, a migration receiver takes nothing from a sender without a certificate of its cluster
+/// and VM: a plaintext sender with a valid HELLO, and a node of another cluster, are refused in the handshake
+/// (the refusals counted in its status), a node of the cluster sending garbage at the protocol.
+#[test]
+fn tls_a_migration_receiver_takes_nothing_from_a_peer_without_credentials() {
+    let dir = scratch("tls-incoming");
+    let api = dir.join("api.sock").display().to_string();
+    let to = free_addr();
+    let mut args: Vec<String> = ["run", "--incoming", &to.to_string(), "--api", &api].map(String::from).to_vec();
+    args.extend(tls_cluster(&dir));
+    let mut receiver = Vm::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    receiver.expect_stderr("waiting for an incoming migration");
+    let mut hello = b"KMIG".to_vec();
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&(16u64 << 20).to_le_bytes());
+    let hello = header(1, hello.len() as u64, &hello);
+
+    let mark = receiver.stderr_lines();
+    let mut plain = TcpStream::connect(to).unwrap();
+    plain.write_all(&hello).unwrap();
+    let line = receiver.expect_stderr_after("incoming migration refused", mark);
+    assert!(line.contains("TLS handshake"), "{line}");
+
+    let mark = receiver.stderr_lines();
+    assert!(tls_connect(&dir.join("other"), "pri", to).is_err(), "another cluster's node got through");
+    let line = receiver.expect_stderr_after("incoming migration refused", mark);
+    assert!(line.contains("TLS handshake"), "{line}");
+
+    let mark = receiver.stderr_lines();
+    let (_r, mut w) = tls_connect(&dir.join("certs"), "pri", to).expect("a node of the cluster is let in");
+    w.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let line = receiver.expect_stderr_after("incoming migration refused", mark);
+    assert!(line.contains("not a kemari migration stream"), "{line}");
+    let st = status(&api);
+    assert_eq!(st["refused"], 3, "{st}");
+    assert!(receiver.try_status().is_none(), "the receiver exited: {}", receiver.stderr());
+    drop((plain, w));
+    let _ = std::fs::remove_dir_all(&dir);
 }

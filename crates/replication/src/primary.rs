@@ -34,6 +34,7 @@ use kemari_board::migrate::{PageSink, PreCopy};
 use kemari_board::persist::Pages;
 use kemari_board::{Event, Machine, RunOutcome};
 use kemari_devices::host::Wake;
+use kemari_transport::{Channel, Security};
 
 use crate::arbiter::{Arbiter, ArbiterError};
 use crate::metrics::{Metrics, SharedMetrics};
@@ -55,6 +56,8 @@ const SEND_QUEUE: usize = 16;
 /// them) and the guest waits for acknowledgements, so a checkpoint never carries more than the state format
 /// accepts (the gate section's cap is 256 MiB; one round of the guest adds far less than the rest).
 const HELD_HIGH_WATER: u64 = 64 << 20;
+/// The TCP connection and the TLS handshake to the secondary, each within this.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 /// At most one warning per this interval about an arbiter that does not answer.
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -76,6 +79,8 @@ pub struct PrimaryConfig {
     pub arbiter: Box<dyn Arbiter>,
     /// Sizes of the disks, in order (the secondary checks its own against them).
     pub disk_sizes: Vec<u64>,
+    /// How the link to the secondary is secured.
+    pub security: Security,
     /// Wakes the machine loop (an acknowledgement arrived).
     pub wake: Wake,
     /// Metrics to continue (a node that failed over keeps its figures), or fresh ones.
@@ -112,20 +117,20 @@ struct Link {
     events: Receiver<Incoming>,
     heard: Arc<LastHeard>,
     sender: Option<std::thread::JoinHandle<()>>,
-    socket: TcpStream,
+    socket: std::net::TcpStream,
 }
 
 impl Link {
     /// Starts the threads. The sender also beats every `heartbeat` the queue is idle, so that a busy machine
     /// loop (a long checkpoint, a loaded host) is not mistaken for a dead primary.
-    fn open(stream: TcpStream, wake: Wake, heartbeat: Duration) -> std::io::Result<Link> {
+    fn open(channel: Channel, wake: Wake, heartbeat: Duration) -> std::io::Result<Link> {
         let heard = Arc::new(LastHeard::default());
         heard.touch();
         let (out, queue) = mpsc::sync_channel::<Outgoing>(SEND_QUEUE);
         let (events_tx, events) = mpsc::channel();
-        let mut writer = std::io::BufWriter::with_capacity(1 << 16, stream.try_clone()?);
-        let closer = stream.try_clone()?;
-        let socket = stream.try_clone()?;
+        let Channel { reader, writer, socket } = channel;
+        let mut writer = std::io::BufWriter::with_capacity(1 << 16, writer);
+        let closer = socket.try_clone()?;
         let sender = std::thread::Builder::new().name("ft-send".into()).spawn(move || {
             loop {
                 let m = match queue.recv_timeout(heartbeat) {
@@ -145,7 +150,7 @@ impl Link {
             // The reader then sees the connection end and reports it.
             let _ = closer.shutdown(std::net::Shutdown::Both);
         })?;
-        let mut reader = Tracked::new(stream, heard.clone());
+        let mut reader = Tracked::new(reader, heard.clone());
         std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
             let ev = match wire::receive(&mut reader, wire::SMALL_MESSAGE) {
                 Ok((wire::ACK, p)) => wire::split_epoch(&p).map(|(e, _)| Incoming::Ack(e)),
@@ -214,7 +219,7 @@ struct InFlight {
 
 enum Phase {
     /// Waiting for a connection to the secondary (the guest runs unprotected).
-    Connecting(Receiver<TcpStream>),
+    Connecting(Receiver<Channel>),
     /// Connected: pre-copy while `copy` is set, then checkpoints; protected once the first one is acknowledged.
     Linked { link: Link, copy: Option<Box<PreCopy>>, established: bool },
     /// The secondary is gone; the gate holds until the arbiter confirms this node and the fence is bumped.
@@ -269,31 +274,33 @@ pub fn run(machine: &mut Machine, input: &Receiver<Event>, cfg: PrimaryConfig) -
     }
 }
 
-/// Connects to the secondary from a thread (the guest runs meanwhile), first after `delay`.
-fn connector(peer: String, wake: Wake, delay: Duration) -> Receiver<TcpStream> {
+/// Connects to the secondary from a thread (the guest runs meanwhile), first after `delay`, and makes the
+/// link's handshake. A refused handshake (a node of another cluster or VM, a standby without credentials)
+/// is reported and retried more slowly: the operator may be fixing the other side.
+fn connector(peer: String, security: Security, wake: Wake, delay: Duration) -> Receiver<Channel> {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new().name("ft-connect".into()).spawn(move || {
         std::thread::sleep(delay);
-        let mut told = false;
+        let mut told = String::new();
         loop {
-            let attempt = peer
+            let sock = peer
                 .to_socket_addrs()
                 .and_then(|mut a| a.next().ok_or_else(|| std::io::Error::other("no address")))
                 .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)));
-            match attempt {
-                Ok(s) => {
-                    let _ = tx.send(s);
+            let (why, pause) = match sock.map(|s| security.connect(s, CONNECT_WITHIN)) {
+                Ok(Ok(channel)) => {
+                    let _ = tx.send(channel);
                     wake();
                     return;
                 }
-                Err(e) => {
-                    if !told {
-                        eprintln!("kemari: waiting for the secondary at {peer} ({e}); the guest runs unprotected");
-                        told = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                Err(e) => (format!("waiting for the secondary at {peer} ({e})"), Duration::from_millis(200)),
+                Ok(Err(e)) => (format!("the secondary at {peer} refused: {e}"), Duration::from_secs(1)),
+            };
+            if why != told {
+                eprintln!("kemari: {why}; the guest runs unprotected");
+                told = why;
             }
+            std::thread::sleep(pause);
         }
     });
     if let Err(e) = spawned {
@@ -319,7 +326,10 @@ impl Primary {
             m2.lock().expect("metrics lock").report(held)
         }));
         let phase = match &cfg.peer {
-            Some(peer) => Phase::Connecting(connector(peer.clone(), cfg.wake.clone(), Duration::ZERO)),
+            Some(peer) => {
+                eprintln!("kemari: the link to the secondary: {}", cfg.security.describe());
+                Phase::Connecting(connector(peer.clone(), cfg.security.clone(), cfg.wake.clone(), Duration::ZERO))
+            }
             None => Phase::Unprotected,
         };
         let now = Instant::now();
@@ -503,7 +513,7 @@ impl Primary {
         }
     }
 
-    fn begin_sync(&mut self, machine: &mut Machine, mut stream: TcpStream) {
+    fn begin_sync(&mut self, machine: &mut Machine, mut channel: Channel) {
         let gate = machine.dev.gate.clone();
         let diverged = gate.lock().expect("gate lock").passed_block_writes();
         if self.cfg.opts.storage == Storage::Replicated && diverged > 0 {
@@ -523,10 +533,11 @@ impl Primary {
             node: self.cfg.arbiter.node().to_string(),
             fence: self.metrics.lock().expect("metrics lock").fence,
         };
-        let opened = stream
+        let opened = channel
+            .socket
             .set_nodelay(true)
-            .and_then(|()| wire::send(&mut stream, wire::HELLO, &[&hello.encode()]))
-            .and_then(|()| Link::open(stream, self.cfg.wake.clone(), self.cfg.opts.heartbeat))
+            .and_then(|()| wire::send(&mut channel.writer, wire::HELLO, &[&hello.encode()]))
+            .and_then(|()| Link::open(channel, self.cfg.wake.clone(), self.cfg.opts.heartbeat))
             .and_then(|link| {
                 let sink = LinkSink(link.out.clone().expect("a new link's queue"));
                 Ok((link, PreCopy::start(machine, PRECOPY_BUDGET, Box::new(sink))?))
@@ -559,7 +570,9 @@ impl Primary {
         let delay = self.reconnect_delay;
         self.reconnect_delay = (delay * 2).clamp(MIN_RECONNECT, MAX_RECONNECT);
         self.phase = match &self.cfg.peer {
-            Some(peer) => Phase::Connecting(connector(peer.clone(), self.cfg.wake.clone(), delay)),
+            Some(peer) => {
+                Phase::Connecting(connector(peer.clone(), self.cfg.security.clone(), self.cfg.wake.clone(), delay))
+            }
             None => Phase::Unprotected,
         };
     }

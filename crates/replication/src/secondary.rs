@@ -25,6 +25,7 @@ use kemari_board::control::{Reply, Request};
 use kemari_board::{Event, Machine, MachineConfig};
 use kemari_devices::host::Wake;
 use kemari_engine::GuestRam;
+use kemari_transport::{Channel, Security, TlsError};
 
 use crate::arbiter::{Arbiter, TakeOver};
 use crate::metrics::{Metrics, SharedMetrics};
@@ -37,22 +38,31 @@ const PAGE_RECORD: u64 = 8 + 4096;
 /// the standby from hearing the real primary).
 const MAX_HANDSHAKES: usize = 16;
 
-/// A connection that sent a HELLO (or failed to), from a handshake thread.
+/// A connection that made the link's handshake and sent a HELLO (or failed to), from a handshake thread.
 struct Handshake {
-    stream: TcpStream,
     peer: String,
-    hello: Result<Hello, WireError>,
+    offer: Result<(Channel, Hello), Refused>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Link(#[from] TlsError),
+    #[error(transparent)]
+    Hello(#[from] WireError),
 }
 
 /// A primary that introduced itself.
 struct Offer {
-    stream: TcpStream,
+    channel: Channel,
     peer: String,
     hello: Hello,
 }
 
 pub struct StandbyConfig {
     pub listen: String,
+    /// How the link to the primary is secured: with TLS, only a node of this VM's cluster gets a hearing.
+    pub security: Security,
     pub opts: Options,
     pub arbiter: Box<dyn Arbiter>,
     /// This node's devices (disks, taps, rng); harts and memory come from the primary's HELLO.
@@ -110,12 +120,13 @@ pub fn standby(
 ) -> Result<StandbyEnd, StandbyError> {
     let listener =
         TcpListener::bind(&cfg.listen).map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
-    eprintln!("kemari: standby: waiting for a primary on {}", cfg.listen);
+    eprintln!("kemari: standby: waiting for a primary on {} ({})", cfg.listen, cfg.security.describe());
     let (conns_tx, conns) = mpsc::channel();
     let within = cfg.opts.heartbeat_timeout.max(Duration::from_secs(2));
+    let security = cfg.security.clone();
     std::thread::Builder::new()
         .name("ft-accept".into())
-        .spawn(move || accept(listener, conns_tx, within))
+        .spawn(move || accept(listener, security, conns_tx, within))
         .map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
     let metrics = Metrics::new("secondary", "standby");
     let mut s = Standby { metrics, input_bytes: Vec::new() };
@@ -135,15 +146,14 @@ pub fn standby(
                 }
             }
         };
-        let Handshake { stream, peer, hello } = stream;
-        let hello = match hello {
-            Ok(h) => h,
+        let Handshake { peer, offer } = stream;
+        let offer = match offer {
+            Ok((channel, hello)) => Offer { channel, peer, hello },
             Err(e) => {
                 eprintln!("kemari: standby: refused a connection from {peer}: {e}");
                 continue;
             }
         };
-        let offer = Offer { stream, peer, hello };
         match s.session(&mut cfg, offer, &conns, console, wake.clone(), input) {
             Ok(SessionEnd::Shutdown) => return Ok(StandbyEnd::Shutdown),
             Ok(SessionEnd::Quit) => return Ok(StandbyEnd::Quit),
@@ -162,9 +172,9 @@ pub fn standby(
     }
 }
 
-/// Accepts connections and reads each one's HELLO on a thread of its own, within `within` for the whole
-/// HELLO; hands over the outcome. A connection beyond [`MAX_HANDSHAKES`] is closed at once.
-fn accept(listener: TcpListener, conns: mpsc::Sender<Handshake>, within: Duration) {
+/// Accepts connections and makes each one's handshake and reads its HELLO on a thread of its own, within
+/// `within` for each; hands over the outcome. A connection beyond [`MAX_HANDSHAKES`] is closed at once.
+fn accept(listener: TcpListener, security: Security, conns: mpsc::Sender<Handshake>, within: Duration) {
     let busy = Arc::new(());
     for c in listener.incoming() {
         let stream = match c {
@@ -180,23 +190,31 @@ fn accept(listener: TcpListener, conns: mpsc::Sender<Handshake>, within: Duratio
             tracing::warn!("closed a replication connection from {peer}: {MAX_HANDSHAKES} handshakes under way");
             continue;
         }
-        let (slot, conns) = (busy.clone(), conns.clone());
+        let (slot, conns, security) = (busy.clone(), conns.clone(), security.clone());
         let spawned = std::thread::Builder::new().name("ft-hello".into()).spawn(move || {
             let _ = stream.set_nodelay(true);
-            let hello = wire::receive(&mut wire::Deadline::new(&stream, within), wire::SMALL_MESSAGE).and_then(
-                |(k, p)| match k {
-                    wire::HELLO => Hello::decode(&p),
-                    k => Err(WireError::Protocol(format!("expected HELLO, got message kind {k}"))),
-                },
-            );
-            let _ = stream.set_read_timeout(None);
+            let offer = hear(&security, stream, within);
             drop(slot);
-            let _ = conns.send(Handshake { stream, peer, hello });
+            let _ = conns.send(Handshake { peer, offer });
         });
         if let Err(e) = spawned {
             tracing::warn!("cannot start a replication handshake: {e}");
         }
     }
+}
+
+/// The link's handshake, then the HELLO, each within `within`.
+fn hear(security: &Security, stream: TcpStream, within: Duration) -> Result<(Channel, Hello), Refused> {
+    let mut channel = security.accept(stream, within)?;
+    let Channel { reader, socket, .. } = &mut channel;
+    let hello = wire::receive(&mut wire::Deadline::new(reader, socket, within), wire::SMALL_MESSAGE).and_then(
+        |(k, p)| match k {
+            wire::HELLO => Hello::decode(&p),
+            k => Err(WireError::Protocol(format!("expected HELLO, got message kind {k}"))),
+        },
+    )?;
+    let _ = channel.socket.set_read_timeout(None);
+    Ok((channel, hello))
 }
 
 struct Standby {
@@ -242,7 +260,7 @@ impl Standby {
         wake: Wake,
         input: &Receiver<Event>,
     ) -> Result<SessionEnd, StandbyError> {
-        let Offer { stream, peer, hello } = offer;
+        let Offer { channel, peer, hello } = offer;
         if let Err(why) = self.check_hello(cfg, &hello) {
             eprintln!("kemari: standby: refused the primary at {peer}: {why}");
             return Ok(SessionEnd::Retry(why));
@@ -263,14 +281,11 @@ impl Standby {
             m.fence = hello.fence;
             m.state = "syncing";
         }
-        let _ = stream.set_read_timeout(None);
         let heard = Arc::new(LastHeard::default());
         heard.touch();
         let (msgs_tx, msgs) = mpsc::channel();
-        let mut reader = match stream.try_clone() {
-            Ok(s) => Tracked::new(s, heard.clone()),
-            Err(e) => return Ok(SessionEnd::Retry(format!("cannot read from {peer}: {e}"))),
-        };
+        let Channel { reader, writer: mut out, socket } = channel;
+        let mut reader = Tracked::new(reader, heard.clone());
         let cap = wire::session_cap(hello.memory);
         let _ = std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
             let m = wire::receive(&mut reader, cap);
@@ -279,7 +294,8 @@ impl Standby {
                 return;
             }
         });
-        let mut out = stream;
+        // Ends the connection when the session ends, so that the reader thread finishes too.
+        let _closer = Closer(socket);
         let mut committed = 0u64;
         // After a refusal the checkpoints already on the wire behind the refused one are dropped until the
         // primary's resend of it arrives.
@@ -479,5 +495,14 @@ impl Standby {
         }
         eprintln!("kemari: failover complete in {took} ms; this node is now active (fence {fence})");
         Ok(StandbyEnd::TookOver { machine: Box::new(machine), arbiter, metrics: self.metrics })
+    }
+}
+
+/// Shuts a connection down when dropped.
+struct Closer(TcpStream);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
 }

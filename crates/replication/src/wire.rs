@@ -1,4 +1,5 @@
-//! The replication wire protocol between a primary and its secondary, over one TCP connection.
+//! The replication wire protocol between a primary and its secondary, over one TCP connection (inside mutual
+//! TLS unless the operator asked for plaintext: `kemari_transport::Security`).
 //!
 //! ```text
 //!  primary                                          secondary (kemari standby)
@@ -87,7 +88,7 @@ pub fn session_cap(memory: u64) -> u64 {
     8 + kemari_board::persist::max_state_len(memory)
 }
 
-pub use kemari_board::migrate::Deadline;
+pub use kemari_transport::Deadline;
 
 /// A reader that notes the time of every byte received, so silence (not message boundaries) measures
 /// liveness: a checkpoint that takes long to arrive is not mistaken for a dead peer.

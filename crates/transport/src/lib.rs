@@ -18,12 +18,17 @@
 //! the writer puts records on the socket, so records keep their order; anything the reader's side made
 //! rustls want to send (a key update answer) leaves with the next write, and both protocols write at least
 //! every heartbeat.
+//!
+//! # Plaintext, on request only
+//! [`Security::Plaintext`] runs the same protocols over bare TCP, for a link the operator secures otherwise
+//! (or a test of the protocol itself). kemari uses it only on an explicit `--insecure-plaintext` and says so
+//! loudly: anyone who reaches the port can then push a guest of their choosing or read the guest's memory.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -49,6 +54,91 @@ pub enum TlsError {
     Handshake(String),
     #[error("making certificates: {0}")]
     Generate(String),
+}
+
+/// How a node's links are secured.
+#[derive(Clone)]
+pub enum Security {
+    /// Mutual TLS with these credentials.
+    Tls(Arc<Credentials>),
+    /// Bare TCP: no authentication, no encryption.
+    Plaintext,
+}
+
+/// An established link: its two halves (for one reading and one writing thread) and the socket underneath
+/// (timeouts, nodelay, shutdown).
+pub struct Channel {
+    pub reader: Box<dyn Read + Send>,
+    pub writer: Box<dyn Write + Send>,
+    pub socket: TcpStream,
+}
+
+impl Security {
+    /// The connecting side (a primary, a migration sender): the handshake, within `within`.
+    pub fn connect(&self, sock: TcpStream, within: Duration) -> Result<Channel, TlsError> {
+        match self {
+            Security::Tls(c) => Channel::tls(c.connect(sock, within)?),
+            Security::Plaintext => Channel::plain(sock),
+        }
+    }
+
+    /// The accepting side (a standby, a migration receiver): the handshake, within `within`. With TLS a
+    /// peer that is not of our cluster and VM is refused here, before a byte of the protocol is read.
+    pub fn accept(&self, sock: TcpStream, within: Duration) -> Result<Channel, TlsError> {
+        match self {
+            Security::Tls(c) => Channel::tls(c.accept(sock, within)?),
+            Security::Plaintext => Channel::plain(sock),
+        }
+    }
+
+    /// For messages: what secures the link.
+    pub fn describe(&self) -> String {
+        match self {
+            Security::Tls(c) => format!("mutual TLS for {}", c.vm()),
+            Security::Plaintext => "plaintext (UNAUTHENTICATED, UNENCRYPTED)".into(),
+        }
+    }
+}
+
+impl Channel {
+    fn tls((reader, writer): (Reader, Writer)) -> Result<Channel, TlsError> {
+        let socket = writer.sock.try_clone().map_err(|e| TlsError::Handshake(e.to_string()))?;
+        Ok(Channel { reader: Box::new(reader), writer: Box::new(writer), socket })
+    }
+
+    fn plain(sock: TcpStream) -> Result<Channel, TlsError> {
+        let clone = || sock.try_clone().map_err(|e| TlsError::Handshake(e.to_string()));
+        Ok(Channel { reader: Box::new(clone()?), writer: Box::new(clone()?), socket: sock })
+    }
+}
+
+/// Reads until a deadline for the whole exchange, not per read: a peer trickling one byte at a time cannot
+/// stretch it. `socket` is the one `reader` reads from (its timeout is set before each read).
+pub struct Deadline<'a> {
+    reader: &'a mut dyn Read,
+    socket: &'a TcpStream,
+    until: Instant,
+}
+
+impl<'a> Deadline<'a> {
+    pub fn new(reader: &'a mut dyn Read, socket: &'a TcpStream, within: Duration) -> Deadline<'a> {
+        Deadline { reader, socket, until: Instant::now() + within }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let late = || io::Error::new(io::ErrorKind::TimedOut, "the peer did not finish in time");
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(late());
+        }
+        self.socket.set_read_timeout(Some(left))?;
+        match self.reader.read(buf) {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Err(late()),
+            other => other,
+        }
+    }
 }
 
 /// A node's credentials: the cluster's CA, its own certificate chain and key, and the VM its certificate
@@ -163,11 +253,14 @@ fn handshake(
     let failed = |e: io::Error| TlsError::Handshake(e.to_string());
     sock.set_read_timeout(Some(within)).map_err(failed)?;
     sock.set_write_timeout(Some(within)).map_err(failed)?;
-    let deadline = std::time::Instant::now() + within;
+    let deadline = Instant::now() + within;
     while conn.is_handshaking() {
-        if std::time::Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(TlsError::Handshake("the peer did not complete it in time".into()));
         }
+        // The whole handshake within `within`, however the peer spreads its bytes.
+        sock.set_read_timeout(Some(left)).map_err(failed)?;
         conn.complete_io(&mut sock).map_err(failed)?;
     }
     // Flush what the handshake left to send (the client's Finished).

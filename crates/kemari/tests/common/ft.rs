@@ -352,11 +352,34 @@ pub struct PairOptions {
     pub primary_env: Vec<(String, String)>,
     /// Where the shared image is (made there if missing) instead of the pair's own directory.
     pub shared_disk: Option<PathBuf>,
+    /// Replicate over bare TCP (`--insecure-plaintext`) instead of mutual TLS; implied by `proxy`, which
+    /// reads and corrupts the protocol on the wire.
+    pub plaintext: bool,
 }
 
-/// `kemari standby` listening on `listen` with the test's arbiter, heartbeat, tap and control socket.
-pub fn standby_args(arbiter: &Path, listen: SocketAddr, node: &str, api: &Path) -> Vec<String> {
-    [
+/// The VM the test certificates name.
+pub const CERT_VM: &str = "kemari-test";
+
+/// `--tls DIR/NODE` for `node`, making the cluster CA in `certs` and the node's certificate (with
+/// `kemari certs`) if they are not there yet; `--insecure-plaintext` without `certs`.
+pub fn link_args(certs: Option<&Path>, node: &str) -> Vec<String> {
+    let Some(certs) = certs else { return vec!["--insecure-plaintext".into()] };
+    if !certs.join(format!("{node}.pem")).exists() {
+        let mut cmd = Command::new(kemari_bin());
+        cmd.arg("certs").arg("--dir").arg(certs).args(["--vm", CERT_VM]);
+        if certs.join("ca.pem").exists() {
+            cmd.arg("--add");
+        }
+        let out = cmd.arg(node).output().expect("run kemari certs");
+        assert!(out.status.success(), "kemari certs failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    vec!["--tls".into(), certs.join(node).display().to_string()]
+}
+
+/// `kemari standby` listening on `listen` with the test's arbiter, heartbeat, tap and control socket, and
+/// its link's credentials in `certs` (plaintext without).
+pub fn standby_args(arbiter: &Path, listen: SocketAddr, node: &str, api: &Path, certs: Option<&Path>) -> Vec<String> {
+    let mut args: Vec<String> = [
         "standby",
         "--listen",
         &listen.to_string(),
@@ -374,7 +397,9 @@ pub fn standby_args(arbiter: &Path, listen: SocketAddr, node: &str, api: &Path) 
         &api.display().to_string(),
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    args.extend(link_args(certs, node));
+    args
 }
 
 /// A protected pair: `kemari standby` in ns `sec`, `kemari run --protect` in ns `pri`, the guest configured on
@@ -390,6 +415,8 @@ pub struct Pair {
     pub primary_api: PathBuf,
     pub secondary_api: PathBuf,
     pub arbiter: PathBuf,
+    /// The nodes' certificates (None: the pair replicates in plaintext).
+    pub certs: Option<PathBuf>,
     pub dir: TempDir,
     pub net: Topology,
 }
@@ -405,6 +432,7 @@ impl Pair {
         std::fs::create_dir_all(&arbiter).unwrap();
         let primary_api = dir.path("primary.sock");
         let secondary_api = dir.path("secondary.sock");
+        let certs = (!opts.plaintext && !opts.proxy).then(|| dir.path("certs"));
         let (primary_disk, secondary_disk) = match opts.disk {
             None => (None, None),
             Some(Storage::Shared) => {
@@ -427,8 +455,13 @@ impl Pair {
         let hb = HEARTBEAT_MS.to_string();
         let hb_timeout = HEARTBEAT_TIMEOUT_MS.to_string();
 
-        let mut standby =
-            standby_args(&arbiter, SocketAddr::from((SECONDARY_REPL_IP, STANDBY_PORT)), "sec", &secondary_api);
+        let mut standby = standby_args(
+            &arbiter,
+            SocketAddr::from((SECONDARY_REPL_IP, STANDBY_PORT)),
+            "sec",
+            &secondary_api,
+            certs.as_deref(),
+        );
         if let (Some(storage), Some(disk)) = (opts.disk, &secondary_disk) {
             standby.extend(["--storage".into(), storage.flag().into(), "--disk".into(), disk.display().to_string()]);
         }
@@ -472,6 +505,7 @@ impl Pair {
             "--heartbeat-timeout-ms".into(),
             hb_timeout,
         ];
+        run.extend(link_args(certs.as_deref(), "pri"));
         if let (Some(storage), Some(disk)) = (opts.disk, &primary_disk) {
             run.extend(["--storage".into(), storage.flag().into(), "--disk".into(), disk.display().to_string()]);
         }
@@ -488,6 +522,7 @@ impl Pair {
             primary_api,
             secondary_api,
             arbiter,
+            certs,
             dir,
             net,
         };
@@ -941,5 +976,93 @@ fn pump_to_primary(from: &TcpStream, to: &TcpStream, log: &Mutex<ProxyLog>) -> s
             return Ok(());
         }
         copy_exact(from, to, len)?;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ capture --
+
+/// A packet capture on one interface of a namespace (an `AF_PACKET` socket, as tcpdump uses): the TCP
+/// payload of every IPv4 segment to or from `port`, in the order captured. On a veth nothing reorders, so a
+/// string the stream carried in plaintext shows up whole.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Capture {
+    pub fn start(ns: &NetNs, dev: &str, port: u16) -> Capture {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let dev = std::ffi::CString::new(dev).unwrap();
+        let fd = ns.enter(|| {
+            // SAFETY: plain socket calls on values built here; the descriptor is owned right away.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32);
+                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                let fd = OwnedFd::from_raw_fd(fd);
+                let index = libc::if_nametoindex(dev.as_ptr());
+                assert!(index > 0, "no interface {dev:?}");
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+                addr.sll_ifindex = index as i32;
+                let rc = libc::bind(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(rc, 0, "bind the capture: {}", std::io::Error::last_os_error());
+                fd
+            }
+        });
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let big: libc::c_int = 64 << 20;
+        let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        // SAFETY: setsockopt with option values that live across the calls.
+        unsafe {
+            libc::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &big as *const _ as *const _, 4);
+            let len = std::mem::size_of::<libc::timeval>() as u32;
+            libc::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout as *const _ as *const _, len);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut payload = Vec::new();
+            let mut frame = vec![0u8; 1 << 18];
+            while !stop2.load(Ordering::SeqCst) {
+                // SAFETY: receives into a buffer we own, of the length given.
+                let n = unsafe { libc::recv(raw, frame.as_mut_ptr() as *mut _, frame.len(), 0) };
+                if n > 0 {
+                    tcp_payload(&frame[..n as usize], port, &mut payload);
+                }
+            }
+            drop(fd);
+            payload
+        });
+        Capture { stop, thread }
+    }
+
+    /// Ends the capture: the payload bytes seen.
+    pub fn finish(self) -> Vec<u8> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Appends the TCP payload of an Ethernet frame holding an IPv4 segment to or from `port`.
+fn tcp_payload(frame: &[u8], port: u16, out: &mut Vec<u8>) {
+    let Some(ip) = frame.get(14..).filter(|_| frame[12..14] == [0x08, 0x00]) else { return };
+    if ip.len() < 20 || ip[9] != 6 {
+        return;
+    }
+    let ihl = usize::from(ip[0] & 0xf) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    let Some(tcp) = ip.get(ihl..total) else { return };
+    if tcp.len() < 20 {
+        return;
+    }
+    let (src, dst) = (u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]));
+    let offset = usize::from(tcp[12] >> 4) * 4;
+    if (src == port || dst == port) && offset <= tcp.len() {
+        out.extend_from_slice(&tcp[offset..]);
     }
 }

@@ -28,6 +28,15 @@ pub fn guest_file(name: &str) -> PathBuf {
     p
 }
 
+/// `kemari run` of the built guest (kernel and initramfs), then `extra`.
+pub fn guest_run(extra: &[&str]) -> Vec<String> {
+    let kernel = guest_file("Image").display().to_string();
+    let initrd = guest_file("initramfs.cpio.gz").display().to_string();
+    let mut args: Vec<String> = vec!["run".into(), "--kernel".into(), kernel, "--initrd".into(), initrd];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 /// A running kemari process with its console captured.
 pub struct Vm {
     child: Child,
@@ -75,20 +84,8 @@ impl Vm {
 
     /// Boots the built guest with `cpus` harts.
     pub fn boot(cpus: usize) -> Vm {
-        let kernel = guest_file("Image");
-        let initrd = guest_file("initramfs.cpio.gz");
-        let cpus = cpus.to_string();
-        let mut vm = Vm::start(&[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--cpus",
-            &cpus,
-            "--memory",
-            "256",
-        ]);
+        let args = guest_run(&["--cpus", &cpus.to_string(), "--memory", "256"]);
+        let mut vm = Vm::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
         vm.expect("KEMARI-GUEST-READY");
         vm
     }
