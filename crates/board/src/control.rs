@@ -76,6 +76,8 @@ pub enum Reply {
         /// Senders refused so far, and why the last one was.
         refused: u64,
         last_refusal: Option<String>,
+        /// The sender whose stream is being received, if one is.
+        receiving_from: Option<String>,
     },
     Migrated {
         rounds: u32,

@@ -19,8 +19,7 @@
 //! is not a node of the same VM.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -29,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use kemari_engine::{GuestRam, PAGE_SIZE};
 pub use kemari_transport::Deadline;
-use kemari_transport::{Channel, Security};
+use kemari_transport::{Channel, Introduction, Security};
 
 use crate::control::Reply;
 use crate::machine::{receiver_ram, BuildError, Machine, MachineConfig, RunOutcome};
@@ -581,17 +580,43 @@ impl Machine {
     }
 }
 
-/// The receiving end of live migration (`kemari run --incoming ADDR`): listens, and takes one sender at a
-/// time. A refused stream leaves it ready for the next sender.
+/// The receiving end of live migration (`kemari run --incoming ADDR`): listens, makes each connection's
+/// handshake and reads its HELLO on a thread of its own (so an idle or trickling peer blocks neither the
+/// caller nor a real sender), and hands over introduced senders. A refused stream leaves it ready for the
+/// next sender.
 pub struct Incoming {
-    listener: TcpListener,
-    security: Security,
-    /// The guest size the user gave (--memory): a sender with another is refused.
+    local: SocketAddr,
+    arrivals: mpsc::Receiver<Introduction<Shape>>,
     expect_memory_mib: Option<u64>,
     prealloc: bool,
     /// RAM of the expected size, being faulted in while we wait (--prealloc); untouched until a sender is
     /// accepted.
     ram: Option<Arc<GuestRam>>,
+}
+
+/// Introductions (handshake and HELLO) under way at once, at most; more connections are closed at once.
+const MAX_INTRODUCTIONS: usize = 16;
+
+/// The machine a sender announced: harts and memory bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub harts: usize,
+    pub memory: u64,
+}
+
+/// What [`Incoming::next`] brings.
+pub enum Arrival {
+    /// A sender that passed the handshake and introduced a machine this receiver takes.
+    Sender(IncomingSender),
+    /// A connection refused before its stream (handshake, HELLO): who, and why.
+    Refused { peer: String, why: String },
+}
+
+/// A sender that passed the handshake and the HELLO; [`IncomingSender::receive`] takes its machine.
+pub struct IncomingSender {
+    pub peer: String,
+    link: Channel,
+    shape: Shape,
 }
 
 impl Incoming {
@@ -604,85 +629,78 @@ impl Incoming {
         prealloc: bool,
     ) -> Result<Incoming, MigrateError> {
         let ram = receiver_ram(prealloc, expect_memory_mib)?;
-        Ok(Incoming { listener: TcpListener::bind(addr)?, security, expect_memory_mib, prealloc, ram })
+        let listener = TcpListener::bind(addr)?;
+        let local = listener.local_addr()?;
+        let (tx, arrivals) = mpsc::channel();
+        let hello = move |r: &mut dyn Read| {
+            read_hello(r, expect_memory_mib).map_err(|e| match e {
+                MigrateError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {
+                    format!("protocol: no complete HELLO within {} s", HELLO_WITHIN.as_secs())
+                }
+                e => e.to_string(),
+            })
+        };
+        kemari_transport::serve_introductions("mig", listener, security, HELLO_WITHIN, MAX_INTRODUCTIONS, hello, tx)?;
+        Ok(Incoming { local, arrivals, expect_memory_mib, prealloc, ram })
     }
 
     /// Where it listens.
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 
-    /// Waits up to `patience` for a sender to connect (so that the caller can serve its control API between
-    /// waits); returns at once when one does.
-    pub fn next_sender(&self, patience: Duration) -> std::io::Result<Option<TcpStream>> {
-        let mut fd = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let millis = patience.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for the duration of the call.
-        match unsafe { libc::poll(&mut fd, 1, millis) } {
-            0 => Ok(None),
-            r if r < 0 => match std::io::Error::last_os_error() {
-                e if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
-                e => Err(e),
-            },
-            _ => {
-                let (stream, peer) = self.listener.accept()?;
+    /// Waits up to `patience` for the next introduced sender or refused connection (so that the caller can
+    /// serve its control API between waits).
+    pub fn next(&self, patience: Duration) -> Option<Arrival> {
+        let Introduction { peer, outcome } = self.arrivals.recv_timeout(patience).ok()?;
+        Some(match outcome {
+            Ok((link, shape)) => {
                 tracing::info!("incoming migration from {peer}");
-                Ok(Some(stream))
+                Arrival::Sender(IncomingSender { peer, link, shape })
             }
-        }
+            Err(why) => Arrival::Refused { peer, why },
+        })
     }
 
-    /// Receives the machine of the sender on `stream`: builds it with the devices of `cfg`, applies the
-    /// pre-copied pages and the final state, acknowledges, announces the guest's MACs, and returns the machine
-    /// ready to run. An error means this sender's stream was refused (nothing of it runs); the next sender
-    /// may come.
-    pub fn receive(
-        &mut self,
-        stream: TcpStream,
-        cfg: &MachineConfig,
-        console: Box<dyn Write + Send>,
-        wake: kemari_devices::host::Wake,
-    ) -> Result<Machine, MigrateError> {
-        let ram = self.ram.take();
-        let received = self.receive_from(stream, ram, cfg, console, wake);
-        if received.is_err() && self.prealloc {
-            // Pages of the refused stream may be in the prepared RAM: the next sender gets fresh RAM.
+    /// The RAM prepared for the next sender (--prealloc), for [`IncomingSender::receive`].
+    pub fn take_ram(&mut self) -> Option<Arc<GuestRam>> {
+        self.ram.take()
+    }
+
+    /// After a refused stream: pages of it may be in the prepared RAM, so the next sender gets fresh RAM.
+    pub fn refill_ram(&mut self) {
+        if self.prealloc && self.ram.is_none() {
             match receiver_ram(true, self.expect_memory_mib) {
                 Ok(ram) => self.ram = ram,
                 Err(e) => tracing::warn!("{e}; the next sender's pages fault in as they arrive"),
             }
         }
-        received
     }
+}
 
-    fn receive_from(
-        &self,
-        sock: TcpStream,
+impl IncomingSender {
+    /// Receives the sender's machine (into `ram` when prepared): builds it with the devices of `cfg`, applies
+    /// the pre-copied pages and the final state, acknowledges, announces the guest's MACs, and returns the
+    /// machine ready to run. An error means this sender's stream was refused (nothing of it runs); the next
+    /// sender may come. Runs on any thread.
+    pub fn receive(
+        self,
         ram: Option<Arc<GuestRam>>,
         cfg: &MachineConfig,
         console: Box<dyn Write + Send>,
         wake: kemari_devices::host::Wake,
     ) -> Result<Machine, MigrateError> {
-        sock.set_nodelay(true)?;
-        // The handshake and the HELLO, each within HELLO_WITHIN.
-        let mut link = self.security.accept(sock, HELLO_WITHIN)?;
-        let Channel { reader, writer, socket } = &mut link;
-        let (harts, memory) = self.hello(&mut Deadline::new(reader, socket, HELLO_WITHIN)).map_err(|e| match e {
-            MigrateError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                MigrateError::Protocol(format!("no complete HELLO within {} s", HELLO_WITHIN.as_secs()))
-            }
-            e => e,
-        })?;
+        let IncomingSender { link: Channel { mut reader, mut writer, socket }, shape, .. } = self;
         socket.set_read_timeout(Some(SENDER_SILENCE))?;
-        let max = crate::persist::max_state_len(memory);
-        let cfg = MachineConfig { harts, memory_mib: memory >> 20, ..cfg.clone() };
+        let max = crate::persist::max_state_len(shape.memory);
+        let cfg = MachineConfig { harts: shape.harts, memory_mib: shape.memory >> 20, ..cfg.clone() };
         let mut m = match ram {
             Some(ram) => Machine::empty_on(ram, &cfg, console, wake)?,
             None => Machine::build(&cfg, console, wake, false)?,
         };
         let mut payload = Vec::new();
         loop {
-            let kind = receive_into(reader, &mut payload, max)?;
+            let kind = receive_into(&mut reader, &mut payload, max)?;
             match kind {
                 PAGES => {
                     m.restore_pages(&payload).map_err(RestoreError::from)?;
@@ -703,41 +721,41 @@ impl Incoming {
         m.announce();
         Ok(m)
     }
+}
 
-    /// Reads and checks the sender's HELLO: protocol, machine shape. Returns (harts, memory bytes).
-    fn hello(&self, stream: &mut impl Read) -> Result<(usize, u64), MigrateError> {
-        let not_kemari = || MigrateError::Protocol("not a kemari migration stream (no HELLO first)".into());
-        let mut head = [0u8; 9];
-        stream.read_exact(&mut head)?;
-        let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
-        if head[0] != HELLO || !(8..=64).contains(&len) {
-            return Err(not_kemari());
-        }
-        let mut hello = vec![0u8; len as usize];
-        stream.read_exact(&mut hello)?;
-        if &hello[..4] != PROTOCOL_MAGIC {
-            return Err(not_kemari());
-        }
-        let version = u32::from_le_bytes(hello[4..8].try_into().expect("4 bytes"));
-        if version != PROTOCOL_VERSION {
-            return Err(MigrateError::Protocol(format!(
-                "the sender speaks migration protocol version {version}, this kemari speaks {PROTOCOL_VERSION}"
-            )));
-        }
-        if hello.len() != 20 {
-            return Err(MigrateError::Protocol(format!("HELLO of {} bytes, expected 20", hello.len())));
-        }
-        let harts = u32::from_le_bytes(hello[8..12].try_into().expect("4 bytes")) as usize;
-        let memory = u64::from_le_bytes(hello[12..].try_into().expect("8 bytes"));
-        if memory % (1 << 20) != 0 {
-            return Err(MigrateError::Protocol(format!("memory size {memory} is not whole MiB")));
-        }
-        if let Some(mib) = self.expect_memory_mib.filter(|&mib| mib != memory >> 20) {
-            return Err(MigrateError::Protocol(format!(
-                "the sender's guest has {} MiB of RAM, this receiver was given --memory {mib}",
-                memory >> 20
-            )));
-        }
-        Ok((harts, memory))
+/// Reads and checks a sender's HELLO: protocol, machine shape (the memory size `expect_memory_mib` when given).
+fn read_hello(stream: &mut dyn Read, expect_memory_mib: Option<u64>) -> Result<Shape, MigrateError> {
+    let not_kemari = || MigrateError::Protocol("not a kemari migration stream (no HELLO first)".into());
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head)?;
+    let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
+    if head[0] != HELLO || !(8..=64).contains(&len) {
+        return Err(not_kemari());
     }
+    let mut hello = vec![0u8; len as usize];
+    stream.read_exact(&mut hello)?;
+    if &hello[..4] != PROTOCOL_MAGIC {
+        return Err(not_kemari());
+    }
+    let version = u32::from_le_bytes(hello[4..8].try_into().expect("4 bytes"));
+    if version != PROTOCOL_VERSION {
+        return Err(MigrateError::Protocol(format!(
+            "the sender speaks migration protocol version {version}, this kemari speaks {PROTOCOL_VERSION}"
+        )));
+    }
+    if hello.len() != 20 {
+        return Err(MigrateError::Protocol(format!("HELLO of {} bytes, expected 20", hello.len())));
+    }
+    let harts = u32::from_le_bytes(hello[8..12].try_into().expect("4 bytes")) as usize;
+    let memory = u64::from_le_bytes(hello[12..].try_into().expect("8 bytes"));
+    if memory % (1 << 20) != 0 {
+        return Err(MigrateError::Protocol(format!("memory size {memory} is not whole MiB")));
+    }
+    if let Some(mib) = expect_memory_mib.filter(|&mib| mib != memory >> 20) {
+        return Err(MigrateError::Protocol(format!(
+            "the sender's guest has {} MiB of RAM, this receiver was given --memory {mib}",
+            memory >> 20
+        )));
+    }
+    Ok(Shape { harts, memory })
 }

@@ -146,13 +146,16 @@ fn answer(reply: Reply) -> Answer {
             put("total_millis", total_millis.into());
             put("downtime_micros", downtime_micros.into());
         }
-        Reply::Incoming { listen, refused, last_refusal } => {
+        Reply::Incoming { listen, refused, last_refusal, receiving_from } => {
             put("role", "incoming".into());
             put("paused", true.into());
             put("listen", listen.into());
             put("refused", refused.into());
             if let Some(why) = last_refusal {
                 put("last_refusal", why.into());
+            }
+            if let Some(peer) = receiving_from {
+                put("receiving_from", peer.into());
             }
         }
         Reply::Snapshot { bytes, millis } => {

@@ -389,7 +389,7 @@ impl ProtectArgs {
 }
 
 fn disk_sizes(cfg: &MachineConfig) -> Vec<u64> {
-    cfg.disks.iter().map(|d| std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0)).collect()
+    cfg.disks.iter().map(|d| kemari_devices::virtio::blk::image_size_at(&d.path).unwrap_or(0)).collect()
 }
 
 fn standby(args: StandbyArgs) -> ExitCode {
@@ -586,8 +586,9 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 /// `run --incoming`: waits for a sender until one migrates its guest here (a refused stream is reported and
-/// the next sender awaited), answering the control API meanwhile and keeping what is typed for the guest.
-/// Returns the exit code instead when listening fails (2) or the user quits (0).
+/// the next sender awaited), answering the control API meanwhile, also while a sender's stream is received
+/// (on a thread of its own), and keeping what is typed for the guest. Returns the exit code instead when
+/// listening fails (2) or the user quits (0).
 fn receive(
     addr: &str,
     security: kemari_transport::Security,
@@ -596,14 +597,17 @@ fn receive(
     console: &console::Console,
 ) -> Result<Machine, ExitCode> {
     use kemari_board::control::{Reply, Request};
+    use kemari_board::migrate::{Arrival, MigrateError};
     use kemari_board::Event;
     let mut incoming = kemari_board::migrate::Incoming::bind(addr, security, memory, cfg.prealloc).map_err(|e| {
         eprintln!("kemari: cannot receive a migration on {addr}: {e}");
         ExitCode::from(2)
     })?;
-    let listen = incoming.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+    let listen = incoming.local_addr().to_string();
     eprintln!("kemari: waiting for an incoming migration on {listen}");
     let (mut typed, mut refused, mut last_refusal) = (Vec::new(), 0, None);
+    // The sender whose stream is being received, and where its outcome comes.
+    let mut receiving: Option<(String, std::sync::mpsc::Receiver<Result<Machine, MigrateError>>)> = None;
     loop {
         while let Ok(event) = console.input().try_recv() {
             match event {
@@ -613,6 +617,7 @@ fn receive(
                         listen: listen.clone(),
                         refused,
                         last_refusal: last_refusal.clone(),
+                        receiving_from: receiving.as_ref().map(|(peer, _)| peer.clone()),
                     });
                 }
                 Event::Control(_, reply) => {
@@ -627,24 +632,48 @@ fn receive(
                 Event::Wake => {}
             }
         }
-        let stream = match incoming.next_sender(std::time::Duration::from_millis(20)) {
-            Ok(Some(stream)) => stream,
-            Ok(None) => continue,
-            Err(e) => {
-                eprintln!("kemari: waiting for a sender on {listen}: {e}");
-                return Err(ExitCode::from(2));
-            }
+        let mut refuse = |peer: &str, why: String| {
+            eprintln!("kemari: incoming migration refused: {why} (from {peer}); waiting for the next sender");
+            refused += 1;
+            last_refusal = Some(why);
         };
-        match incoming.receive(stream, cfg, Box::new(std::io::stdout()), console.waker()) {
-            Ok(mut m) => {
-                eprintln!("kemari: migration from the sender complete; running here");
-                m.push_input(&typed);
-                return Ok(m);
+        if let Some((peer, outcome)) = &receiving {
+            match outcome.try_recv() {
+                Ok(Ok(mut m)) => {
+                    eprintln!("kemari: migration from the sender complete; running here");
+                    m.push_input(&typed);
+                    return Ok(m);
+                }
+                Ok(Err(e)) => {
+                    refuse(peer, e.to_string());
+                    receiving = None;
+                    incoming.refill_ram();
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    refuse(peer, "the receiving thread failed".into());
+                    receiving = None;
+                    incoming.refill_ram();
+                }
             }
-            Err(e) => {
-                eprintln!("kemari: incoming migration refused: {e}; waiting for the next sender");
-                refused += 1;
-                last_refusal = Some(e.to_string());
+        }
+        match incoming.next(std::time::Duration::from_millis(20)) {
+            None => {}
+            Some(Arrival::Refused { peer, why }) => refuse(&peer, why),
+            Some(Arrival::Sender(sender)) if receiving.is_some() => {
+                refuse(&sender.peer, "another sender's migration is being received".into());
+            }
+            Some(Arrival::Sender(sender)) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let peer = sender.peer.clone();
+                let (ram, cfg, wake) = (incoming.take_ram(), cfg.clone(), console.waker());
+                let spawned = std::thread::Builder::new().name("mig-receive".into()).spawn(move || {
+                    let _ = tx.send(sender.receive(ram, &cfg, Box::new(std::io::stdout()), wake));
+                });
+                match spawned {
+                    Ok(_) => receiving = Some((peer, rx)),
+                    Err(e) => refuse(&peer, format!("cannot start receiving: {e}")),
+                }
             }
         }
     }

@@ -73,6 +73,31 @@ fn trickle(addr: SocketAddr, bytes: Vec<u8>, every: Duration) -> std::thread::Jo
     })
 }
 
+/// A `run --incoming` receiver in `dir` with the link arguments `link(dir)`: the process, its control socket
+/// and where it listens.
+fn incoming(dir: &Path, link: impl Fn(&Path) -> Vec<String>) -> (Vm, String, SocketAddr) {
+    let api = dir.join("api.sock").display().to_string();
+    let to = free_addr();
+    let mut args: Vec<String> = ["run", "--incoming", &to.to_string(), "--api", &api].map(String::from).to_vec();
+    args.extend(link(dir));
+    let mut receiver = Vm::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    receiver.expect_stderr("waiting for an incoming migration");
+    (receiver, api, to)
+}
+
+fn plaintext(_: &Path) -> Vec<String> {
+    vec!["--insecure-plaintext".into()]
+}
+
+/// A migration sender's HELLO message for a 16 MiB, 1-hart machine.
+fn migration_hello() -> Vec<u8> {
+    let mut hello = b"KMIG".to_vec();
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&(16u64 << 20).to_le_bytes());
+    header(1, hello.len() as u64, &hello)
+}
+
 struct Standby {
     vm: Vm,
     dir: PathBuf,
@@ -83,7 +108,7 @@ struct Standby {
 impl Standby {
     /// A standby whose link is plaintext.
     fn start(tag: &str) -> Standby {
-        Standby::start_with(tag, |_| vec!["--insecure-plaintext".into()])
+        Standby::start_with(tag, plaintext)
     }
 
     /// A standby with the link arguments `link(dir)` gives.
@@ -182,21 +207,14 @@ fn a_standby_refuses_a_checkpoint_longer_than_the_announced_machine() {
 #[test]
 fn an_idle_or_huge_sender_does_not_hold_a_migration_receiver() {
     let dir = scratch("incoming");
-    let api = dir.join("api.sock").display().to_string();
-    let to = free_addr();
-    let mut receiver = Vm::start(&["run", "--incoming", &to.to_string(), "--api", &api, "--insecure-plaintext"]);
-    receiver.expect_stderr("waiting for an incoming migration");
+    let (mut receiver, api, to) = incoming(&dir, plaintext);
     // An idle connection is refused once its HELLO is overdue, while it is still open.
     let idle = TcpStream::connect(to).unwrap();
     let line = receiver.expect_stderr("incoming migration refused");
     assert!(line.contains("no complete HELLO"), "{line}");
     // A sender of a 16 MiB machine that claims an 8 GiB message is refused unread.
-    let mut hello = b"KMIG".to_vec();
-    hello.extend_from_slice(&1u32.to_le_bytes());
-    hello.extend_from_slice(&1u32.to_le_bytes());
-    hello.extend_from_slice(&(16u64 << 20).to_le_bytes());
     let mut huge = TcpStream::connect(to).unwrap();
-    huge.write_all(&header(1, hello.len() as u64, &hello)).unwrap();
+    huge.write_all(&migration_hello()).unwrap();
     huge.write_all(&header(2, 8 << 30, &[0; 29])).unwrap();
     let mark = receiver.stderr_lines();
     let line = receiver.expect_stderr_after("incoming migration refused", mark);
@@ -205,6 +223,55 @@ fn an_idle_or_huge_sender_does_not_hold_a_migration_receiver() {
     let st = status(&api);
     assert_eq!(st["refused"], 2, "{st}");
     drop((idle, huge));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A migration receiver makes handshakes and reads HELLOs on threads of their own and receives a stream on
+/// another: while idle connections sit there and an introduced sender stalls inside its stream, the control
+/// API answers at once (showing whom it receives from), another sender is turned away with a reason, and
+/// once the stalled sender is gone the next one is taken.
+#[test]
+fn a_migration_receivers_api_and_next_sender_wait_for_no_connection() {
+    let dir = scratch("incoming-busy");
+    let (mut receiver, api, to) = incoming(&dir, plaintext);
+    let hello = migration_hello();
+
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(to).unwrap()).collect();
+    let mut stalled = TcpStream::connect(to).unwrap();
+    stalled.write_all(&hello).unwrap();
+    stalled.write_all(&header(2, 1 << 20, &[0; 100])).unwrap();
+    let local = stalled.local_addr().unwrap().to_string();
+    let start = Instant::now();
+    let st = loop {
+        let st = status(&api);
+        if st["receiving_from"].is_string() || start.elapsed() > PATIENCE {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(st["receiving_from"], local.as_str(), "{st}");
+    assert_eq!(st["refused"], 0, "the idle connections are not overdue yet, and nobody waited for them: {st}");
+
+    let mark = receiver.stderr_lines();
+    let mut second = TcpStream::connect(to).unwrap();
+    second.write_all(&hello).unwrap();
+    let line = receiver.expect_stderr_after("incoming migration refused", mark);
+    assert!(line.contains("another sender's migration is being received"), "{line}");
+
+    let mark = receiver.stderr_lines();
+    drop(stalled);
+    let line = receiver.expect_stderr_after("incoming migration refused", mark);
+    assert!(line.contains("vanished") && line.contains(&local), "{line}");
+    let mut third = TcpStream::connect(to).unwrap();
+    third.write_all(&hello).unwrap();
+    let local = third.local_addr().unwrap().to_string();
+    let start = Instant::now();
+    while status(&api)["receiving_from"] != local.as_str() {
+        assert!(start.elapsed() < PATIENCE, "the next sender was never taken: {}", status(&api));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(receiver.try_status().is_none(), "the receiver exited: {}", receiver.stderr());
+    drop((idle, second, third));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -265,6 +332,32 @@ fn a_primary_that_leaves_before_protection_is_not_shown_as_syncing() {
     let after = s.wait_status("the session's end", |st| st["protection"] != "syncing");
     assert_eq!(after["protection"], "standby", "{after}");
     assert_eq!(after["peer"], "", "no primary is connected any more: {after}");
+}
+
+/// Inside a session, a byte now and then is no sign of life: a primary that trickles a checkpoint (a byte
+/// every 50 ms, well inside the 200 ms heartbeat timeout) loses its session as a silent one would, and the
+/// standby waits for the next primary.
+#[test]
+fn a_primary_that_trickles_inside_a_message_loses_its_session() {
+    let mut s = Standby::start("trickle-session");
+    let (_lease, conn) = s.fake_primary();
+    s.wait_status("the session", |st| st["protection"] == "syncing");
+    let mut message = header(wire::PAGES, 1 << 20, &[]);
+    message.resize(message.len() + 4096, 0);
+    let trickler = std::thread::spawn(move || {
+        for b in message {
+            if (&conn).write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let line = s.vm.expect_stderr("the session ended before protection");
+    assert!(line.contains("no heartbeat for"), "{line}");
+    let after = s.wait_status("the session's end", |st| st["protection"] != "syncing");
+    assert_eq!((after["protection"].as_str(), after["peer"].as_str()), (Some("standby"), Some("")), "{after}");
+    assert!(s.vm.try_status().is_none(), "the standby exited: {}", s.vm.stderr());
+    drop(trickler);
 }
 
 // ------------------------------------------------------------------------------------------ mutual TLS --
@@ -344,17 +437,8 @@ fn tls_a_standby_hears_only_a_node_of_its_cluster_and_vm() {
 #[test]
 fn tls_a_migration_receiver_takes_nothing_from_a_peer_without_credentials() {
     let dir = scratch("tls-incoming");
-    let api = dir.join("api.sock").display().to_string();
-    let to = free_addr();
-    let mut args: Vec<String> = ["run", "--incoming", &to.to_string(), "--api", &api].map(String::from).to_vec();
-    args.extend(tls_cluster(&dir));
-    let mut receiver = Vm::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    receiver.expect_stderr("waiting for an incoming migration");
-    let mut hello = b"KMIG".to_vec();
-    hello.extend_from_slice(&1u32.to_le_bytes());
-    hello.extend_from_slice(&1u32.to_le_bytes());
-    hello.extend_from_slice(&(16u64 << 20).to_le_bytes());
-    let hello = header(1, hello.len() as u64, &hello);
+    let (mut receiver, api, to) = incoming(&dir, tls_cluster);
+    let hello = migration_hello();
 
     let mark = receiver.stderr_lines();
     let mut plain = TcpStream::connect(to).unwrap();

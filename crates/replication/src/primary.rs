@@ -152,7 +152,11 @@ impl Link {
         })?;
         let mut reader = Tracked::new(reader, heard.clone());
         std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
-            let ev = match wire::receive(&mut reader, wire::SMALL_MESSAGE) {
+            let received = wire::receive(&mut reader, wire::SMALL_MESSAGE);
+            if received.is_ok() {
+                reader.heard();
+            }
+            let ev = match received {
                 Ok((wire::ACK, p)) => wire::split_epoch(&p).map(|(e, _)| Incoming::Ack(e)),
                 Ok((wire::NACK, p)) => wire::split_epoch(&p).map(|(e, _)| Incoming::Nack(e)),
                 Ok((wire::HEARTBEAT, _)) => continue,

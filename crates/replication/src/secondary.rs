@@ -25,7 +25,7 @@ use kemari_board::control::{Reply, Request};
 use kemari_board::{Event, Machine, MachineConfig};
 use kemari_devices::host::Wake;
 use kemari_engine::GuestRam;
-use kemari_transport::{Channel, Security, TlsError};
+use kemari_transport::{Channel, Security};
 
 use crate::arbiter::{Arbiter, TakeOver};
 use crate::metrics::{Metrics, SharedMetrics};
@@ -39,18 +39,7 @@ const PAGE_RECORD: u64 = 8 + 4096;
 const MAX_HANDSHAKES: usize = 16;
 
 /// A connection that made the link's handshake and sent a HELLO (or failed to), from a handshake thread.
-struct Handshake {
-    peer: String,
-    offer: Result<(Channel, Hello), Refused>,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum Refused {
-    #[error(transparent)]
-    Link(#[from] TlsError),
-    #[error(transparent)]
-    Hello(#[from] WireError),
-}
+type Handshake = kemari_transport::Introduction<Hello>;
 
 /// A primary that introduced itself.
 struct Offer {
@@ -123,11 +112,24 @@ pub fn standby(
     eprintln!("kemari: standby: waiting for a primary on {} ({})", cfg.listen, cfg.security.describe());
     let (conns_tx, conns) = mpsc::channel();
     let within = cfg.opts.heartbeat_timeout.max(Duration::from_secs(2));
-    let security = cfg.security.clone();
-    std::thread::Builder::new()
-        .name("ft-accept".into())
-        .spawn(move || accept(listener, security, conns_tx, within))
-        .map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
+    let hello = |r: &mut dyn std::io::Read| {
+        wire::receive(r, wire::SMALL_MESSAGE)
+            .and_then(|(k, p)| match k {
+                wire::HELLO => Hello::decode(&p),
+                k => Err(WireError::Protocol(format!("expected HELLO, got message kind {k}"))),
+            })
+            .map_err(|e| e.to_string())
+    };
+    kemari_transport::serve_introductions(
+        "ft",
+        listener,
+        cfg.security.clone(),
+        within,
+        MAX_HANDSHAKES,
+        hello,
+        conns_tx,
+    )
+    .map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
     let metrics = Metrics::new("secondary", "standby");
     let mut s = Standby { metrics, input_bytes: Vec::new() };
     loop {
@@ -146,8 +148,8 @@ pub fn standby(
                 }
             }
         };
-        let Handshake { peer, offer } = stream;
-        let offer = match offer {
+        let Handshake { peer, outcome } = stream;
+        let offer = match outcome {
             Ok((channel, hello)) => Offer { channel, peer, hello },
             Err(e) => {
                 eprintln!("kemari: standby: refused a connection from {peer}: {e}");
@@ -170,51 +172,6 @@ pub fn standby(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Accepts connections and makes each one's handshake and reads its HELLO on a thread of its own, within
-/// `within` for each; hands over the outcome. A connection beyond [`MAX_HANDSHAKES`] is closed at once.
-fn accept(listener: TcpListener, security: Security, conns: mpsc::Sender<Handshake>, within: Duration) {
-    let busy = Arc::new(());
-    for c in listener.incoming() {
-        let stream = match c {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("accepting a replication connection: {e}");
-                continue;
-            }
-        };
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-        // Each handshake thread holds a clone; only this thread clones it.
-        if Arc::strong_count(&busy) > MAX_HANDSHAKES {
-            tracing::warn!("closed a replication connection from {peer}: {MAX_HANDSHAKES} handshakes under way");
-            continue;
-        }
-        let (slot, conns, security) = (busy.clone(), conns.clone(), security.clone());
-        let spawned = std::thread::Builder::new().name("ft-hello".into()).spawn(move || {
-            let _ = stream.set_nodelay(true);
-            let offer = hear(&security, stream, within);
-            drop(slot);
-            let _ = conns.send(Handshake { peer, offer });
-        });
-        if let Err(e) = spawned {
-            tracing::warn!("cannot start a replication handshake: {e}");
-        }
-    }
-}
-
-/// The link's handshake, then the HELLO, each within `within`.
-fn hear(security: &Security, stream: TcpStream, within: Duration) -> Result<(Channel, Hello), Refused> {
-    let mut channel = security.accept(stream, within)?;
-    let Channel { reader, socket, .. } = &mut channel;
-    let hello = wire::receive(&mut wire::Deadline::new(reader, socket, within), wire::SMALL_MESSAGE).and_then(
-        |(k, p)| match k {
-            wire::HELLO => Hello::decode(&p),
-            k => Err(WireError::Protocol(format!("expected HELLO, got message kind {k}"))),
-        },
-    )?;
-    let _ = channel.socket.set_read_timeout(None);
-    Ok((channel, hello))
 }
 
 struct Standby {
@@ -290,6 +247,9 @@ impl Standby {
         let _ = std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
             let m = wire::receive(&mut reader, cap);
             let end = m.is_err();
+            if !end {
+                reader.heard();
+            }
             if msgs_tx.send(m).is_err() || end {
                 return;
             }
@@ -428,7 +388,7 @@ impl Standby {
             return Err(format!("the primary has {} disks, this node {}", hello.disks.len(), cfg.machine.disks.len()));
         }
         for (i, (size, d)) in hello.disks.iter().zip(&cfg.machine.disks).enumerate() {
-            let ours = std::fs::metadata(&d.path).map(|m| m.len()).map_err(|e| format!("disk {i}: {e}"))?;
+            let ours = kemari_devices::virtio::blk::image_size_at(&d.path).map_err(|e| format!("disk {i}: {e}"))?;
             if ours != *size {
                 return Err(format!("disk {i} is {size} bytes on the primary, {ours} here ({})", d.path.display()));
             }

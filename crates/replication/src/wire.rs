@@ -65,7 +65,7 @@ pub fn send(w: &mut impl Write, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
 }
 
 /// Reads one message, refusing lengths above `max`.
-pub fn receive(r: &mut impl Read, max: u64) -> Result<(u8, Vec<u8>), WireError> {
+pub fn receive(r: &mut (impl Read + ?Sized), max: u64) -> Result<(u8, Vec<u8>), WireError> {
     let mut head = [0u8; 9];
     if let Err(e) = r.read_exact(&mut head) {
         return Err(if e.kind() == io::ErrorKind::UnexpectedEof { WireError::Closed } else { e.into() });
@@ -90,24 +90,39 @@ pub fn session_cap(memory: u64) -> u64 {
 
 pub use kemari_transport::Deadline;
 
-/// A reader that notes the time of every byte received, so silence (not message boundaries) measures
-/// liveness: a checkpoint that takes long to arrive is not mistaken for a dead peer.
+/// A reader that notes when the peer makes progress, so that silence measures liveness and not message
+/// boundaries: a checkpoint that takes long to arrive is not mistaken for a dead peer, while a peer that
+/// trickles (a byte now and then inside a message that never ends) is. Progress is a whole message (the
+/// receiver calls [`Tracked::heard`]) or [`PROGRESS_BYTES`] more bytes of one.
 pub struct Tracked<R> {
     inner: R,
     last: Arc<LastHeard>,
+    /// Bytes read since progress was last noted.
+    pending: usize,
 }
+
+/// Bytes of a message in transit that count as a sign of life (one full TLS record): a link must carry at
+/// least this much per heartbeat timeout while a long message crosses it.
+pub const PROGRESS_BYTES: usize = 16 << 10;
 
 impl<R: Read> Tracked<R> {
     pub fn new(inner: R, last: Arc<LastHeard>) -> Tracked<R> {
-        Tracked { inner, last }
+        Tracked { inner, last, pending: 0 }
+    }
+
+    /// A whole message arrived.
+    pub fn heard(&mut self) {
+        self.pending = 0;
+        self.last.touch();
     }
 }
 
 impl<R: Read> Read for Tracked<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n > 0 {
-            self.last.touch();
+        self.pending += n;
+        if self.pending >= PROGRESS_BYTES {
+            self.heard();
         }
         Ok(n)
     }

@@ -25,9 +25,9 @@
 //! loudly: anyone who reaches the port can then push a guest of their choosing or read the guest's memory.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -110,6 +110,79 @@ impl Channel {
         let clone = || sock.try_clone().map_err(|e| TlsError::Handshake(e.to_string()));
         Ok(Channel { reader: Box::new(clone()?), writer: Box::new(clone()?), socket: sock })
     }
+}
+
+/// A connection taken by [`serve_introductions`]: the peer's address, and its link with what it introduced
+/// itself as, or why it was refused.
+pub struct Introduction<T> {
+    pub peer: String,
+    pub outcome: Result<(Channel, T), String>,
+}
+
+/// Accepts connections on `listener` (on a thread named `NAME-accept`) and makes each one's handshake and
+/// reads its introduction (`introduce`, through a [`Deadline`] reader) on a thread of its own (`NAME-hello`),
+/// both within `within`; hands every outcome to `out`. At most `at_once` introductions are under way; a
+/// connection beyond that is closed at once. So an idle or trickling peer delays neither the receiver nor a
+/// real peer: authenticate and introduce first, serve after. The accepting thread lives as long as the
+/// process.
+pub fn serve_introductions<T, F>(
+    name: &str,
+    listener: TcpListener,
+    security: Security,
+    within: Duration,
+    at_once: usize,
+    introduce: F,
+    out: mpsc::Sender<Introduction<T>>,
+) -> io::Result<()>
+where
+    T: Send + 'static,
+    F: Fn(&mut dyn Read) -> Result<T, String> + Send + Sync + 'static,
+{
+    let hello_name = format!("{name}-hello");
+    let introduce = Arc::new(introduce);
+    std::thread::Builder::new().name(format!("{name}-accept")).spawn(move || {
+        // Each introduction thread holds a clone; only this thread clones it.
+        let busy = Arc::new(());
+        for c in listener.incoming() {
+            let stream = match c {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    continue;
+                }
+            };
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+            if Arc::strong_count(&busy) > at_once {
+                tracing::warn!("closed a connection from {peer}: {at_once} introductions under way");
+                continue;
+            }
+            let (slot, out, security, introduce) = (busy.clone(), out.clone(), security.clone(), introduce.clone());
+            let spawned = std::thread::Builder::new().name(hello_name.clone()).spawn(move || {
+                let outcome = introduced(&security, stream, within, &*introduce);
+                drop(slot);
+                let _ = out.send(Introduction { peer, outcome });
+            });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start an introduction thread: {e}");
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// The handshake, then the introduction, each within `within`; the socket is left without a read timeout.
+fn introduced<T>(
+    security: &Security,
+    stream: TcpStream,
+    within: Duration,
+    introduce: &dyn Fn(&mut dyn Read) -> Result<T, String>,
+) -> Result<(Channel, T), String> {
+    let _ = stream.set_nodelay(true);
+    let mut channel = security.accept(stream, within).map_err(|e| e.to_string())?;
+    let Channel { reader, socket, .. } = &mut channel;
+    let hello = introduce(&mut Deadline::new(reader, socket, within))?;
+    channel.socket.set_read_timeout(None).map_err(|e| e.to_string())?;
+    Ok((channel, hello))
 }
 
 /// Reads until a deadline for the whole exchange, not per read: a peer trickling one byte at a time cannot

@@ -13,8 +13,9 @@
 //! per disk.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::{
@@ -72,11 +73,23 @@ pub struct Block {
     warn: WarnLimit,
 }
 
+/// Size in bytes of a disk image: a regular file's length or a block device's capacity (whose `metadata`
+/// length is 0, so the end is sought instead).
+pub fn image_size(image: &File) -> io::Result<u64> {
+    let mut handle = image;
+    handle.seek(SeekFrom::End(0))
+}
+
+/// [`image_size`] of the image at `path`.
+pub fn image_size_at(path: &Path) -> io::Result<u64> {
+    image_size(&File::open(path)?)
+}
+
 impl Block {
     /// `disk` is the gate's index for this image; `image` a read handle; `readonly` refuses writes
     /// (VIRTIO_BLK_F_RO). `id` is what GET_ID reports (cut to 20 bytes).
     pub fn new(disk: usize, image: File, readonly: bool, id: &str) -> io::Result<Block> {
-        let len = image.metadata()?.len();
+        let len = image_size(&image)?;
         let sectors = len / SECTOR_SIZE;
         if !len.is_multiple_of(SECTOR_SIZE) {
             tracing::warn!(disk, len, "disk image size is not a multiple of 512 bytes; the tail is not visible");
@@ -956,6 +969,25 @@ mod tests {
         // A long id is cut to 20 bytes.
         let dev = Block::new(0, rig.image.reader(), false, "0123456789abcdefghijKLMNOP").unwrap();
         assert_eq!(&dev.id, b"0123456789abcdefghij");
+    }
+
+    /// A block device (here a loop device) reports length 0 in its metadata: its capacity must come from
+    /// seeking to its end, or the guest sees an empty disk.
+    #[test]
+    fn a_block_device_has_its_capacity() {
+        let dir = std::env::temp_dir().join(format!("kemari-blkdev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("backing.img");
+        File::create(&file).unwrap().set_len(3 << 20).unwrap();
+        let out = std::process::Command::new("losetup").args(["--find", "--show"]).arg(&file).output().unwrap();
+        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        let loopdev = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let size = image_size_at(&loopdev);
+        let dev = File::open(&loopdev).and_then(|f| Block::new(0, f, true, "loop"));
+        std::process::Command::new("losetup").arg("-d").arg(&loopdev).status().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(size.unwrap(), 3 << 20);
+        assert_eq!(dev.unwrap().sectors(), (3 << 20) / SECTOR_SIZE);
     }
 
     #[test]
