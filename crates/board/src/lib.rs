@@ -14,6 +14,7 @@ pub mod control;
 pub mod fdt;
 pub mod layout;
 pub mod loader;
+pub mod log;
 pub mod machine;
 pub mod migrate;
 pub mod persist;

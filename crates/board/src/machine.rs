@@ -733,8 +733,8 @@ impl Machine {
         let Some(why) = self.dev.gate.lock().expect("gate lock").stalled().map(str::to_string) else { return };
         self.paused = true;
         self.dev.clock.pause();
-        eprintln!(
-            "kemari: {why}; the guest is paused and the write kept; fix the disk, then `kemari ctl resume` \
+        crate::say!(
+            "{why}; the guest is paused and the write kept; fix the disk, then `kemari ctl resume` \
              tries it again"
         );
     }

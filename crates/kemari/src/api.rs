@@ -96,6 +96,9 @@ fn answer(reply: Reply) -> Answer {
     match reply {
         Reply::Ok => {}
         Reply::Status { paused, harts, memory_mib, instret, migration, protection, io_error } => {
+            if let Some(name) = kemari_board::log::vm_name() {
+                put("name", name.into());
+            }
             if let Some(why) = io_error {
                 put("io_error", why.into());
             }
@@ -170,7 +173,8 @@ fn answer(reply: Reply) -> Answer {
 /// The numeric status fields as Prometheus text (`kemari_<field>`, role and protection state as labels).
 fn prometheus(fields: &serde_json::Map<String, serde_json::Value>) -> String {
     let label = |k: &str| fields.get(k).and_then(|v| v.as_str()).unwrap_or("none").to_string();
-    let labels = format!("{{role=\"{}\",protection=\"{}\"}}", label("role"), label("protection"));
+    let vm = kemari_board::log::vm_name().map(|n| format!("vm=\"{n}\",")).unwrap_or_default();
+    let labels = format!("{{{vm}role=\"{}\",protection=\"{}\"}}", label("role"), label("protection"));
     let mut out = String::new();
     let mut emit = |name: String, v: &serde_json::Value| {
         if let Some(n) = v.as_u64().or_else(|| v.as_bool().map(u64::from)) {

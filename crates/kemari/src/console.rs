@@ -99,7 +99,7 @@ fn quit_on_signals(tx: Sender<Event>, saved: Option<libc::termios>) {
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("kemari: cannot handle termination signals ({e}); they end kemari at once");
+            kemari_board::say!("cannot handle termination signals ({e}); they end kemari at once");
             return;
         }
     };
@@ -111,16 +111,16 @@ fn quit_on_signals(tx: Sender<Event>, saved: Option<libc::termios>) {
                     // SAFETY: restores the attributes read from fd 0 by `raw_mode`; the struct is fully initialised.
                     unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
                 }
-                eprintln!("kemari: signal {sig} again: exiting now");
+                kemari_board::say!("signal {sig} again: exiting now");
                 std::process::exit(128 + sig);
             }
             asked = true;
-            eprintln!("kemari: signal {sig}: quitting");
+            kemari_board::say!("signal {sig}: quitting");
             let _ = tx.send(Event::Quit);
         }
     });
     if let Err(e) = spawned {
-        eprintln!("kemari: cannot handle termination signals ({e})");
+        kemari_board::say!("cannot handle termination signals ({e})");
     }
 }
 

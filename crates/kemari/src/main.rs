@@ -4,6 +4,7 @@
 //! input (a one-line error naming the problem); a failing bare-metal test exits with its HTIF failure code.
 
 mod api;
+mod config;
 mod console;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a VM with its console on this terminal (Ctrl-A x quits).
+    #[command(args_override_self = true)]
     Run(RunArgs),
     /// Start a VM from a snapshot directory (give its disks and taps again).
     Restore(RestoreArgs),
@@ -30,6 +32,7 @@ enum Command {
     /// Live-migrate a running VM to a `kemari run --incoming` on another host, showing progress.
     Migrate(MigrateArgs),
     /// Be the secondary of a protected VM: hold its replica and take over when the primary fails.
+    #[command(args_override_self = true)]
     Standby(StandbyArgs),
     /// Make certificates for the nodes of a VM: a cluster CA (unless --add) and one certificate per node.
     Certs(CertsArgs),
@@ -68,8 +71,8 @@ impl LinkArgs {
     /// The links' security, or `None` when neither flag was given.
     fn security(&self) -> Result<Option<kemari_transport::Security>, String> {
         if self.insecure_plaintext {
-            eprintln!(
-                "kemari: WARNING: --insecure-plaintext: links to other nodes are neither authenticated nor \
+            kemari_board::say!(
+                "WARNING: --insecure-plaintext: links to other nodes are neither authenticated nor \
                  encrypted; anyone who can reach them can inject a guest or read its memory"
             );
             return Ok(Some(kemari_transport::Security::Plaintext));
@@ -98,6 +101,9 @@ impl LinkArgs {
 
 #[derive(Args)]
 struct StandbyArgs {
+    /// Settings from a TOML file (see README); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Where the primary connects (ADDR:PORT).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: String,
@@ -187,6 +193,9 @@ enum CtlOp {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Settings from a TOML file (see README); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// RISC-V Linux kernel Image.
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -242,6 +251,9 @@ struct ProtectArgs {
 /// Devices and control, common to `run` and `restore`.
 #[derive(Args)]
 struct DeviceArgs {
+    /// The VM's name: in every log line, in status and as the metrics label `vm`.
+    #[arg(long)]
+    name: Option<String>,
     /// A raw disk image as virtio-blk (repeatable; the first is /dev/vda): PATH[,readonly].
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
@@ -313,7 +325,23 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEMARI_LOG").unwrap_or_else(|_| "warn".into()))
         .without_time()
         .init();
-    let cli = Cli::parse();
+    let argv = match config::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("kemari: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
+    let devices = match &cli.command {
+        Command::Run(a) => Some(&a.devices),
+        Command::Restore(a) => Some(&a.devices),
+        Command::Standby(a) => Some(&a.devices),
+        _ => None,
+    };
+    if let Some(name) = devices.and_then(|d| d.name.as_deref()) {
+        kemari_board::log::set_vm_name(name);
+    }
     match cli.command {
         Command::Run(args) => run(args),
         Command::Restore(args) => restore(args),
@@ -333,8 +361,8 @@ fn certs(args: CertsArgs) -> ExitCode {
     };
     match made {
         Ok(()) => {
-            eprintln!(
-                "kemari: certificates for {} in {}: {}",
+            kemari_board::say!(
+                "certificates for {} in {}: {}",
                 args.vm,
                 args.dir.display(),
                 args.nodes.iter().map(|n| format!("{n}.pem {n}.key")).collect::<Vec<_>>().join(", ")
@@ -342,7 +370,7 @@ fn certs(args: CertsArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("kemari: {e}");
+            kemari_board::say!("{e}");
             ExitCode::from(2)
         }
     }
@@ -396,20 +424,20 @@ fn standby(args: StandbyArgs) -> ExitCode {
     let machine = machine_config(&args.devices);
     // A shape no machine can have would refuse every primary later: refuse it now.
     if let Err(e) = kemari_board::check_shape(args.cpus, args.memory, machine.prealloc) {
-        eprintln!("kemari: {e}");
+        kemari_board::say!("{e}");
         return ExitCode::from(2);
     }
     let ram = match kemari_board::receiver_ram(machine.prealloc, args.memory) {
         Ok(ram) => ram,
         Err(e) => {
-            eprintln!("kemari: {e}");
+            kemari_board::say!("{e}");
             return ExitCode::from(2);
         }
     };
     let (arbiter, security) = match args.ft.arbiter("secondary").and_then(|a| Ok((a, args.link.required("standby")?))) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("kemari: {e}");
+            kemari_board::say!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -426,7 +454,7 @@ fn standby(args: StandbyArgs) -> ExitCode {
     let console = console::Console::start();
     if let Some(path) = &args.devices.api {
         if let Err(e) = api::serve(path, console.sender()) {
-            eprintln!("kemari: cannot serve the control API on {}: {e}", path.display());
+            kemari_board::say!("cannot serve the control API on {}: {e}", path.display());
             return ExitCode::from(2);
         }
     }
@@ -460,7 +488,7 @@ fn standby(args: StandbyArgs) -> ExitCode {
             if let Some(path) = &args.devices.api {
                 let _ = std::fs::remove_file(path);
             }
-            eprintln!("kemari: standby: {e}");
+            kemari_board::say!("standby: {e}");
             ExitCode::from(match e {
                 kemari_replication::secondary::StandbyError::Stale { .. } => EXIT_FENCED,
                 _ => 2,
@@ -526,14 +554,14 @@ fn run(args: RunArgs) -> ExitCode {
     if args.incoming.is_some() {
         // The sender's shape must match what is given here: refuse one no machine can have at once.
         if let Err(e) = kemari_board::check_shape(None, args.memory, cfg.prealloc) {
-            eprintln!("kemari: {e}");
+            kemari_board::say!("{e}");
             return ExitCode::from(2);
         }
     }
     let security = match args.link.security() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("kemari: {e}");
+            kemari_board::say!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -541,13 +569,13 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(addr) = &args.incoming {
         let Some(security) = security else {
             drop(console);
-            eprintln!("kemari: {}", LinkArgs::missing("run --incoming"));
+            kemari_board::say!("{}", LinkArgs::missing("run --incoming"));
             return ExitCode::from(2);
         };
         let api = args.devices.api.as_deref();
         if let Some(path) = api {
             if let Err(e) = api::serve(path, console.sender()) {
-                eprintln!("kemari: cannot serve the control API on {}: {e}", path.display());
+                kemari_board::say!("cannot serve the control API on {}: {e}", path.display());
                 return ExitCode::from(2);
             }
         }
@@ -569,7 +597,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             drop(console);
-            eprintln!("kemari: {e}");
+            kemari_board::say!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -579,7 +607,7 @@ fn run(args: RunArgs) -> ExitCode {
             drive(m, console, args.devices.api.as_deref(), primary, false)
         }
         Err(e) => {
-            eprintln!("kemari: {e}");
+            kemari_board::say!("{e}");
             ExitCode::from(2)
         }
     }
@@ -600,11 +628,11 @@ fn receive(
     use kemari_board::migrate::{Arrival, MigrateError};
     use kemari_board::Event;
     let mut incoming = kemari_board::migrate::Incoming::bind(addr, security, memory, cfg.prealloc).map_err(|e| {
-        eprintln!("kemari: cannot receive a migration on {addr}: {e}");
+        kemari_board::say!("cannot receive a migration on {addr}: {e}");
         ExitCode::from(2)
     })?;
     let listen = incoming.local_addr().to_string();
-    eprintln!("kemari: waiting for an incoming migration on {listen}");
+    kemari_board::say!("waiting for an incoming migration on {listen}");
     let (mut typed, mut refused, mut last_refusal) = (Vec::new(), 0, None);
     // The sender whose stream is being received, and where its outcome comes.
     let mut receiving: Option<(String, std::sync::mpsc::Receiver<Result<Machine, MigrateError>>)> = None;
@@ -626,21 +654,21 @@ fn receive(
                     )));
                 }
                 Event::Quit => {
-                    eprintln!("kemari: quit");
+                    kemari_board::say!("quit");
                     return Err(ExitCode::SUCCESS);
                 }
                 Event::Wake => {}
             }
         }
         let mut refuse = |peer: &str, why: String| {
-            eprintln!("kemari: incoming migration refused: {why} (from {peer}); waiting for the next sender");
+            kemari_board::say!("incoming migration refused: {why} (from {peer}); waiting for the next sender");
             refused += 1;
             last_refusal = Some(why);
         };
         if let Some((peer, outcome)) = &receiving {
             match outcome.try_recv() {
                 Ok(Ok(mut m)) => {
-                    eprintln!("kemari: migration from the sender complete; running here");
+                    kemari_board::say!("migration from the sender complete; running here");
                     m.push_input(&typed);
                     return Ok(m);
                 }
@@ -687,7 +715,7 @@ fn show_progress(m: &serde_json::Value) {
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[Kkemari: migrating [{bar}] {text}");
     } else {
-        eprintln!("kemari: migrating: {text}");
+        kemari_board::say!("migrating: {text}");
     }
 }
 
@@ -739,8 +767,8 @@ fn migrate(args: MigrateArgs) -> ExitCode {
             let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
             if v["ok"].as_bool() == Some(true) {
                 println!("{reply}");
-                eprintln!(
-                    "kemari: migrated to {} in {} ms: {} MiB, {} dirty rounds, downtime {:.1} ms",
+                kemari_board::say!(
+                    "migrated to {} in {} ms: {} MiB, {} dirty rounds, downtime {:.1} ms",
                     args.to,
                     v["total_millis"],
                     v["bytes"].as_u64().unwrap_or(0) >> 20,
@@ -749,12 +777,12 @@ fn migrate(args: MigrateArgs) -> ExitCode {
                 );
                 ExitCode::SUCCESS
             } else {
-                eprintln!("kemari: {}", v["error"].as_str().unwrap_or(&reply));
+                kemari_board::say!("{}", v["error"].as_str().unwrap_or(&reply));
                 ExitCode::from(1)
             }
         }
         Err(e) => {
-            eprintln!("kemari: cannot reach the control API at {}: {e}", args.api.display());
+            kemari_board::say!("cannot reach the control API at {}: {e}", args.api.display());
             ExitCode::from(2)
         }
     }
@@ -765,14 +793,14 @@ fn restore(args: RestoreArgs) -> ExitCode {
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("kemari: cannot read snapshot {}: {e}", path.display());
+            kemari_board::say!("cannot read snapshot {}: {e}", path.display());
             return ExitCode::from(2);
         }
     };
     let (harts, memory_mib) = match kemari_board::persist::peek_shape(&bytes) {
         Ok(shape) => shape,
         Err(e) => {
-            eprintln!("kemari: snapshot {}: {e}", path.display());
+            kemari_board::say!("snapshot {}: {e}", path.display());
             return ExitCode::from(2);
         }
     };
@@ -780,7 +808,7 @@ fn restore(args: RestoreArgs) -> ExitCode {
     let security = match args.link.security() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("kemari: {e}");
+            kemari_board::say!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -791,7 +819,7 @@ fn restore(args: RestoreArgs) -> ExitCode {
             drive(m, console, args.devices.api.as_deref(), None, false)
         }
         Err(e) => {
-            eprintln!("kemari: cannot restore {}: {e}", path.display());
+            kemari_board::say!("cannot restore {}: {e}", path.display());
             ExitCode::from(2)
         }
     }
@@ -824,7 +852,7 @@ fn ctl(args: CtlArgs) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("kemari: cannot reach the control API at {}: {e}", args.api.display());
+            kemari_board::say!("cannot reach the control API at {}: {e}", args.api.display());
             ExitCode::from(2)
         }
     }
@@ -841,7 +869,7 @@ fn drive(
 ) -> ExitCode {
     if let Some(path) = api.filter(|_| !api_served) {
         if let Err(e) = api::serve(path, console.sender()) {
-            eprintln!("kemari: cannot serve the control API on {}: {e}", path.display());
+            kemari_board::say!("cannot serve the control API on {}: {e}", path.display());
             return ExitCode::from(2);
         }
     }
@@ -851,7 +879,7 @@ fn drive(
             kemari_replication::primary::Ended::Machine(outcome) => outcome,
             kemari_replication::primary::Ended::Fenced(why) => {
                 drop(console);
-                eprintln!("kemari: fenced: {why}; this copy stops without releasing its held outputs");
+                kemari_board::say!("fenced: {why}; this copy stops without releasing its held outputs");
                 // Leave at once: nothing held may leave through a destructor.
                 std::process::exit(EXIT_FENCED.into());
             }
@@ -865,24 +893,24 @@ fn drive(
     match outcome {
         RunOutcome::PowerOff => ExitCode::SUCCESS,
         RunOutcome::Reboot => {
-            eprintln!("kemari: guest requested a reboot; kemari stops instead");
+            kemari_board::say!("guest requested a reboot; kemari stops instead");
             ExitCode::SUCCESS
         }
         RunOutcome::Migrated => {
-            eprintln!("kemari: the VM now runs on the migration target; this copy stops");
+            kemari_board::say!("the VM now runs on the migration target; this copy stops");
             ExitCode::SUCCESS
         }
         RunOutcome::Quit => {
-            eprintln!("kemari: quit");
+            kemari_board::say!("quit");
             ExitCode::SUCCESS
         }
         RunOutcome::Crash(why) => {
-            eprintln!("kemari: guest crashed: {why}");
+            kemari_board::say!("guest crashed: {why}");
             ExitCode::from(1)
         }
         RunOutcome::TestExit(0) => ExitCode::SUCCESS,
         RunOutcome::TestExit(code) => {
-            eprintln!("kemari: test failed with code {code}");
+            kemari_board::say!("test failed with code {code}");
             ExitCode::from(code.clamp(1, 255) as u8)
         }
     }

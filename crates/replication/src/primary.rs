@@ -301,7 +301,7 @@ fn connector(peer: String, security: Security, wake: Wake, delay: Duration) -> R
                 Ok(Err(e)) => (format!("the secondary at {peer} refused: {e}"), Duration::from_secs(1)),
             };
             if why != told {
-                eprintln!("kemari: {why}; the guest runs unprotected");
+                kemari_board::say!("{why}; the guest runs unprotected");
                 told = why;
             }
             std::thread::sleep(pause);
@@ -331,7 +331,7 @@ impl Primary {
         }));
         let phase = match &cfg.peer {
             Some(peer) => {
-                eprintln!("kemari: the link to the secondary: {}", cfg.security.describe());
+                kemari_board::say!("the link to the secondary: {}", cfg.security.describe());
                 Phase::Connecting(connector(peer.clone(), cfg.security.clone(), cfg.wake.clone(), Duration::ZERO))
             }
             None => Phase::Unprotected,
@@ -464,8 +464,8 @@ impl Primary {
         if let Phase::Linked { established: established @ false, .. } = &mut self.phase {
             *established = true;
             let took = self.sync_started.elapsed();
-            eprintln!(
-                "kemari: protection established with the secondary at {} (first synchronisation: {} MiB in {} ms)",
+            kemari_board::say!(
+                "protection established with the secondary at {} (first synchronisation: {} MiB in {} ms)",
                 self.cfg.peer.as_deref().unwrap_or("-"),
                 self.sync_bytes >> 20,
                 took.as_millis()
@@ -512,7 +512,7 @@ impl Primary {
     /// A warning at most every [`WARN_EVERY`] (a store that does not answer is asked every round).
     fn warn(&mut self, what: &str) {
         if self.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            eprintln!("kemari: {what}");
+            kemari_board::say!("{what}");
             self.warned = Some(Instant::now());
         }
     }
@@ -521,8 +521,8 @@ impl Primary {
         let gate = machine.dev.gate.clone();
         let diverged = gate.lock().expect("gate lock").passed_block_writes();
         if self.cfg.opts.storage == Storage::Replicated && diverged > 0 {
-            eprintln!(
-                "kemari: cannot protect with replicated storage: {diverged} block writes were made without a \
+            kemari_board::say!(
+                "cannot protect with replicated storage: {diverged} block writes were made without a \
                  secondary, so the disk copies differ; copy the disk to the secondary and start again"
             );
             self.phase = Phase::Unprotected;
@@ -559,10 +559,10 @@ impl Primary {
                 self.in_flight.clear();
                 self.phase = Phase::Linked { link, copy: Some(Box::new(copy)), established: false };
                 self.set_state("syncing");
-                eprintln!("kemari: synchronising with the secondary at {}", self.peer());
+                kemari_board::say!("synchronising with the secondary at {}", self.peer());
             }
             Err(e) => {
-                eprintln!("kemari: cannot start replication to {}: {e}", self.peer());
+                kemari_board::say!("cannot start replication to {}: {e}", self.peer());
                 self.reconnect();
             }
         }
@@ -654,7 +654,7 @@ impl Primary {
     /// The secondary is gone: drop the link and go on alone once the arbiter confirms this node (`go_alone`).
     fn lost(&mut self, machine: &mut Machine, why: &str) -> Result<(), String> {
         let Phase::Linked { .. } = &self.phase else { return Ok(()) };
-        eprintln!("kemari: secondary at {} lost: {why}", self.peer());
+        kemari_board::say!("secondary at {} lost: {why}", self.peer());
         if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Confirming) {
             drop(link);
         }
@@ -699,7 +699,7 @@ impl Primary {
             m.fence = fence;
             m.state = "unprotected";
         }
-        eprintln!("kemari: unprotected: this node stays active without a secondary (fence {fence})");
+        kemari_board::say!("unprotected: this node stays active without a secondary (fence {fence})");
         self.phase = Phase::Unprotected;
         let replicated_diverges = self.cfg.opts.storage == Storage::Replicated;
         if !replicated_diverges {

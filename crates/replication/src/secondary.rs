@@ -109,7 +109,7 @@ pub fn standby(
 ) -> Result<StandbyEnd, StandbyError> {
     let listener =
         TcpListener::bind(&cfg.listen).map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
-    eprintln!("kemari: standby: waiting for a primary on {} ({})", cfg.listen, cfg.security.describe());
+    kemari_board::say!("standby: waiting for a primary on {} ({})", cfg.listen, cfg.security.describe());
     let (conns_tx, conns) = mpsc::channel();
     let within = cfg.opts.heartbeat_timeout.max(Duration::from_secs(2));
     let hello = |r: &mut dyn std::io::Read| {
@@ -152,7 +152,7 @@ pub fn standby(
         let offer = match outcome {
             Ok((channel, hello)) => Offer { channel, peer, hello },
             Err(e) => {
-                eprintln!("kemari: standby: refused a connection from {peer}: {e}");
+                kemari_board::say!("standby: refused a connection from {peer}: {e}");
                 continue;
             }
         };
@@ -160,7 +160,9 @@ pub fn standby(
             Ok(SessionEnd::Shutdown) => return Ok(StandbyEnd::Shutdown),
             Ok(SessionEnd::Quit) => return Ok(StandbyEnd::Quit),
             Ok(SessionEnd::Retry(why)) => {
-                eprintln!("kemari: standby: the session ended before protection was established ({why}); waiting for a primary");
+                kemari_board::say!(
+                    "standby: the session ended before protection was established ({why}); waiting for a primary"
+                );
                 // The status shows no primary until the next one connects.
                 let mut m = s.metrics.lock().expect("metrics lock");
                 m.state = "standby";
@@ -219,7 +221,7 @@ impl Standby {
     ) -> Result<SessionEnd, StandbyError> {
         let Offer { channel, peer, hello } = offer;
         if let Err(why) = self.check_hello(cfg, &hello) {
-            eprintln!("kemari: standby: refused the primary at {peer}: {why}");
+            kemari_board::say!("standby: refused the primary at {peer}: {why}");
             return Ok(SessionEnd::Retry(why));
         }
         let shape =
@@ -271,13 +273,13 @@ impl Standby {
         };
         loop {
             if self.serve_events(input).is_break() {
-                eprintln!("kemari: standby: quit; the primary at {peer} goes on unprotected");
+                kemari_board::say!("standby: quit; the primary at {peer} goes on unprotected");
                 return Ok(SessionEnd::Quit);
             }
             // One primary at a time: anyone else is turned away.
             while let Ok(other) = others.try_recv() {
-                eprintln!(
-                    "kemari: standby: refused a second primary connection from {} while protecting {peer}",
+                kemari_board::say!(
+                    "standby: refused a second primary connection from {} while protecting {peer}",
                     other.peer
                 );
             }
@@ -341,16 +343,16 @@ impl Standby {
                             }
                             let _ = wire::send(&mut out, wire::ACK, &[&epoch.to_le_bytes()]);
                             if committed == 1 {
-                                eprintln!(
-                                    "kemari: protection established: standing by for the primary {} at {peer}",
+                                kemari_board::say!(
+                                    "protection established: standing by for the primary {} at {peer}",
                                     hello.node
                                 );
                             }
                         }
                         Err(e) => {
                             self.metrics.lock().expect("metrics lock").rejected += 1;
-                            eprintln!(
-                                "kemari: standby: rejected checkpoint {epoch} from {peer}: {e}; keeping checkpoint {committed}"
+                            kemari_board::say!(
+                                "standby: rejected checkpoint {epoch} from {peer}: {e}; keeping checkpoint {committed}"
                             );
                             let _ = wire::send(&mut out, wire::NACK, &[&epoch.to_le_bytes()]);
                             resyncing = true;
@@ -359,7 +361,7 @@ impl Standby {
                 }
                 wire::HEARTBEAT => {}
                 wire::SHUTDOWN => {
-                    eprintln!("kemari: standby: the primary's guest ended; so does this replica");
+                    kemari_board::say!("standby: the primary's guest ended; so does this replica");
                     return Ok(SessionEnd::Shutdown);
                 }
                 k => {
@@ -412,7 +414,7 @@ impl Standby {
         input: &Receiver<Event>,
     ) -> Result<StandbyEnd, StandbyError> {
         let start = Instant::now();
-        eprintln!("kemari: primary {} lost ({why}): failing over", hello.node);
+        kemari_board::say!("primary {} lost ({why}): failing over", hello.node);
         self.metrics.lock().expect("metrics lock").state = "failing-over";
         let mut told = false;
         let fence = loop {
@@ -424,13 +426,13 @@ impl Standby {
                 }
                 Ok(TakeOver::Wait) => {}
                 Err(e) if !told => {
-                    eprintln!("kemari: standby: the arbiter is not answering yet ({e}); retrying");
+                    kemari_board::say!("standby: the arbiter is not answering yet ({e}); retrying");
                     told = true;
                 }
                 Err(_) => {}
             }
             if self.serve_events(input).is_break() {
-                eprintln!("kemari: standby: quit during failover; the guest runs nowhere now");
+                kemari_board::say!("standby: quit during failover; the guest runs nowhere now");
                 return Ok(StandbyEnd::Quit);
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -453,7 +455,7 @@ impl Standby {
             m.role = "primary";
             m.state = "unprotected";
         }
-        eprintln!("kemari: failover complete in {took} ms; this node is now active (fence {fence})");
+        kemari_board::say!("failover complete in {took} ms; this node is now active (fence {fence})");
         Ok(StandbyEnd::TookOver { machine: Box::new(machine), arbiter, metrics: self.metrics })
     }
 }
