@@ -257,7 +257,7 @@ impl Devices {
     fn poll_virtio(&mut self) {
         let mut gate = self.gate.lock().expect("gate lock");
         for (slot, t) in self.virtio.iter_mut().enumerate() {
-            if t.poll(&self.mem, &mut gate) {
+            if t.poll(&self.mem, gate.effects()) {
                 self.plic.raise(layout::VIRTIO_IRQ_BASE + slot as u32);
             }
         }
@@ -330,7 +330,7 @@ impl Bus for Devices {
                 let slot = ((a - layout::VIRTIO_BASE) / layout::VIRTIO_SIZE) as usize;
                 if let Some(t) = self.virtio.get_mut(slot) {
                     let mut gate = self.gate.lock().expect("gate lock");
-                    if t.write(a % layout::VIRTIO_SIZE, size, value, &self.mem, &mut gate) {
+                    if t.write(a % layout::VIRTIO_SIZE, size, value, &self.mem, gate.effects()) {
                         self.plic.raise(layout::VIRTIO_IRQ_BASE + slot as u32);
                     }
                 }
@@ -743,7 +743,7 @@ impl Machine {
     pub fn announce(&mut self) {
         let mut gate = self.dev.gate.lock().expect("gate lock");
         for t in &mut self.dev.virtio {
-            t.announce(&mut gate);
+            t.announce(gate.effects());
         }
     }
 

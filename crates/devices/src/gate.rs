@@ -100,6 +100,25 @@ pub struct OutputGate {
     held_bytes: u64,
 }
 
+/// What a device may do with the gate: hand it an effect, and read a disk through the writes it holds. Holding,
+/// releasing, saving and restoring are not here: fault tolerance lives in the gate and the driver that runs it,
+/// never in a device, and the compiler sees to it.
+pub struct Effects<'a> {
+    gate: &'a mut OutputGate,
+}
+
+impl Effects<'_> {
+    /// See [`OutputGate::submit`].
+    pub fn submit(&mut self, effect: Effect) -> io::Result<Submitted> {
+        self.gate.submit(effect)
+    }
+
+    /// See [`OutputGate::overlay_read`].
+    pub fn overlay_read(&self, disk: usize, offset: u64, buf: &mut [u8]) {
+        self.gate.overlay_read(disk, offset, buf)
+    }
+}
+
 impl OutputGate {
     /// A pass-through gate over `backend`.
     pub fn new(backend: Box<dyn Backend>) -> OutputGate {
@@ -113,6 +132,11 @@ impl OutputGate {
             stalled: None,
             held_bytes: 0,
         }
+    }
+
+    /// The handle devices get: submit and read through, nothing else.
+    pub fn effects(&mut self) -> Effects<'_> {
+        Effects { gate: self }
     }
 
     /// Hands an effect to the gate. In pass-through mode the backend's error (if any) is returned so the

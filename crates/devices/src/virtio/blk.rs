@@ -1,7 +1,7 @@
 //! virtio-blk: a raw disk image file behind the output gate.
 //!
 //! One request queue. Reads come from a read-only handle on the image, patched with the writes the gate still
-//! holds ([`OutputGate::overlay_read`]), so the guest reads its own writes even before they reach the file.
+//! holds ([`Effects::overlay_read`]), so the guest reads its own writes even before they reach the file.
 //! Writes and flushes never touch the file here: they are [`Effect::BlockWrite`] / [`Effect::BlockFlush`]
 //! effects handed to the gate (the host backend is the only writer of disk files). A write carries a copy of
 //! its data, so completing it to the guest as soon as the gate took it is safe (see `gate.rs`).
@@ -28,7 +28,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, Permissions};
 
 use super::{device_type, Ctx, Processed, VirtioDevice};
-use crate::gate::{Effect, OutputGate};
+use crate::gate::{Effect, Effects};
 use crate::memory::GuestMemory;
 
 /// Bytes per sector of the virtio-blk protocol (capacity and request offsets count these).
@@ -176,9 +176,9 @@ impl Block {
                 gather(ctx.mem, &req.readable, HEADER_BYTES, &mut data)
                     .map_err(|()| Fail::Guest("data buffer not readable"))?;
                 if len > 0 {
-                    submit(ctx.gate, Effect::BlockWrite { disk: self.disk, offset, data })?;
+                    submit(&mut ctx.gate, Effect::BlockWrite { disk: self.disk, offset, data })?;
                     if self.write_through {
-                        submit(ctx.gate, Effect::BlockFlush { disk: self.disk })?;
+                        submit(&mut ctx.gate, Effect::BlockFlush { disk: self.disk })?;
                     }
                 }
                 Ok(0)
@@ -186,7 +186,7 @@ impl Block {
             VIRTIO_BLK_T_FLUSH => {
                 // A read-only disk has nothing to make durable (and no write handle behind the gate).
                 if !self.readonly {
-                    submit(ctx.gate, Effect::BlockFlush { disk: self.disk })?;
+                    submit(&mut ctx.gate, Effect::BlockFlush { disk: self.disk })?;
                 }
                 Ok(0)
             }
@@ -234,7 +234,7 @@ impl Block {
     }
 }
 
-fn submit(gate: &mut OutputGate, effect: Effect) -> Result<(), Fail> {
+fn submit(gate: &mut Effects, effect: Effect) -> Result<(), Fail> {
     gate.submit(effect).map(|_| ()).map_err(Fail::Host)
 }
 
@@ -532,7 +532,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
-    use crate::gate::Recorder;
+    use crate::gate::{OutputGate, Recorder};
     use crate::host::HostBackend;
     use crate::memory::device_view;
 
@@ -736,7 +736,7 @@ mod tests {
         }
 
         fn process(&mut self) -> Processed {
-            self.dev.process_queue(0, &mut Ctx { queues: &mut self.queues, mem: &self.mem, gate: &mut self.gate })
+            self.dev.process_queue(0, &mut Ctx { queues: &mut self.queues, mem: &self.mem, gate: self.gate.effects() })
         }
 
         /// The used ring entries added since the last call: (head, len).
@@ -1236,7 +1236,7 @@ mod tests {
         let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
         assert_eq!(rig.process(), Processed::default());
         assert_eq!(
-            rig.dev.process_queue(1, &mut Ctx { queues: &mut rig.queues, mem: &rig.mem, gate: &mut rig.gate }),
+            rig.dev.process_queue(1, &mut Ctx { queues: &mut rig.queues, mem: &rig.mem, gate: rig.gate.effects() }),
             Processed::default()
         );
     }

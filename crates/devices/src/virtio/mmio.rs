@@ -8,7 +8,7 @@ use kemari_state::{Reader, StateError, Writer};
 use virtio_queue::{Queue, QueueState, QueueT};
 
 use super::{Ctx, Processed, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::gate::OutputGate;
+use crate::gate::Effects;
 use crate::memory::GuestMemory;
 
 const MAGIC: u64 = 0x000;
@@ -173,7 +173,7 @@ impl MmioTransport {
     }
 
     /// Handles a register write; returns true when the driver must be interrupted.
-    pub fn write(&mut self, offset: u64, size: u8, value: u64, mem: &GuestMemory, gate: &mut OutputGate) -> bool {
+    pub fn write(&mut self, offset: u64, size: u8, value: u64, mem: &GuestMemory, gate: Effects) -> bool {
         if offset >= CONFIG {
             let n = (size as usize).min(8);
             self.device.write_config(offset - CONFIG, &value.to_le_bytes()[..n]);
@@ -258,15 +258,15 @@ impl MmioTransport {
     }
 
     /// Asks the device to announce itself on its network (after a migration or failover).
-    pub fn announce(&mut self, gate: &mut OutputGate) {
+    pub fn announce(&mut self, mut gate: Effects) {
         if self.active() {
-            self.device.announce(gate);
+            self.device.announce(&mut gate);
         }
     }
 
     /// Lets the device bring in outside work (e.g. received frames); returns true when the driver must be
     /// interrupted.
-    pub fn poll(&mut self, mem: &GuestMemory, gate: &mut OutputGate) -> bool {
+    pub fn poll(&mut self, mem: &GuestMemory, gate: Effects) -> bool {
         if !self.active() {
             return false;
         }
@@ -362,7 +362,7 @@ mod tests {
     use kemari_engine::GuestRam;
 
     use super::*;
-    use crate::gate::Recorder;
+    use crate::gate::{OutputGate, Recorder};
     use crate::memory::device_view;
     use crate::virtio::rng::Rng;
 
@@ -387,7 +387,7 @@ mod tests {
         }
 
         fn w(&mut self, reg: u64, v: u32) -> bool {
-            self.t.write(reg, 4, v as u64, &self.mem, &mut self.gate)
+            self.t.write(reg, 4, v as u64, &self.mem, self.gate.effects())
         }
 
         fn r(&mut self, reg: u64) -> u32 {

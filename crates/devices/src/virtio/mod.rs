@@ -2,9 +2,9 @@
 //!
 //! A device implements [`VirtioDevice`]: it describes itself (type, features, queue sizes, config space) and
 //! processes its queues when the driver notifies them. Queues belong to the transport (their state is
-//! transport state, saved in one place); the device gets them, guest memory and the output gate for each call.
-//! Every effect a device has on the outside goes through the gate; devices hold no handle that writes to the
-//! outside world.
+//! transport state, saved in one place); the device gets them, guest memory and the gate's [`Effects`] handle
+//! for each call. Every effect a device has on the outside goes through the gate; devices hold no handle that
+//! writes to the outside world, and cannot hold or release effects.
 
 pub mod blk;
 pub mod mmio;
@@ -13,7 +13,7 @@ pub mod rng;
 
 use virtio_queue::Queue;
 
-use crate::gate::OutputGate;
+use crate::gate::Effects;
 use crate::memory::GuestMemory;
 
 /// virtio device IDs.
@@ -30,7 +30,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub struct Ctx<'a> {
     pub queues: &'a mut [Queue],
     pub mem: &'a GuestMemory,
-    pub gate: &'a mut OutputGate,
+    pub gate: Effects<'a>,
 }
 
 /// Outcome of processing: whether the used ring changed (the transport then interrupts the driver), and
@@ -62,7 +62,7 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device.
     fn reset(&mut self) {}
     /// Makes the device known on its network after the VM moved hosts (network devices send RARP).
-    fn announce(&mut self, _gate: &mut OutputGate) {}
+    fn announce(&mut self, _gate: &mut Effects) {}
     /// Device-specific state beyond queues and registers (most devices have none).
     fn save(&self) -> Vec<u8> {
         Vec::new()

@@ -27,7 +27,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{device_type, Ctx, Processed, VirtioDevice};
-use crate::gate::{Effect, OutputGate};
+use crate::gate::{Effect, Effects};
 use crate::memory::GuestMemory;
 use crate::tap::RxQueue;
 
@@ -195,7 +195,7 @@ impl VirtioDevice for Net {
         device_type::NET
     }
 
-    fn announce(&mut self, gate: &mut OutputGate) {
+    fn announce(&mut self, gate: &mut Effects) {
         // Three frames, like QEMU's self-announce; a lost one is harmless.
         for _ in 0..3 {
             let _ = gate.submit(Effect::NetTx { nic: self.nic, frame: rarp_announcement(self.mac()) });
@@ -467,7 +467,7 @@ mod tests {
         }
 
         fn call(&mut self, f: impl FnOnce(&mut Net, &mut Ctx) -> Processed) -> Processed {
-            f(&mut self.net, &mut Ctx { queues: &mut self.queues, mem: self.mem, gate: &mut self.gate })
+            f(&mut self.net, &mut Ctx { queues: &mut self.queues, mem: self.mem, gate: self.gate.effects() })
         }
 
         fn used_addr(&self, queue_base: u64) -> u64 {
@@ -699,7 +699,7 @@ mod tests {
             q.set_used_ring_address(Some(0x4000), Some(0));
             q.set_ready(true);
         }
-        let mut ctx = Ctx { queues: &mut queues, mem: rig.mem, gate: &mut rig.gate };
+        let mut ctx = Ctx { queues: &mut queues, mem: rig.mem, gate: rig.gate.effects() };
         assert!(rig.net.process_queue(TX, &mut ctx).failed);
         assert!(rig.net.poll(&mut ctx).failed);
         assert_eq!(rig.net.process_queue(7, &mut ctx), Processed::default());
