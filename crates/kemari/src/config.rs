@@ -30,6 +30,7 @@
 //! storage = "shared"                  # or "replicated"
 //! sync = "event"                      # or "interval" (run only, as window_us, interval_ms, strict)
 //! window_us = 0
+//! console_sync = "burst"              # or "each"
 //! heartbeat_ms = 50
 //! heartbeat_timeout_ms = 200
 //! ```
@@ -111,6 +112,7 @@ struct Protection {
     window_us: Option<u64>,
     interval_ms: Option<u64>,
     strict: Option<bool>,
+    console_sync: Option<ConsoleSync>,
     heartbeat_ms: Option<u64>,
     heartbeat_timeout_ms: Option<u64>,
 }
@@ -120,6 +122,13 @@ struct Protection {
 enum Storage {
     Shared,
     Replicated,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ConsoleSync {
+    Burst,
+    Each,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
@@ -237,6 +246,10 @@ impl VmFile {
             put("--sync", p.sync.map(|s| if s == Sync::Interval { "interval" } else { "event" }.into()));
             put("--window-us", p.window_us.map(|v| v.to_string()));
             put("--interval-ms", p.interval_ms.map(|v| v.to_string()));
+            put(
+                "--console-sync",
+                p.console_sync.map(|c| if let ConsoleSync::Each = c { "each" } else { "burst" }.into()),
+            );
             put("--heartbeat-ms", p.heartbeat_ms.map(|v| v.to_string()));
             put("--heartbeat-timeout-ms", p.heartbeat_timeout_ms.map(|v| v.to_string()));
         }
@@ -286,6 +299,7 @@ impl VmFile {
             ("protection.window_us", p.is_some_and(|p| p.window_us.is_some())),
             ("protection.interval_ms", p.is_some_and(|p| p.interval_ms.is_some())),
             ("protection.strict", p.is_some_and(|p| p.strict.is_some())),
+            ("protection.console_sync", p.is_some_and(|p| p.console_sync.is_some())),
         ];
         match role {
             Role::Run => {

@@ -240,6 +240,10 @@ struct ProtectArgs {
     /// interval: checkpoint period in ms.
     #[arg(long, default_value_t = 20)]
     interval_ms: u64,
+    /// event: console output alone is checkpointed at the end of its burst (burst: a line ends, a 2 ms pause,
+    /// at most 20 ms after its first byte) or like any other output (each).
+    #[arg(long, default_value = "burst", value_parser = ["burst", "each"])]
+    console_sync: String,
     /// Keep the guest paused until each checkpoint is acknowledged (default: speculative resume, only the
     /// outputs wait).
     #[arg(long)]
@@ -412,7 +416,12 @@ impl ProtectArgs {
         } else {
             kemari_replication::SyncPolicy::Event { window: std::time::Duration::from_micros(self.window_us) }
         };
-        kemari_replication::Options { sync, speculative: !self.strict, ..self.ft.options() }
+        kemari_replication::Options {
+            sync,
+            speculative: !self.strict,
+            console_bursts: self.console_sync == "burst",
+            ..self.ft.options()
+        }
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Options {
     pub heartbeat: Duration,
     /// Silence after which the peer counts as failed (also the arbiter lease's time to live).
     pub heartbeat_timeout: Duration,
+    /// Policy `event`: console output alone triggers a checkpoint only at the end of its burst (see
+    /// `primary.rs`); off, every console write is an effect like any other.
+    pub console_bursts: bool,
 }
 
 impl Default for Options {
@@ -78,6 +81,7 @@ impl Default for Options {
             storage: Storage::Shared,
             heartbeat: Duration::from_millis(50),
             heartbeat_timeout: Duration::from_millis(200),
+            console_bursts: true,
         }
     }
 }

@@ -23,6 +23,12 @@
 //! (a release that took longer than the lease, a loaded host) is renewed and checked again; an arbiter that
 //! does not answer (a slow or unreachable store) only delays releases: the gate holds, and the next round
 //! asks again.
+//!
+//! Console output comes a byte per effect; under policy `event` a line would cost a checkpoint per byte. So
+//! while only console output is pending, the trigger waits for the end of the burst: a line ends, the guest
+//! stops writing for [`CONSOLE_QUIET`], or [`CONSOLE_BURST`] passed since its first byte (console latency stays
+//! bounded). Any other pending effect (a frame, a block write) triggers as before, taking the console bytes
+//! along.
 
 use std::collections::VecDeque;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -33,6 +39,7 @@ use std::time::{Duration, Instant};
 use kemari_board::migrate::{PageSink, PreCopy};
 use kemari_board::persist::Pages;
 use kemari_board::{Event, Machine, RunOutcome};
+use kemari_devices::gate::{Effect, OutputGate};
 use kemari_devices::host::Wake;
 use kemari_transport::{Channel, Security};
 
@@ -60,6 +67,10 @@ const HELD_HIGH_WATER: u64 = 64 << 20;
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 /// At most one warning per this interval about an arbiter that does not answer.
 const WARN_EVERY: Duration = Duration::from_secs(5);
+/// A console burst ends when the guest wrote nothing more for this long...
+pub const CONSOLE_QUIET: Duration = Duration::from_millis(2);
+/// ...or at the latest this long after its first byte.
+pub const CONSOLE_BURST: Duration = Duration::from_millis(20);
 
 /// How a protected run ended.
 #[derive(Debug)]
@@ -251,6 +262,9 @@ pub struct Primary {
     /// Highest gate sequence number an acknowledged checkpoint covers (released once the arbiter confirms us).
     acked: u64,
     pending_since: Option<Instant>,
+    /// The newest effect seen pending, and when it was first seen (the end of a console burst is a pause).
+    newest_seen: u64,
+    newest_at: Instant,
     last_checkpoint: Instant,
     last_renew: Instant,
     in_flight: VecDeque<InFlight>,
@@ -345,6 +359,8 @@ impl Primary {
             covered: 0,
             acked: 0,
             pending_since: None,
+            newest_seen: 0,
+            newest_at: now,
             last_checkpoint: now,
             last_renew: now,
             in_flight: VecDeque::new(),
@@ -583,16 +599,34 @@ impl Primary {
 
     /// Takes a checkpoint when the policy says so; otherwise tells the machine loop how long it may sleep.
     fn maybe_checkpoint(&mut self, machine: &mut Machine) -> Result<(), String> {
-        let newest = machine.dev.gate.lock().expect("gate lock").next_seq() - 1;
+        let (newest, console) = {
+            let gate = machine.dev.gate.lock().expect("gate lock");
+            (gate.next_seq() - 1, console_burst(&gate, self.covered))
+        };
         machine.max_idle = Duration::from_millis(10).min(self.cfg.opts.heartbeat);
         if newest <= self.covered {
             return Ok(());
         }
+        if newest != self.newest_seen {
+            (self.newest_seen, self.newest_at) = (newest, Instant::now());
+        }
         let since = *self.pending_since.get_or_insert_with(Instant::now);
-        let wait = match self.cfg.opts.sync {
+        let mut wait = match self.cfg.opts.sync {
             SyncPolicy::Event { window } => window.saturating_sub(since.elapsed()),
             SyncPolicy::Interval { period } => period.saturating_sub(self.last_checkpoint.elapsed()),
         };
+        if let (Some(line_ended), true, SyncPolicy::Event { .. }) =
+            (console, self.cfg.opts.console_bursts, self.cfg.opts.sync)
+        {
+            let burst = if line_ended {
+                Duration::ZERO
+            } else {
+                CONSOLE_QUIET
+                    .saturating_sub(self.newest_at.elapsed())
+                    .min(CONSOLE_BURST.saturating_sub(since.elapsed()))
+            };
+            wait = wait.max(burst);
+        }
         if wait.is_zero() {
             self.checkpoint(machine)
         } else {
@@ -794,6 +828,19 @@ fn confirm_active(arbiter: &mut dyn Arbiter) -> Result<Confirmed, String> {
 
 /// Only proof that another node holds the active role (or that this one holds no lease) is final; anything
 /// else (a slow store, a lapsed lease) means "not now".
+/// When only console output is pending (gate sequence numbers after `covered`): whether its last byte ends a
+/// line. `None` when anything else is pending too (or nothing is).
+fn console_burst(gate: &OutputGate, covered: u64) -> Option<bool> {
+    let mut last = None;
+    for (_, effect) in gate.held().filter(|(seq, _)| *seq > covered) {
+        match effect {
+            Effect::Console(bytes) => last = bytes.last().copied().or(last),
+            _ => return None,
+        }
+    }
+    last.map(|b| b == b'\n')
+}
+
 fn is_final(e: &ArbiterError) -> bool {
     matches!(e, ArbiterError::Fenced { .. } | ArbiterError::NotHeld { .. })
 }
