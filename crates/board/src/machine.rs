@@ -23,10 +23,10 @@ use crate::loader::{self, LoadError};
 use crate::plic::Plic;
 use crate::sbi::{self, SbiOutcome};
 use crate::{clint, fdt, plic};
-use kemari_devices::gate::{Effect, Outlets, OutputGate};
+use kemari_devices::gate::{Effect, Input, Outlets, OutputGate, Source};
 use kemari_devices::host::{HostBackend, Wake};
 use kemari_devices::memory::{device_view, GuestMemory};
-use kemari_devices::tap::Tap;
+use kemari_devices::tap::{RxQueue, Tap};
 use kemari_devices::virtio::blk::Block;
 use kemari_devices::virtio::mmio::MmioTransport;
 use kemari_devices::virtio::net::Net;
@@ -250,6 +250,8 @@ pub struct Devices {
     /// virtio-mmio slots in order; slot `i` is at `VIRTIO_BASE + i * VIRTIO_SIZE` with PLIC source
     /// `VIRTIO_IRQ_BASE + i`.
     pub virtio: Vec<MmioTransport>,
+    /// Each network interface's queue of received frames (a failover puts replayed frames in front).
+    pub(crate) nic_rx: Vec<RxQueue>,
 }
 
 impl Devices {
@@ -475,7 +477,7 @@ impl Machine {
         }
         // Devices first: their slots go into the device tree. Only the gate's backend writes to the outside.
         let mut backend = HostBackend::new(console);
-        let (virtio, outlets) = build_virtio(cfg, &mut backend, wake.clone())?;
+        let (virtio, outlets, nic_rx) = build_virtio(cfg, &mut backend, wake.clone())?;
         let slots: Vec<(u64, u32)> = (0..virtio.len())
             .map(|i| (layout::VIRTIO_BASE + i as u64 * layout::VIRTIO_SIZE, layout::VIRTIO_IRQ_BASE + i as u32))
             .collect();
@@ -531,6 +533,7 @@ impl Machine {
             mem: device_view(&ram),
             gate,
             virtio,
+            nic_rx,
         };
         Ok(Machine {
             ram,
@@ -570,13 +573,41 @@ impl Machine {
             let n = self.dev.uart.fifo_capacity().min(self.pending_input.len());
             let chunk: Vec<u8> = self.pending_input.drain(..n).collect();
             let _ = self.dev.uart.enqueue_raw_bytes(&chunk);
+            self.dev.gate.lock().expect("gate lock").consume(Source::Console, &chunk);
         }
         self.dev.sync_uart_irq();
     }
 
+    /// Delivers inputs another node's guest consumed after the state this machine holds (the replay of a
+    /// failover), ahead of anything received here: frames in front of each interface's queue, console bytes
+    /// in front of typed input, each source in the order given. Returns how many were taken; an input for an
+    /// interface this machine does not have is dropped.
+    pub fn replay_inputs(&mut self, inputs: Vec<Input>) -> usize {
+        let mut frames: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.dev.nic_rx.len()];
+        let mut console = Vec::new();
+        let mut taken = 0;
+        for input in inputs {
+            match input.source {
+                Source::Console => console.extend_from_slice(&input.bytes),
+                Source::Nic(n) if n < frames.len() => frames[n].push(input.bytes),
+                Source::Nic(_) => continue,
+            }
+            taken += 1;
+        }
+        for (rx, frames) in self.dev.nic_rx.iter().zip(frames) {
+            rx.push_front(frames);
+        }
+        for b in console.into_iter().rev() {
+            self.pending_input.push_front(b);
+        }
+        taken
+    }
+
     /// Takes one byte of console input for the legacy SBI getchar.
     pub(crate) fn take_input_byte(&mut self) -> Option<u8> {
-        self.pending_input.pop_front()
+        let b = self.pending_input.pop_front()?;
+        self.dev.gate.lock().expect("gate lock").consume(Source::Console, &[b]);
+        Some(b)
     }
 
     /// The earliest timer deadline of any hart, in ticks.
@@ -773,13 +804,15 @@ impl Write for GateConsole {
     }
 }
 
-/// Creates the virtio devices of `cfg` in slot order: disks, network interfaces, entropy.
+/// Creates the virtio devices of `cfg` in slot order: disks, network interfaces, entropy. Also returns what
+/// the gate may take, and each interface's queue of received frames.
 fn build_virtio(
     cfg: &MachineConfig,
     backend: &mut HostBackend,
     wake: Wake,
-) -> Result<(Vec<MmioTransport>, Outlets), BuildError> {
+) -> Result<(Vec<MmioTransport>, Outlets, Vec<RxQueue>), BuildError> {
     let mut devices: Vec<MmioTransport> = Vec::new();
+    let mut nic_rx = Vec::new();
     let mut outlets = Outlets { disk_bytes: Vec::new(), nics: cfg.nets.len() };
     for (i, d) in cfg.disks.iter().enumerate() {
         let path = d.path.display().to_string();
@@ -802,6 +835,7 @@ fn build_virtio(
         let tap = Tap::open(&n.tap).map_err(|e| tap_err(e.to_string()))?;
         let index = backend.add_tap(tap.writer().map_err(|e| tap_err(e.to_string()))?);
         let rx = tap.spawn_reader(wake.clone()).map_err(|e| tap_err(e.to_string()))?;
+        nic_rx.push(rx.clone());
         devices.push(MmioTransport::new(Box::new(Net::new(index, n.mac, rx))));
     }
     if cfg.rng {
@@ -810,5 +844,5 @@ fn build_virtio(
     if devices.len() > layout::VIRTIO_SLOTS {
         return Err(BuildError::TooManyDevices(devices.len()));
     }
-    Ok((devices, outlets))
+    Ok((devices, outlets, nic_rx))
 }

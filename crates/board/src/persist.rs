@@ -4,7 +4,8 @@
 //! instruction boundary; device work is synchronous and finished (queue notifications are processed inside the
 //! store that rings them); pending interrupts live in the PLIC and the harts' `mip` and are saved there.
 //! Sections, in stream order: BORD (machine shape and timers), HART × harts, CLNT, PLIC, UART, VIRT × slots,
-//! GATE, then PAGS (guest memory pages, 1,024 per section).
+//! GATE, INPT (inputs consumed per source; absent in streams of older kemari: zero), then PAGS (guest memory
+//! pages, 1,024 per section).
 
 use std::io::Write;
 
@@ -23,13 +24,14 @@ const PLIC: Section = Section { tag: *b"PLIC", version: 1, cap: 4096 };
 const UART: Section = Section { tag: *b"UART", version: 1, cap: 1024 };
 const VIRT: Section = Section { tag: *b"VIRT", version: 1, cap: 2 << 20 };
 const GATE: Section = Section { tag: *b"GATE", version: 1, cap: 256 << 20 };
+const INPT: Section = Section { tag: *b"INPT", version: 1, cap: 4 + 8 * kemari_devices::gate::MAX_SOURCES as u32 };
 const PAGES_PER_SECTION: usize = 1024;
 const PAGS: Section = Section { tag: *b"PAGS", version: 1, cap: (PAGES_PER_SECTION * (8 + 4096) + 4) as u32 };
 
 // Every page of the largest machine fits in one stream, with the other sections.
 const _: () = {
     let page_sections = (crate::machine::MAX_MEMORY_MIB << 20) / PAGE_SIZE / PAGES_PER_SECTION as u64;
-    assert!(page_sections + 6 + crate::layout::MAX_HARTS as u64 <= kemari_state::MAX_SECTIONS as u64);
+    assert!(page_sections + 7 + crate::layout::MAX_HARTS as u64 <= kemari_state::MAX_SECTIONS as u64);
 };
 
 /// The longest state stream a machine with `memory` bytes of RAM has: every page once, every other section
@@ -39,13 +41,13 @@ pub fn max_state_len(memory: u64) -> u64 {
     const FRAMING: u64 = 16 + 4;
     let section = |s: &Section| 10 + s.cap as u64 + 4;
     let pages = memory / PAGE_SIZE;
-    let fixed: u64 = [BORD, CLNT, PLIC, UART, VIRT, GATE].iter().map(section).sum();
+    let fixed: u64 = [BORD, CLNT, PLIC, UART, VIRT, GATE, INPT].iter().map(section).sum();
     let harts = crate::layout::MAX_HARTS as u64 * section(&hart::SECTION);
     FRAMING + fixed + harts + pages.div_ceil(PAGES_PER_SECTION as u64) * section(&PAGS)
 }
 
-fn known() -> [Section; 8] {
-    [BORD, hart::SECTION, CLNT, PLIC, UART, VIRT, GATE, PAGS]
+fn known() -> [Section; 9] {
+    [BORD, hart::SECTION, CLNT, PLIC, UART, VIRT, GATE, INPT, PAGS]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,9 +141,14 @@ impl Machine {
             t.save(&mut w);
             f.push(&VIRT, &w.0);
         }
+        let gate = self.dev.gate.lock().expect("gate lock");
         let mut w = Writer::default();
-        self.dev.gate.lock().expect("gate lock").save(&mut w);
+        gate.save(&mut w);
         f.push(&GATE, &w.0);
+        let mut w = Writer::default();
+        gate.save_inputs(&mut w);
+        f.push(&INPT, &w.0);
+        drop(gate);
 
         push_pages(&self.ram, &mut f, list);
         f.finish()
@@ -327,8 +334,17 @@ impl Machine {
         }
 
         let mut r = Reader::new(f.one(&GATE)?, "GATE");
-        m.dev.gate.lock().expect("gate lock").restore(&mut r)?;
+        let mut gate = m.dev.gate.lock().expect("gate lock");
+        gate.restore(&mut r)?;
         r.finish()?;
+        let inputs = f.all(&INPT)?;
+        if inputs.len() > 1 {
+            return Err(StateError::Duplicate("INPT".into()).into());
+        }
+        let mut r = Reader::new(inputs.first().copied().unwrap_or(&[0, 0, 0, 0]), "INPT");
+        gate.restore_inputs(&mut r)?;
+        r.finish()?;
+        drop(gate);
 
         for (p, data) in &pages {
             m.ram.write(m.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");

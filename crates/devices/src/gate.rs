@@ -21,6 +21,12 @@
 //! lets the next release try again. The machine pauses the guest while the gate is stalled (as QEMU's
 //! `werror=stop` does) and the user resumes it once the disk is fixed. A frame or console bytes that cannot
 //! be written are dropped (a lost packet), as on any network.
+//!
+//! The gate also counts the inputs the guest *consumes* (a frame moved into its RX buffers, console bytes
+//! moved into the UART FIFO), per source, and under protection keeps a copy of each ([`Input`]) for the
+//! primary driver to send to the secondary. The counts are machine state (saved with every checkpoint), so a
+//! secondary knows which of the logged inputs its committed state has not seen, and replays exactly those
+//! after a failover: a request that reached the old primary after its last checkpoint is not lost with it.
 
 use std::collections::VecDeque;
 use std::io;
@@ -60,6 +66,43 @@ impl Effect {
     }
 }
 
+/// Where an input came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Console,
+    /// Network interface `n`.
+    Nic(usize),
+}
+
+impl Source {
+    /// Index in the per-source counters: 0 the console, 1 + n interface n.
+    pub fn index(self) -> usize {
+        match self {
+            Source::Console => 0,
+            Source::Nic(n) => 1 + n,
+        }
+    }
+
+    pub fn from_index(i: usize) -> Source {
+        if i == 0 {
+            Source::Console
+        } else {
+            Source::Nic(i - 1)
+        }
+    }
+}
+
+/// One input the guest consumed: where from, its number among that source's inputs (1, 2, ...), its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    pub source: Source,
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Most input sources a machine has (the console and 64 interfaces): a restored count list is capped by it.
+pub const MAX_SOURCES: usize = 65;
+
 /// Performs effects on the real world (or records them, in tests).
 pub trait Backend: Send {
     fn perform(&mut self, effect: &Effect) -> io::Result<()>;
@@ -98,6 +141,10 @@ pub struct OutputGate {
     stalled: Option<String>,
     /// Payload bytes of the held effects.
     held_bytes: u64,
+    /// Inputs consumed so far, per source index (see [`Source::index`]).
+    consumed: Vec<u64>,
+    /// Under protection: copies of the inputs consumed since the driver last took them.
+    input_log: Option<Vec<Input>>,
 }
 
 /// What a device may do with the gate: hand it an effect, and read a disk through the writes it holds. Holding,
@@ -117,6 +164,11 @@ impl Effects<'_> {
     pub fn overlay_read(&self, disk: usize, offset: u64, buf: &mut [u8]) {
         self.gate.overlay_read(disk, offset, buf)
     }
+
+    /// See [`OutputGate::consume`].
+    pub fn consume(&mut self, source: Source, bytes: &[u8]) {
+        self.gate.consume(source, bytes)
+    }
 }
 
 impl OutputGate {
@@ -131,7 +183,36 @@ impl OutputGate {
             passed_block_writes: 0,
             stalled: None,
             held_bytes: 0,
+            consumed: Vec::new(),
+            input_log: None,
         }
+    }
+
+    /// The guest consumed an input from `source`: counts it, and keeps a copy while the input log is on.
+    pub fn consume(&mut self, source: Source, bytes: &[u8]) {
+        let i = source.index();
+        if self.consumed.len() <= i {
+            self.consumed.resize(i + 1, 0);
+        }
+        self.consumed[i] += 1;
+        if let Some(log) = &mut self.input_log {
+            log.push(Input { source, seq: self.consumed[i], bytes: bytes.to_vec() });
+        }
+    }
+
+    /// Inputs consumed from `source` so far.
+    pub fn consumed(&self, source: Source) -> u64 {
+        self.consumed.get(source.index()).copied().unwrap_or(0)
+    }
+
+    /// Starts (or stops, dropping what it holds) keeping copies of consumed inputs.
+    pub fn set_input_log(&mut self, on: bool) {
+        self.input_log = on.then(Vec::new);
+    }
+
+    /// The inputs consumed since the last call (in the order the guest consumed them).
+    pub fn take_inputs(&mut self) -> Vec<Input> {
+        self.input_log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The handle devices get: submit and read through, nothing else.
@@ -259,6 +340,26 @@ impl OutputGate {
                     .copy_from_slice(&data[(from - w_off) as usize..(to - w_off) as usize]);
             }
         }
+    }
+}
+
+impl OutputGate {
+    /// Writes the per-source input counts (part of every checkpoint).
+    pub fn save_inputs(&self, w: &mut Writer) {
+        w.u32(self.consumed.len() as u32);
+        for c in &self.consumed {
+            w.u64(*c);
+        }
+    }
+
+    /// Restores what `save_inputs` wrote (untrusted: the number of sources is capped).
+    pub fn restore_inputs(&mut self, r: &mut Reader) -> Result<(), StateError> {
+        let n = r.u32()? as usize;
+        if n > MAX_SOURCES {
+            return Err(r.invalid(format!("{n} input sources (at most {MAX_SOURCES})")));
+        }
+        self.consumed = (0..n).map(|_| r.u64()).collect::<Result<_, _>>()?;
+        Ok(())
     }
 }
 

@@ -349,6 +349,14 @@ impl RxQueue {
         self.shared.push(frame)
     }
 
+    /// Puts `frames` in front of what is queued, in their order (a failover's replay), whatever the capacity.
+    pub fn push_front(&self, frames: Vec<Vec<u8>>) {
+        let mut q = self.shared.frames.lock().unwrap_or_else(|p| p.into_inner());
+        for f in frames.into_iter().rev() {
+            q.push_front(f);
+        }
+    }
+
     /// The oldest queued frame.
     pub fn pop(&self) -> Option<Vec<u8>> {
         self.shared.frames.lock().unwrap_or_else(|p| p.into_inner()).pop_front()

@@ -24,6 +24,11 @@
 //! - `a_failed_over_guest_is_protected_again_by_a_new_standby`: after the first failover the new primary
 //!   (`standby --reprotect`) syncs to a fresh standby on the dead primary's host; killing it too moves the
 //!   guest a second time, with no console gap at either seam.
+//! - `a_request_the_last_checkpoint_had_not_seen_is_answered_after_failover_without_a_resend`: the input log;
+//!   a request the primary's guest consumed after its last acknowledged checkpoint is replayed by the new
+//!   primary, which answers it, and the client (5 s minimum RTO) sent it only once.
+//! - `console_input_typed_before_the_kill_is_replayed_once`: lines typed on the primary's console after its
+//!   last acknowledged checkpoint reach the new primary's guest, once each and in order.
 //! - `partition_leaves_exactly_one_active_node`: the replication link is cut with both hosts alive; the primary
 //!   goes on unprotected (fence bumped), the secondary stands down (exit 3, "stale") and never runs the guest,
 //!   and the client's stream is unaffected.
@@ -586,6 +591,101 @@ fn corrupt_checkpoint_is_rejected_and_failover_still_works() {
          {repeats} console line(s) repeated",
         corruption.offset, corruption.payload_len, corruption.epoch
     );
+}
+
+/// A request that reached the primary after its last checkpoint is answered after failover without the
+/// client sending it again: the primary's guest consumed it (the input went to the secondary at once), but
+/// the proxy on the replication link swallows every checkpoint from then on, so the guest's reply stays held
+/// in the primary's gate and the secondary's committed state never saw the request. The primary is SIGKILLed;
+/// the new primary replays the request and answers. The client's route has a 5 s minimum retransmission
+/// timeout, so a reply that needed a resend would come only after one: a capture on the client shows the
+/// request frame went out exactly once.
+#[test]
+fn a_request_the_last_checkpoint_had_not_seen_is_answered_after_failover_without_a_resend() {
+    use std::io::{Read, Write};
+    let _serial = ft::serial();
+    let mut pair = Pair::start(PairOptions { proxy: true, ..Default::default() });
+    pair.net.cli.ip(&[
+        "route",
+        "replace",
+        "10.0.3.0/24",
+        "dev",
+        "eth0",
+        "proto",
+        "kernel",
+        "scope",
+        "link",
+        "src",
+        "10.0.3.100",
+        "rto_min",
+        "5000ms",
+    ]);
+    ft::start_guest_echo(&mut pair.primary, ECHO_PORT);
+    let mut sock = pair.net.cli.enter(|| ft::connect(SocketAddr::from((GUEST_IP, ECHO_PORT))));
+    sock.set_nodelay(true).unwrap();
+    let mut got = [0u8; 6];
+    sock.write_all(b"hello\n").unwrap();
+    sock.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello\n");
+
+    let capture = pair.net.cli.capture("eth0");
+    let proxy = pair.proxy.as_ref().unwrap();
+    proxy.withhold_checkpoints();
+    const REQUEST: &[u8] = b"request-that-no-checkpoint-saw\n";
+    sock.write_all(REQUEST).unwrap();
+    // The guest consumed it (its INPUT reached the secondary) and answered (a checkpoint was swallowed, the
+    // reply is held).
+    proxy.wait_until("the request's INPUT and a swallowed checkpoint", |p| {
+        let (inputs, withheld) = p.while_withholding(ft::wire::INPUT);
+        inputs >= 1 && withheld >= 1
+    });
+    let held = pair.primary_status()["effects_held"].as_u64().unwrap();
+    assert!(held >= 1, "the reply must still be held in the primary's gate");
+    pair.kill_primary();
+    let failover = pair.wait_failover();
+    let mut reply = vec![0u8; REQUEST.len()];
+    sock.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, REQUEST, "the new primary answered the replayed request");
+    let sent = capture
+        .frames()
+        .iter()
+        .filter(|f| !f.incoming() && f.bytes.windows(REQUEST.len()).any(|w| w == REQUEST))
+        .count();
+    assert_eq!(sent, 1, "the client sent the request once; {failover}");
+    assert!(!failover.contains(" 0 inputs replayed"), "{failover}");
+    eprintln!("{failover}; {held} effects were held on the old primary");
+}
+
+/// Console input typed just before the kill is not lost, and nothing the guest consumed is given to it twice:
+/// a guest loop reads numbered lines from its console and reports any number that is not the next one. Five
+/// lines typed on the primary's console after its last acknowledged checkpoint (the proxy swallows the later
+/// ones) are replayed by the new primary; the sixth is typed on the new primary's console.
+#[test]
+fn console_input_typed_before_the_kill_is_replayed_once() {
+    let _serial = ft::serial();
+    let mut pair = Pair::start(PairOptions { proxy: true, ..Default::default() });
+    pair.primary.send(
+        "echo LOOP-$((1+1)); last=0; while read n; do [ $n -le $last ] && echo DUP-$n; \
+         [ $n -gt $((last+1)) ] && echo GAP-$n; last=$n; echo ok-$n; done",
+    );
+    pair.primary.expect("LOOP-2");
+    let proxy = pair.proxy.as_ref().unwrap();
+    proxy.withhold_checkpoints();
+    pair.primary.send("1\n2\n3\n4\n5");
+    proxy.wait_until("the typed lines' INPUT", |p| {
+        let typed: usize = p.inputs_while_withholding().iter().map(|i| i.bytes.len()).sum();
+        typed >= "1\n2\n3\n4\n5\n".len()
+    });
+    pair.kill_primary();
+    let failover = pair.wait_failover();
+    pair.secondary.expect("ok-5");
+    pair.secondary.send("6");
+    pair.secondary.expect("ok-6");
+    let out = String::from_utf8_lossy(&pair.secondary.output_bytes()).to_string();
+    let seen: Vec<&str> = out.lines().map(str::trim_end).filter(|l| l.starts_with("ok-")).collect();
+    assert_eq!(seen, ["ok-1", "ok-2", "ok-3", "ok-4", "ok-5", "ok-6"], "{failover}\n{out}");
+    assert!(!out.contains("DUP-") && !out.contains("GAP-"), "{out}");
+    eprintln!("{failover}");
 }
 
 #[test]

@@ -20,6 +20,7 @@
 use std::time::Duration;
 
 pub mod arbiter;
+pub mod inputs;
 pub mod metrics;
 pub mod primary;
 pub mod secondary;

@@ -46,7 +46,7 @@ use kemari_transport::{Channel, Security};
 use crate::arbiter::{Arbiter, ArbiterError};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::wire::{self, Hello, LastHeard, Tracked};
-use crate::{Options, Storage, SyncPolicy};
+use crate::{inputs, Options, Storage, SyncPolicy};
 
 /// Checkpoints sent but not yet acknowledged, at most (speculative mode); the guest waits beyond that.
 const MAX_IN_FLIGHT: usize = 8;
@@ -262,6 +262,8 @@ pub struct Primary {
     /// Highest gate sequence number an acknowledged checkpoint covers (released once the arbiter confirms us).
     acked: u64,
     pending_since: Option<Instant>,
+    /// Bytes of inputs sent to the secondary since the last checkpoint.
+    inputs_uncovered: u64,
     /// The newest effect seen pending, and when it was first seen (the end of a console burst is a pause).
     newest_seen: u64,
     newest_at: Instant,
@@ -359,6 +361,7 @@ impl Primary {
             covered: 0,
             acked: 0,
             pending_since: None,
+            inputs_uncovered: 0,
             newest_seen: 0,
             newest_at: now,
             last_checkpoint: now,
@@ -382,6 +385,7 @@ impl Primary {
     /// Work between two rounds of the machine: lease, link, pre-copy, checkpoint triggers.
     fn tick(&mut self, machine: &mut Machine) -> Result<(), String> {
         self.housekeeping(machine)?;
+        self.send_inputs(machine);
         match &mut self.phase {
             Phase::Connecting(rx) => match rx.try_recv() {
                 Ok(stream) => self.begin_sync(machine, stream),
@@ -566,9 +570,14 @@ impl Primary {
             Ok((link, copy)) => {
                 // Replicated disks must see every write from here on, so the gate holds from now; with a
                 // shared disk the effects pass until the first checkpoint (the replica starts after them).
+                let mut g = gate.lock().expect("gate lock");
                 if self.cfg.opts.storage == Storage::Replicated {
-                    gate.lock().expect("gate lock").set_holding(true);
+                    g.set_holding(true);
                 }
+                // From here on the secondary learns every input the guest consumes (replayed on failover).
+                g.set_input_log(true);
+                drop(g);
+                self.inputs_uncovered = 0;
                 self.sync_started = Instant::now();
                 // A new secondary: its first checkpoint is epoch 1 (it knows nothing of an earlier session's).
                 self.epoch = 0;
@@ -605,6 +614,10 @@ impl Primary {
         };
         machine.max_idle = Duration::from_millis(10).min(self.cfg.opts.heartbeat);
         if newest <= self.covered {
+            // A guest that only takes input: bound the secondary's log.
+            if self.inputs_uncovered >= inputs::CHECKPOINT_AFTER {
+                return self.checkpoint(machine);
+            }
             return Ok(());
         }
         if newest != self.newest_seen {
@@ -635,9 +648,23 @@ impl Primary {
         }
     }
 
+    /// Sends the inputs the guest consumed since the last call; always before the checkpoint whose state
+    /// counts them (one ordered link).
+    fn send_inputs(&mut self, machine: &Machine) {
+        let Phase::Linked { link, .. } = &self.phase else { return };
+        let taken = machine.dev.gate.lock().expect("gate lock").take_inputs();
+        if taken.is_empty() {
+            return;
+        }
+        let body = inputs::encode(&taken);
+        self.inputs_uncovered += body.len() as u64;
+        link.send(wire::INPUT, None, Arc::new(body), self.cfg.opts.heartbeat_timeout);
+    }
+
     /// Captures the machine (quiesced: we are between rounds) and ships it.
     fn checkpoint(&mut self, machine: &mut Machine) -> Result<(), String> {
         let start = Instant::now();
+        self.send_inputs(machine);
         // Bounded speculation: with too much unacknowledged, wait like strict mode.
         self.wait_in_flight(machine, MAX_IN_FLIGHT - 1)?;
         if !matches!(self.phase, Phase::Linked { copy: None, .. }) {
@@ -657,6 +684,7 @@ impl Primary {
         let bytes = body.len() as u64;
         self.in_flight.push_back(InFlight { epoch: self.epoch, covered, body, nacks: 0 });
         self.covered = covered;
+        self.inputs_uncovered = 0;
         self.pending_since = None;
         self.last_checkpoint = Instant::now();
         let crowded = machine.dev.gate.lock().expect("gate lock").held_bytes() > HELD_HIGH_WATER;
@@ -694,7 +722,10 @@ impl Primary {
         }
         // What was in flight will never be acknowledged; everything held waits for the confirmation.
         self.in_flight.clear();
-        machine.dev.gate.lock().expect("gate lock").set_holding(true);
+        let mut gate = machine.dev.gate.lock().expect("gate lock");
+        gate.set_holding(true);
+        gate.set_input_log(false);
+        drop(gate);
         self.set_state("confirming");
         self.go_alone(machine)
     }

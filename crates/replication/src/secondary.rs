@@ -28,6 +28,7 @@ use kemari_engine::GuestRam;
 use kemari_transport::{Channel, Security};
 
 use crate::arbiter::{Arbiter, TakeOver};
+use crate::inputs::InputLog;
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::wire::{self, Hello, LastHeard, Tracked, WireError};
 use crate::{Options, Storage};
@@ -93,6 +94,8 @@ enum SessionEnd {
         why: String,
         machine: Box<Machine>,
         hello: Hello,
+        /// Inputs the primary's guest consumed after the committed state (replayed at failover).
+        inputs: InputLog,
     },
     /// The session ended before protection was established: wait for the next primary.
     Retry(String),
@@ -168,8 +171,8 @@ pub fn standby(
                 m.state = "standby";
                 m.peer.clear();
             }
-            Ok(SessionEnd::Lost { why, machine, hello }) => {
-                return s.fail_over(cfg.arbiter, *machine, &hello, &why, input);
+            Ok(SessionEnd::Lost { why, machine, hello, inputs }) => {
+                return s.fail_over(cfg.arbiter, *machine, &hello, inputs, &why, input);
             }
             Err(e) => return Err(e),
         }
@@ -264,11 +267,12 @@ impl Standby {
         let mut resyncing = false;
         let mut applied_seq = 0u64;
         let mut last_beat = Instant::now();
-        let lost = |why: String, machine: Box<Machine>, committed: u64| {
+        let mut inputs = InputLog::default();
+        let lost = |why: String, machine: Box<Machine>, committed: u64, inputs: &mut InputLog| {
             if committed == 0 {
                 SessionEnd::Retry(why)
             } else {
-                SessionEnd::Lost { why, machine, hello: hello.clone() }
+                SessionEnd::Lost { why, machine, hello: hello.clone(), inputs: std::mem::take(inputs) }
             }
         };
         loop {
@@ -289,7 +293,12 @@ impl Standby {
             }
             let silence = heard.silence();
             if silence > cfg.opts.heartbeat_timeout {
-                return Ok(lost(format!("no heartbeat for {} ms", silence.as_millis()), machine, committed));
+                return Ok(lost(
+                    format!("no heartbeat for {} ms", silence.as_millis()),
+                    machine,
+                    committed,
+                    &mut inputs,
+                ));
             }
             let msg = match msgs.recv_timeout(Duration::from_millis(10)) {
                 Ok(m) => m,
@@ -298,9 +307,21 @@ impl Standby {
             };
             let (kind, payload) = match msg {
                 Ok(m) => m,
-                Err(e) => return Ok(lost(e.to_string(), machine, committed)),
+                Err(e) => return Ok(lost(e.to_string(), machine, committed, &mut inputs)),
             };
             match kind {
+                wire::INPUT => match crate::inputs::decode(&payload) {
+                    Ok(taken) => {
+                        if !inputs.push(taken) {
+                            kemari_board::say!(
+                                "standby: the input log passed {} MiB and was dropped; inputs after checkpoint \
+                                 {committed} may not be replayed on failover",
+                                crate::inputs::CAP >> 20
+                            );
+                        }
+                    }
+                    Err(e) => return Ok(lost(e.to_string(), machine, committed, &mut inputs)),
+                },
                 wire::PAGES if committed == 0 => {
                     if let Err(e) = machine.restore_pages(&payload) {
                         return Ok(SessionEnd::Retry(format!("bad pre-copy pages from {peer}: {e}")));
@@ -309,7 +330,7 @@ impl Standby {
                 wire::CHECKPOINT => {
                     let (epoch, state) = match wire::split_epoch(&payload) {
                         Ok(x) => x,
-                        Err(e) => return Ok(lost(e.to_string(), machine, committed)),
+                        Err(e) => return Ok(lost(e.to_string(), machine, committed, &mut inputs)),
                     };
                     if epoch <= committed {
                         // A resend of what we hold: acknowledge the newest again.
@@ -323,7 +344,7 @@ impl Standby {
                     }
                     if epoch != committed + 1 {
                         let why = format!("checkpoint {epoch} out of sequence (committed {committed})");
-                        return Ok(lost(why, machine, committed));
+                        return Ok(lost(why, machine, committed, &mut inputs));
                     }
                     let start = Instant::now();
                     match machine.apply_checkpoint(state) {
@@ -334,6 +355,9 @@ impl Standby {
                             }
                             committed = epoch;
                             resyncing = false;
+                            let gate = machine.dev.gate.lock().expect("gate lock");
+                            inputs.prune(|s| gate.consumed(s));
+                            drop(gate);
                             let us = start.elapsed().as_micros() as u64;
                             let bytes = state.len() as u64;
                             {
@@ -366,7 +390,7 @@ impl Standby {
                 }
                 k => {
                     let why = format!("unexpected message kind {k} from the primary");
-                    return Ok(lost(why, machine, committed));
+                    return Ok(lost(why, machine, committed, &mut inputs));
                 }
             }
         }
@@ -410,6 +434,7 @@ impl Standby {
         mut arbiter: Box<dyn Arbiter>,
         mut machine: Machine,
         hello: &Hello,
+        inputs: InputLog,
         why: &str,
         input: &Receiver<Event>,
     ) -> Result<StandbyEnd, StandbyError> {
@@ -445,6 +470,12 @@ impl Standby {
                 tracing::warn!("re-issuing effects: {e}");
             }
         }
+        // Replay: what the old primary's guest consumed after the committed state, before anything new.
+        let replay = {
+            let gate = machine.dev.gate.lock().expect("gate lock");
+            inputs.replay(|s| gate.consumed(s))
+        };
+        let replayed = machine.replay_inputs(replay);
         machine.announce();
         machine.push_input(&self.input_bytes);
         let took = start.elapsed().as_millis() as u64;
@@ -455,7 +486,9 @@ impl Standby {
             m.role = "primary";
             m.state = "unprotected";
         }
-        kemari_board::say!("failover complete in {took} ms; this node is now active (fence {fence})");
+        kemari_board::say!(
+            "failover complete in {took} ms; this node is now active (fence {fence}); {replayed} inputs replayed"
+        );
         Ok(StandbyEnd::TookOver { machine: Box::new(machine), arbiter, metrics: self.metrics })
     }
 }

@@ -8,6 +8,8 @@
 //!  CHECKPOINT  epoch u64, state stream          ──►  stages, verifies, commits atomically
 //!                                               ◄──  ACK epoch  (committed)  |  NACK epoch (refused: the
 //!                                                    secondary drops what follows; resend it and its successors)
+//!  INPUT       inputs the guest consumed        ──►  kept until a commit covers them; replayed on failover
+//!              (source, sequence, bytes)...          (see `inputs.rs`)
 //!  HEARTBEAT   (both ways, every interval)      ◄─►  liveness: silence longer than the timeout is a failure
 //!  SHUTDOWN    the guest powered off            ──►  the secondary ends too
 //! ```
@@ -32,13 +34,14 @@ pub const ACK: u8 = 6;
 pub const NACK: u8 = 7;
 pub const HEARTBEAT: u8 = 8;
 pub const SHUTDOWN: u8 = 9;
+pub const INPUT: u8 = 10;
 
 /// Largest HELLO, ACK, NACK or heartbeat accepted.
 pub const SMALL_MESSAGE: u64 = 64 << 10;
 /// Memory reserved for a message before its bytes arrive (it grows as they do).
 const RESERVE_AHEAD: u64 = 1 << 20;
-/// Version of this protocol; HELLO carries it.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this protocol; HELLO carries it. 2: INPUT.
+pub const PROTOCOL_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"KEMARIFT";
 
 #[derive(Debug, thiserror::Error)]

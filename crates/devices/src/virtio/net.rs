@@ -27,7 +27,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{device_type, Ctx, Processed, VirtioDevice};
-use crate::gate::{Effect, Effects};
+use crate::gate::{Effect, Effects, Source};
 use crate::memory::GuestMemory;
 use crate::tap::RxQueue;
 
@@ -139,6 +139,8 @@ impl Net {
                         q.go_to_previous_position();
                         break;
                     };
+                    // Taken from the host's queue: consumed by the guest, delivered or dropped below.
+                    ctx.gate.consume(Source::Nic(self.nic), &frame);
                     let capacity: u64 = segs.iter().map(|&(_, len)| u64::from(len)).sum();
                     if (HDR_LEN + frame.len()) as u64 > capacity {
                         self.rx_dropped += 1;

@@ -813,14 +813,22 @@ struct ProxyLog {
     corrupted_index: Option<usize>,
     /// Message kinds the secondary sent, in order.
     from_secondary: Vec<u8>,
+    /// While withholding: message kinds of the primary's forwarded, and CHECKPOINTs swallowed.
+    forwarded_while_withholding: Vec<u8>,
+    withheld: usize,
+    /// The payloads of the INPUT messages forwarded while withholding.
+    inputs: Vec<Vec<u8>>,
 }
 
 /// A man-in-the-middle TCP proxy on the replication link, in the primary's namespace: the primary connects to
 /// it, it connects to the standby and forwards both ways, parsing the framing. Once armed, it flips one bit
 /// inside the payload of the next CHECKPOINT message (past its epoch, in the state stream), and forwards
-/// everything else untouched. When either side closes, it closes the other.
+/// everything else untouched. Told to withhold, it swallows every CHECKPOINT from then on and forwards the
+/// rest (as if the primary died right after each message but its checkpoints). When either side closes, it
+/// closes the other.
 pub struct Proxy {
     armed: Arc<AtomicBool>,
+    withholding: Arc<AtomicBool>,
     log: Arc<Mutex<ProxyLog>>,
 }
 
@@ -828,8 +836,9 @@ impl Proxy {
     pub fn start(ns: &NetNs, listen: SocketAddr, upstream: SocketAddr) -> Proxy {
         let listener = ns.enter(|| TcpListener::bind(listen).expect("proxy listens"));
         let armed = Arc::new(AtomicBool::new(false));
+        let withholding = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(ProxyLog::default()));
-        let (armed2, log2) = (armed.clone(), log.clone());
+        let (armed2, withholding2, log2) = (armed.clone(), withholding.clone(), log.clone());
         // The thread stays in the namespace for the upstream connections. It ends with the process; its sockets
         // go with the namespace.
         let _ = ns.spawn(move || {
@@ -844,9 +853,9 @@ impl Proxy {
                 let _ = up.set_read_timeout(None);
                 let _ = down.set_read_timeout(None);
                 let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
-                let (a, l) = (armed2.clone(), log2.clone());
+                let (a, w, l) = (armed2.clone(), withholding2.clone(), log2.clone());
                 std::thread::spawn(move || {
-                    let _ = pump_to_secondary(&down, &up, &a, &l);
+                    let _ = pump_to_secondary(&down, &up, &a, &w, &l);
                     let _ = down.shutdown(Shutdown::Both);
                     let _ = up.shutdown(Shutdown::Both);
                 });
@@ -858,7 +867,27 @@ impl Proxy {
                 });
             }
         });
-        Proxy { armed, log }
+        Proxy { armed, withholding, log }
+    }
+
+    /// Swallow every CHECKPOINT from now on, forward the rest.
+    pub fn withhold_checkpoints(&self) {
+        self.withholding.store(true, Ordering::SeqCst);
+    }
+
+    /// The inputs the primary logged while withholding, decoded.
+    pub fn inputs_while_withholding(&self) -> Vec<kemari_devices::gate::Input> {
+        let l = self.log.lock().unwrap();
+        l.inputs
+            .iter()
+            .flat_map(|p| kemari_replication::inputs::decode(p).expect("the primary's INPUT decodes"))
+            .collect()
+    }
+
+    /// While withholding: how many messages of `kind` were forwarded, and how many CHECKPOINTs swallowed.
+    pub fn while_withholding(&self, kind: u8) -> (usize, usize) {
+        let l = self.log.lock().unwrap();
+        (l.forwarded_while_withholding.iter().filter(|&&k| k == kind).count(), l.withheld)
     }
 
     /// Corrupt the next CHECKPOINT message.
@@ -924,6 +953,7 @@ fn pump_to_secondary(
     from: &TcpStream,
     mut to: &TcpStream,
     armed: &AtomicBool,
+    withholding: &AtomicBool,
     log: &Mutex<ProxyLog>,
 ) -> std::io::Result<()> {
     loop {
@@ -932,6 +962,22 @@ fn pump_to_secondary(
             to.write_all(&header)?;
             std::io::copy(&mut { from }, &mut to)?;
             return Ok(());
+        }
+        if withholding.load(Ordering::SeqCst) {
+            if kind == wire::CHECKPOINT {
+                std::io::copy(&mut { from }.take(len), &mut std::io::sink())?;
+                log.lock().unwrap().withheld += 1;
+                continue;
+            }
+            log.lock().unwrap().forwarded_while_withholding.push(kind);
+            if kind == wire::INPUT {
+                let mut payload = vec![0u8; len as usize];
+                { from }.read_exact(&mut payload)?;
+                to.write_all(&header)?;
+                to.write_all(&payload)?;
+                log.lock().unwrap().inputs.push(payload);
+                continue;
+            }
         }
         if kind != wire::CHECKPOINT || len < 8 {
             to.write_all(&header)?;
