@@ -31,6 +31,7 @@
 //! sync = "event"                      # or "interval" (run only, as window_us, interval_ms, strict)
 //! window_us = 0
 //! console_sync = "burst"              # or "each"
+//! input_log = true                    # replay at failover what the last checkpoint had not seen
 //! heartbeat_ms = 50
 //! heartbeat_timeout_ms = 200
 //! ```
@@ -113,6 +114,7 @@ struct Protection {
     interval_ms: Option<u64>,
     strict: Option<bool>,
     console_sync: Option<ConsoleSync>,
+    input_log: Option<bool>,
     heartbeat_ms: Option<u64>,
     heartbeat_timeout_ms: Option<u64>,
 }
@@ -250,6 +252,7 @@ impl VmFile {
                 "--console-sync",
                 p.console_sync.map(|c| if let ConsoleSync::Each = c { "each" } else { "burst" }.into()),
             );
+            put("--input-log", p.input_log.map(|on| if on { "on" } else { "off" }.into()));
             put("--heartbeat-ms", p.heartbeat_ms.map(|v| v.to_string()));
             put("--heartbeat-timeout-ms", p.heartbeat_timeout_ms.map(|v| v.to_string()));
         }
@@ -300,6 +303,7 @@ impl VmFile {
             ("protection.interval_ms", p.is_some_and(|p| p.interval_ms.is_some())),
             ("protection.strict", p.is_some_and(|p| p.strict.is_some())),
             ("protection.console_sync", p.is_some_and(|p| p.console_sync.is_some())),
+            ("protection.input_log", p.is_some_and(|p| p.input_log.is_some())),
         ];
         match role {
             Role::Run => {

@@ -244,6 +244,10 @@ struct ProtectArgs {
     /// at most 20 ms after its first byte) or like any other output (each).
     #[arg(long, default_value = "burst", value_parser = ["burst", "each"])]
     console_sync: String,
+    /// Send the inputs the guest consumes to the secondary, which replays those its last checkpoint had not
+    /// seen at failover (on), or let them die with the primary, for clients to resend (off).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    input_log: String,
     /// Keep the guest paused until each checkpoint is acknowledged (default: speculative resume, only the
     /// outputs wait).
     #[arg(long)]
@@ -420,6 +424,7 @@ impl ProtectArgs {
             sync,
             speculative: !self.strict,
             console_bursts: self.console_sync == "burst",
+            input_log: self.input_log == "on",
             ..self.ft.options()
         }
     }

@@ -72,6 +72,9 @@ pub struct Options {
     /// Policy `event`: console output alone triggers a checkpoint only at the end of its burst (see
     /// `primary.rs`); off, every console write is an effect like any other.
     pub console_bursts: bool,
+    /// Send the inputs the guest consumes to the secondary, which replays those its committed state had not
+    /// seen at failover (`inputs.rs`); off, they die with the primary and clients resend them.
+    pub input_log: bool,
 }
 
 impl Default for Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             heartbeat: Duration::from_millis(50),
             heartbeat_timeout: Duration::from_millis(200),
             console_bursts: true,
+            input_log: true,
         }
     }
 }

@@ -575,7 +575,7 @@ impl Primary {
                     g.set_holding(true);
                 }
                 // From here on the secondary learns every input the guest consumes (replayed on failover).
-                g.set_input_log(true);
+                g.set_input_log(self.cfg.opts.input_log);
                 drop(g);
                 self.inputs_uncovered = 0;
                 self.sync_started = Instant::now();
