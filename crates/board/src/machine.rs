@@ -357,6 +357,8 @@ pub struct Machine {
     pub tohost: Option<u64>,
     /// Console input not yet accepted by the UART FIFO.
     pending_input: VecDeque<u8>,
+    /// The last round ended early to let the driver send logged inputs.
+    flushed_inputs: bool,
     /// The console input channel still has a sender.
     input_open: bool,
     /// Paused through the control API: harts do not run, guest time stands still.
@@ -542,6 +544,7 @@ impl Machine {
             builtin_sbi,
             tohost,
             pending_input: VecDeque::new(),
+            flushed_inputs: false,
             input_open: true,
             paused: false,
             migration: None,
@@ -687,6 +690,14 @@ impl Machine {
             self.dev.clock.resume();
             self.feed_uart();
             self.dev.poll_virtio();
+            // Under protection, inputs the guest just took leave for the secondary before the guest runs on
+            // them (the driver sends them between rounds): the window in which a request dies with the primary
+            // shrinks to the moment it arrives. Not twice in a row, so a flood of input cannot starve the harts.
+            let logged = self.dev.gate.lock().expect("gate lock").inputs_logged();
+            if logged && !std::mem::replace(&mut self.flushed_inputs, true) {
+                return None;
+            }
+            self.flushed_inputs = false;
             let mut busy = false;
             for i in 0..self.harts.len() {
                 self.update_irq_lines();

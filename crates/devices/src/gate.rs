@@ -210,6 +210,11 @@ impl OutputGate {
         self.input_log = on.then(Vec::new);
     }
 
+    /// Whether inputs wait in the log for [`OutputGate::take_inputs`].
+    pub fn inputs_logged(&self) -> bool {
+        self.input_log.as_ref().is_some_and(|log| !log.is_empty())
+    }
+
     /// The inputs consumed since the last call (in the order the guest consumed them).
     pub fn take_inputs(&mut self) -> Vec<Input> {
         self.input_log.as_mut().map(std::mem::take).unwrap_or_default()

@@ -602,9 +602,22 @@ fn corrupt_checkpoint_is_rejected_and_failover_still_works() {
 /// request frame went out exactly once.
 #[test]
 fn a_request_the_last_checkpoint_had_not_seen_is_answered_after_failover_without_a_resend() {
+    request_is_replayed(&[]);
+}
+
+/// The same under the other policies, with SMP guests: Remus-style intervals on 2 harts, strict checkpoints
+/// with a coalescing window on 2 harts.
+#[test]
+fn a_request_is_replayed_under_interval_and_strict_policies_on_smp_guests() {
+    request_is_replayed(&["--sync", "interval", "--interval-ms", "20", "--cpus", "2"]);
+    request_is_replayed(&["--strict", "--window-us", "500", "--cpus", "2"]);
+}
+
+fn request_is_replayed(policy: &[&str]) {
     use std::io::{Read, Write};
     let _serial = ft::serial();
-    let mut pair = Pair::start(PairOptions { proxy: true, ..Default::default() });
+    let primary_args = policy.iter().map(|a| a.to_string()).collect();
+    let mut pair = Pair::start(PairOptions { proxy: true, primary_args, ..Default::default() });
     pair.net.cli.ip(&[
         "route",
         "replace",
@@ -653,7 +666,7 @@ fn a_request_the_last_checkpoint_had_not_seen_is_answered_after_failover_without
         .count();
     assert_eq!(sent, 1, "the client sent the request once; {failover}");
     assert!(!failover.contains(" 0 inputs replayed"), "{failover}");
-    eprintln!("{failover}; {held} effects were held on the old primary");
+    eprintln!("{policy:?}: {failover}; {held} effects were held on the old primary");
 }
 
 /// Console input typed just before the kill is not lost, and nothing the guest consumed is given to it twice:
