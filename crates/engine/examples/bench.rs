@@ -6,7 +6,7 @@
 //!     cargo run --release -p kemari-engine --example bench [-- ROUNDS]
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use common::*;
