@@ -7,7 +7,8 @@
 //! boundaries takes interrupts exactly where a per-instruction check would. A block is cut short where the
 //! budget ends, so `run` never overshoots it. An exception in the middle of a block leaves the pc at the
 //! faulting instruction and `instret` counting the instructions before it; a store that wrote to a code page
-//! ends the block right after itself.
+//! ends the block right after itself. An MMIO store ends the block by leaving `run`; an MMIO load need not end
+//! it: the bus cannot reach the hart, and interrupt lines change only between runs.
 
 use crate::block::{CodeCache, Fetched};
 use crate::csr::mstatus;
@@ -240,10 +241,10 @@ impl Hart {
                     self.retire(i);
                     let r = self.exec_system(bus, op.imm as u32, op.raw, next);
                     match r {
-                        Ok(()) | Err(Stop::Exit(Exit::Wfi)) => self.retire(1),
-                        // ecall to the VMM's SBI: completes when the VMM steps over it.
+                        // ecall to the VMM's SBI completes when the VMM steps over it; an exception retires nothing.
                         Err(Stop::Exit(Exit::Sbi)) | Err(Stop::Exception(_)) => {}
-                        Err(Stop::Exit(_)) => self.retire(1),
+                        // Done, or done and waiting (wfi).
+                        Ok(()) | Err(Stop::Exit(_)) => self.retire(1),
                     }
                     return (done, r);
                 }

@@ -308,3 +308,60 @@ fn an_interrupt_raised_between_runs_is_taken_where_the_budget_cut_the_block() {
     assert_eq!(m.m_trap(), Trap::interrupt(irq::MTI as u64, CODE + 8));
     assert_eq!((m.x(A0), m.x(A1), m.x(A2)), (2, 2, 1));
 }
+
+/// A mixed program (ALU, RVC, loads and stores, a store into its own code, FP, an AMO, CSR reads of instret,
+/// a fault and its handler) that ends by halting.
+fn mixed_program(m: &mut Machine) {
+    let mut h = Asm::new(HANDLER);
+    // Skip the faulting instruction (4 bytes) and go on.
+    h.i(csrr(T6, csr::MEPC)).i(addi(T6, T6, 4)).i(csrw(csr::MEPC, T6)).i(addi(S4, S4, 1)).i(mret());
+    let mut a = Asm::new(CODE);
+    a.li(T0, HANDLER).i(csrw(csr::MTVEC, T0)).li(S0, DATA).li(S1, 5).li(T2, 0x2000_0000);
+    a.label("loop")
+        .i(addi(A0, A0, 3))
+        .c(c_addi(A1, 1))
+        .i(mul(A2, A0, A1))
+        .c(c_sd(A2, 8, S0))
+        .i(ld(A3, 8, S0))
+        .i(remw(A4, A3, S1))
+        .i(fmv_d_x(F1, A3))
+        .i(fadd_d(F2, F1, F1, rm::RNE))
+        .i(amoadd_d(A5, A0, S0))
+        .i(csrr(A6, csr::INSTRET))
+        .i(add(A7, A7, A6))
+        .i(ld(T3, 0, T2)) // faults: the handler skips it
+        .i(xor(T4, T4, T5))
+        .i(sw(T4, 0, T1)) // rewrites `patch`: alternately +2 and +1
+        .label("patch")
+        .i(addi(S2, S2, 1))
+        .c(c_addi(S1, -1))
+        .c_bnez(S1, "loop")
+        .i(sw(ZERO, HALT_MMIO as i32, ZERO));
+    m.load(&h);
+    m.load(&a);
+    m.enable_fp();
+    m.set_x(T1, a.addr("patch"));
+    m.set_x(T4, addi(S2, S2, 1) as u64);
+    m.set_x(T5, (addi(S2, S2, 1) ^ addi(S2, S2, 2)) as u64);
+}
+
+#[test]
+fn running_in_blocks_matches_running_one_instruction_at_a_time() {
+    // With a budget of 1 every run executes a single instruction: a per-instruction interpreter.
+    let mut stepped = Machine::new();
+    mixed_program(&mut stepped);
+    let mut steps = 0;
+    while !stepped.bus.halted {
+        stepped.step(1);
+        steps += 1;
+        assert!(steps < 10_000, "did not halt: {}", stepped.describe());
+    }
+    let mut blocks = Machine::new();
+    mixed_program(&mut blocks);
+    assert_eq!(blocks.run(), Outcome::Halted);
+    assert_eq!(blocks.state(), stepped.state());
+    assert_eq!(blocks.read_bytes::<16>(DATA), stepped.read_bytes::<16>(DATA));
+    assert_eq!(blocks.read_u32(CODE + 0x100), stepped.read_u32(CODE + 0x100));
+    assert_eq!(blocks.x(S4), 5, "five faults handled");
+    assert_eq!(blocks.x(S2), 2 + 1 + 2 + 1 + 2, "each pass ran the instruction it wrote");
+}
