@@ -13,11 +13,12 @@
 //! which keeps store translations away from it, so every write to it (by any hart, the VMM or a device) moves
 //! the version.
 //!
-//! The jump cache maps (virtual pc, privilege) to a block, without the version check (the fast path of every
-//! block). It depends on the translation of the pc, so it is dropped with the TLB (`satp` writes, `sfence.vma`,
-//! `set_state`, `flush_tlb`, HSM start), and on the code, so it is dropped whenever a code page is written
-//! (`memory.rs`): in O(1), by moving an epoch that is part of every entry's tag. The privilege is part of the
-//! tag too, so traps and returns need no flush (as in the TLB).
+//! The jump cache maps a virtual pc to a block, without the version check (the fast path of every block). An
+//! entry also holds the RAM offset its pc translated to, and is used only while the fetch TLB translates the pc
+//! (at the current privilege) to that same offset: so `satp` writes, `sfence.vma` and privilege changes need
+//! not drop it (they drop or do not match TLB entries, which are refilled one walk per page, after which the
+//! jump entries of the page serve again). It depends on the code too, so it is dropped whenever a code page is
+//! written (`memory.rs`): in O(1), by moving an epoch that every entry must match.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -28,24 +29,26 @@ use crate::memory::{GuestRam, PAGE_SHIFT};
 use crate::mmu::read_ram;
 use crate::rvc;
 
-const JUMP_SIZE: usize = 4096;
+const JUMP_SIZE: usize = 16384;
 /// Decoded instructions kept per hart (16 bytes each) before the whole cache is dropped and refilled.
 const MAX_OPS: usize = 1 << 19;
 /// The most instructions one block can hold (a page of compressed instructions).
 const MAX_BLOCK_OPS: usize = 2048;
 
-/// A block as the jump cache holds it: where its instructions are.
+/// A block as the jump cache holds it: where it was found and where its instructions are.
 #[derive(Clone, Copy)]
 struct JumpEntry {
     /// Virtual pc (never odd, so 1 marks an empty entry).
     vpc: u64,
-    /// Jump epoch and privilege, see [`Hart::jump_ctx`].
-    ctx: u64,
+    /// RAM offset `vpc` translated to.
+    off: u64,
+    /// `Hart::jump_epoch` when the entry was made.
+    epoch: u64,
     start: u32,
     len: u32,
 }
 
-const NO_JUMP: JumpEntry = JumpEntry { vpc: 1, ctx: 0, start: 0, len: 0 };
+const NO_JUMP: JumpEntry = JumpEntry { vpc: 1, off: 0, epoch: 0, start: 0, len: 0 };
 
 struct Block {
     /// Its instructions are `ops[start..start + len]`.
@@ -136,17 +139,11 @@ fn jump_index(pc: u64) -> usize {
 }
 
 impl Hart {
-    /// Tag bits of jump cache entries valid now.
-    #[inline(always)]
-    fn jump_ctx(&self) -> u64 {
-        (self.jump_epoch << 2) | self.s.privilege as u64
-    }
-
     /// Finds (or decodes) what to run at `pc`; a fault is the fetch fault of the instruction at `pc`.
     #[inline(always)]
     pub(crate) fn lookup(&mut self, code: &mut CodeCache, ram: &GuestRam, pc: u64) -> Result<Fetched, Exception> {
         let j = code.jump[jump_index(pc)];
-        if j.vpc == pc && j.ctx == self.jump_ctx() {
+        if j.vpc == pc && j.epoch == self.jump_epoch && self.fetch_cached(pc) == Some(j.off) {
             return Ok(Fetched::Block(j.start as usize, (j.start + j.len) as usize));
         }
         self.lookup_slow(code, ram, pc)
@@ -158,6 +155,11 @@ impl Hart {
             return Err(Exception { cause: cause::FETCH_MISALIGNED, tval: pc });
         }
         let off = self.fetch_off(ram, pc)?;
+        // The translation was just refilled (after a flush): the entry may still be good.
+        let j = code.jump[jump_index(pc)];
+        if j.vpc == pc && j.epoch == self.jump_epoch && j.off == off {
+            return Ok(Fetched::Block(j.start as usize, (j.start + j.len) as usize));
+        }
         let lo = read_ram::<2>(ram, off) as u32;
         if lo & 3 == 3 && off & 0xfff == 0xffe {
             // Its upper half is in the next page, with a translation of its own.
@@ -188,7 +190,7 @@ impl Hart {
             }
         };
         let b = &code.blocks[id as usize];
-        code.jump[jump_index(pc)] = JumpEntry { vpc: pc, ctx: self.jump_ctx(), start: b.start, len: b.len };
+        code.jump[jump_index(pc)] = JumpEntry { vpc: pc, off, epoch: self.jump_epoch, start: b.start, len: b.len };
         Ok(Fetched::Block(b.start as usize, (b.start + b.len) as usize))
     }
 

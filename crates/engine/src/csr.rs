@@ -248,7 +248,7 @@ impl Hart {
                 // Unsupported modes leave satp unchanged (WARL), as the spec requires.
                 if mode == 0 || mode == 8 || mode == 9 {
                     self.s.satp = v & ((0xf << 60) | ((1 << 44) - 1));
-                    self.flush_translations();
+                    self.tlb.flush_all();
                 }
             }
             MSTATUS => self.write_mstatus((self.s.mstatus & !MSTATUS_WRITABLE) | (v & MSTATUS_WRITABLE)),

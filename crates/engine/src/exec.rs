@@ -345,7 +345,7 @@ impl Hart {
                     if p == Privilege::User || (p == Privilege::Supervisor && self.s.mstatus & mstatus::TVM != 0) {
                         return Err(illegal(raw));
                     }
-                    self.flush_translations();
+                    self.tlb.flush_all();
                 }
                 _ => return Err(illegal(raw)),
             }

@@ -150,7 +150,7 @@ pub struct Hart {
     pub(crate) check_irq: bool,
     /// Decoded blocks (taken out while `run` executes them; allocated on the first run).
     pub(crate) code: Option<Box<CodeCache>>,
-    /// Part of the jump cache's tag: moving it drops every entry (with the TLB).
+    /// Jump cache entries of another epoch are dropped: it moves when code is written.
     pub(crate) jump_epoch: u64,
     /// The RAM's code epoch this hart's store translations are up to date with.
     pub(crate) code_epoch: u64,
@@ -215,10 +215,11 @@ impl Hart {
     }
 
     /// Replaces the architectural state. The caller validated it (privilege is an enum; everything else is
-    /// representable); cached translations are dropped. Decoded blocks stay: they depend on RAM only.
+    /// representable); cached translations are dropped (and with them the jump cache, which is valid only
+    /// where the TLB agrees). Decoded blocks stay: they depend on RAM only.
     pub fn set_state(&mut self, state: HartState) {
         self.s = state;
-        self.flush_translations();
+        self.tlb.flush_all();
         self.check_irq = true;
     }
 
@@ -282,7 +283,7 @@ impl Hart {
         self.s.pc = pc;
         self.s.x[10] = self.s.id;
         self.s.x[11] = opaque;
-        self.flush_translations();
+        self.tlb.flush_all();
         self.check_irq = true;
     }
 
@@ -303,13 +304,7 @@ impl Hart {
     /// restore, or for an SBI remote `sfence.vma`). Decoded blocks need nothing: writes to guest memory
     /// invalidate them themselves, so a remote `fence.i` needs no call at all.
     pub fn flush_tlb(&mut self) {
-        self.flush_translations();
-    }
-
-    /// Drops the TLB and the jump cache (virtual pc to block), which depends on translations.
-    pub(crate) fn flush_translations(&mut self) {
         self.tlb.flush_all();
-        self.jump_epoch += 1;
     }
 
     /// How many blocks this hart decoded so far (a statistic for tests and benchmarks: a block decoded again
@@ -343,7 +338,7 @@ impl Hart {
         let mut code = self.code.take().unwrap_or_default();
         if code.bind(ram) {
             // Another RAM: translations point into the old one.
-            self.flush_translations();
+            self.tlb.flush_all();
         }
         let exit = self.execute(&mut code, ram, bus, budget);
         self.code = Some(code);

@@ -353,6 +353,13 @@ impl Hart {
         self.fetch_slow(ram, vaddr)
     }
 
+    /// The RAM offset of the instruction at `vaddr` if the fetch TLB has its translation.
+    #[inline(always)]
+    pub(crate) fn fetch_cached(&self, vaddr: u64) -> Option<u64> {
+        let e = self.tlb.fetch[tlb_index(vaddr)];
+        (e.tag == (vaddr >> PAGE_SHIFT) | self.fetch_ctx()).then_some(e.ram_off + (vaddr & 0xfff))
+    }
+
     /// Fetches the 16-bit parcel at `vaddr`.
     pub(crate) fn fetch16(&mut self, ram: &GuestRam, vaddr: u64) -> Result<u16, Exception> {
         let off = self.fetch_off(ram, vaddr)?;

@@ -365,3 +365,25 @@ fn running_in_blocks_matches_running_one_instruction_at_a_time() {
     assert_eq!(blocks.x(S4), 5, "five faults handled");
     assert_eq!(blocks.x(S2), 2 + 1 + 2 + 1 + 2, "each pass ran the instruction it wrote");
 }
+
+#[test]
+fn code_cached_in_s_mode_is_not_run_by_u_mode_without_execute_permission() {
+    // S-mode calls `func` (on a supervisor-only page), then returns to U-mode at `func` itself: the fetch
+    // must fault although S-mode just ran the very block.
+    let mut m = Machine::new();
+    let mut pt = PageTables::new(&m, Mode::Sv39);
+    pt.map_code(&m, false);
+    let func = GUEST_CODE + 0x100;
+    let mut g = Asm::new(GUEST_CODE);
+    g.li(T0, func)
+        .i(jalr(RA, T0, 0))
+        .i(csrw(csr::SEPC, T0))
+        .li(T1, mstatus::SPP)
+        .i(csrc(csr::SSTATUS, T1))
+        .i(sret())
+        .pad_to(func)
+        .i(addi(A0, A0, 1))
+        .i(jalr(ZERO, RA, 0));
+    assert_eq!(m.run_guest(Privilege::Supervisor, pt.satp(), &g), Trap::new(cause::FETCH_PAGE, func, func));
+    assert_eq!(m.x(A0), 1, "S-mode ran it once");
+}
