@@ -51,14 +51,24 @@ impl Hart {
                 }
             }
             let pc = self.s.pc;
-            let (attempted, result) = match self.lookup(code, ram, pc) {
+            let single: [Op; 1];
+            let ops = match self.lookup(code, ram, pc) {
                 Ok(Fetched::Block(start, end)) => {
-                    let end = end.min(start.saturating_add(usize::try_from(left).unwrap_or(usize::MAX)));
-                    self.run_ops(ram, bus, code.ops(start, end), pc)
+                    code.ops(start, end.min(start.saturating_add(usize::try_from(left).unwrap_or(usize::MAX))))
                 }
-                Ok(Fetched::Single(op)) => self.run_ops(ram, bus, &[op], pc),
-                Err(e) => (1, Err(e.into())),
+                Ok(Fetched::Single(op)) => {
+                    single = [op];
+                    &single
+                }
+                Err(e) => {
+                    left -= 1;
+                    if let Some(exit) = self.take_trap(e.cause, e.tval, false) {
+                        return exit;
+                    }
+                    continue;
+                }
             };
+            let (attempted, result) = self.run_ops(ram, bus, ops, pc);
             left -= attempted;
             match result {
                 Ok(()) => {}
@@ -82,6 +92,7 @@ impl Hart {
     /// Returns how many instructions it attempted (those that retired, and the one that stopped it, if any)
     /// and why it stopped early. On return the pc and `instret` are up to date: at the faulting instruction
     /// after an exception, after the last instruction otherwise (or wherever it jumped).
+    #[inline(always)]
     fn run_ops(&mut self, ram: &GuestRam, bus: &mut dyn Bus, ops: &[Op], vpc: u64) -> (u64, Step) {
         // Privilege and mstatus change only at the end of a block.
         let data_tag = self.data_tag();
