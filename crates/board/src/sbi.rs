@@ -104,7 +104,8 @@ pub fn handle(m: &mut Machine, i: usize) -> SbiOutcome {
             (SUCCESS, 0)
         }
         EXT_RFENCE if fid <= 6 => {
-            // fence.i needs nothing (no decoded-instruction cache); every sfence variant flushes whole TLBs.
+            // fence.i needs nothing (writes to guest memory invalidate decoded code themselves); every sfence variant
+            // flushes whole TLBs.
             if fid != 0 {
                 for t in selected(a[0], a[1], n) {
                     m.harts[t].flush_tlb();

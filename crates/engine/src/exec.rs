@@ -1,22 +1,28 @@
-//! The interpreter: fetch, decode and execute RV64GC instructions.
+//! The interpreter: runs decoded blocks (`block.rs`, `decode.rs`).
+//!
+//! `execute` looks up the block at the pc and runs its instructions with `run_ops`, one `match` on the decoded
+//! kind each. Interrupts are checked and the budget is counted per block; `instret` is added per block too, and
+//! brought up to date before a SYSTEM instruction (which may read or write it) runs. Nothing that can make an
+//! interrupt pending (a CSR write, xRET, a trap) happens anywhere but at the end of a block, so checking at block
+//! boundaries takes interrupts exactly where a per-instruction check would. A block is cut short where the
+//! budget ends, so `run` never overshoots it. An exception in the middle of a block leaves the pc at the
+//! faulting instruction and `instret` counting the instructions before it; a store that wrote to a code page
+//! ends the block right after itself. An MMIO store ends the block by leaving `run`; an MMIO load need not end
+//! it: the bus cannot reach the hart, and interrupt lines change only between runs.
 
+use crate::block::{CodeCache, Fetched};
 use crate::csr::mstatus;
+use crate::decode::{Kind, Op};
 use crate::fpu::{self, Rounding};
 use crate::hart::{cause, Bus, Exception, Exit, Hart, Privilege, Stop};
 use crate::memory::GuestRam;
 use crate::mmu::{read_ram, write_ram, Access};
-use crate::rvc;
 
 type Step = Result<(), Stop>;
 
 #[inline(always)]
 fn illegal(raw: u32) -> Stop {
     Stop::Exception(Exception { cause: cause::ILLEGAL, tval: raw as u64 })
-}
-
-#[inline(always)]
-fn sext(v: u64, bits: u32) -> u64 {
-    (((v << (64 - bits)) as i64) >> (64 - bits)) as u64
 }
 
 #[inline(always)]
@@ -29,23 +35,13 @@ fn imm_s(i: u32) -> u64 {
     ((((i as i32) >> 25) << 5) as i64 as u64) | ((i >> 7) & 0x1f) as u64
 }
 
-#[inline(always)]
-fn imm_b(i: u32) -> u64 {
-    let v = (((i >> 31) & 1) << 12) | (((i >> 7) & 1) << 11) | (((i >> 25) & 0x3f) << 5) | (((i >> 8) & 0xf) << 1);
-    sext(v as u64, 13)
-}
-
-#[inline(always)]
-fn imm_j(i: u32) -> u64 {
-    let v = (((i >> 31) & 1) << 20) | (((i >> 12) & 0xff) << 12) | (((i >> 20) & 1) << 11) | (((i >> 21) & 0x3ff) << 1);
-    sext(v as u64, 21)
-}
-
 const F32_NAN: u32 = fpu::F32_CANONICAL_NAN;
 
 impl Hart {
-    pub(crate) fn execute(&mut self, ram: &GuestRam, bus: &mut dyn Bus, budget: u64) -> Exit {
-        for _ in 0..budget {
+    pub(crate) fn execute(&mut self, code: &mut CodeCache, ram: &GuestRam, bus: &mut dyn Bus, budget: u64) -> Exit {
+        self.end_block = false;
+        let mut left = budget;
+        while left > 0 {
             if self.check_irq {
                 self.check_irq = false;
                 if let Some(i) = self.pending_interrupt() {
@@ -54,226 +50,235 @@ impl Hart {
                     }
                 }
             }
-            match self.step(ram, bus) {
-                Ok(()) => self.s.instret = self.s.instret.wrapping_add(1),
+            let pc = self.s.pc;
+            let single: [Op; 1];
+            let ops = match self.lookup(code, ram, pc) {
+                Ok(Fetched::Block(start, end)) => {
+                    code.ops(start, end.min(start.saturating_add(usize::try_from(left).unwrap_or(usize::MAX))))
+                }
+                Ok(Fetched::Single(op)) => {
+                    single = [op];
+                    &single
+                }
+                Err(e) => {
+                    left -= 1;
+                    if let Some(exit) = self.take_trap(e.cause, e.tval, false) {
+                        return exit;
+                    }
+                    continue;
+                }
+            };
+            let (attempted, result) = self.run_ops(ram, bus, ops, pc);
+            left -= attempted;
+            match result {
+                Ok(()) => {}
                 Err(Stop::Exception(e)) => {
                     if let Some(exit) = self.take_trap(e.cause, e.tval, false) {
                         return exit;
                     }
                 }
-                Err(Stop::Exit(exit)) => {
-                    if exit != Exit::Sbi {
-                        self.s.instret = self.s.instret.wrapping_add(1);
-                    }
-                    return exit;
-                }
+                Err(Stop::Exit(exit)) => return exit,
             }
         }
         Exit::Budget
     }
 
     #[inline(always)]
-    fn step(&mut self, ram: &GuestRam, bus: &mut dyn Bus) -> Step {
-        let pc = self.s.pc;
-        let word = self.fetch(ram, pc)?;
-        let lo = word as u16;
-        if lo & 3 == 3 {
-            let insn = if pc & 0xfff <= 0xffc {
-                word
-            } else {
-                // Straddles a page: the second parcel needs its own translation.
-                (self.fetch16(ram, pc.wrapping_add(2))? as u32) << 16 | lo as u32
-            };
-            self.exec(ram, bus, insn, insn, 4)
-        } else {
-            let insn = rvc::expand(lo).ok_or(illegal(lo as u32))?;
-            self.exec(ram, bus, insn, lo as u32, 2)
+    fn retire(&mut self, n: usize) {
+        self.s.instret = self.s.instret.wrapping_add(n as u64);
+    }
+
+    /// Runs `ops` (a block or its beginning; never empty), whose first instruction is at virtual address `vpc`.
+    /// Returns how many instructions it attempted (those that retired, and the one that stopped it, if any)
+    /// and why it stopped early. On return the pc and `instret` are up to date: at the faulting instruction
+    /// after an exception, after the last instruction otherwise (or wherever it jumped).
+    #[inline(always)]
+    fn run_ops(&mut self, ram: &GuestRam, bus: &mut dyn Bus, ops: &[Op], vpc: u64) -> (u64, Step) {
+        // Privilege and mstatus change only at the end of a block.
+        let data_tag = self.data_tag();
+        for (i, op) in ops.iter().enumerate() {
+            let pc = vpc.wrapping_add(op.off as u64);
+            let next = pc.wrapping_add(op.len as u64);
+            let imm = op.imm as i64 as u64;
+            let (rd, rs1, rs2) = (op.rd as u32, op.rs1 as u32, op.rs2 as u32);
+            let done = i as u64 + 1;
+            // The instruction did not complete: it traps (or exits) where it is.
+            macro_rules! stop {
+                ($e:expr) => {{
+                    self.s.pc = pc;
+                    self.retire(i);
+                    return (done, Err($e.into()));
+                }};
+            }
+            // The instruction completed and the block ends with it.
+            macro_rules! end {
+                ($target:expr, $result:expr) => {{
+                    self.s.pc = $target;
+                    self.retire(i + 1);
+                    return (done, $result);
+                }};
+            }
+            macro_rules! branch {
+                ($cond:expr) => {
+                    end!(if $cond { pc.wrapping_add(imm) } else { next }, Ok(()))
+                };
+            }
+            macro_rules! load {
+                ($n:literal, $extend:ty) => {{
+                    match self.load_in::<$n>(ram, bus, self.x(rs1).wrapping_add(imm), data_tag) {
+                        Ok(v) => self.wx(rd, v as $extend as i64 as u64),
+                        Err(e) => stop!(e),
+                    }
+                }};
+            }
+            macro_rules! store {
+                ($n:literal) => {{
+                    match self.store_in::<$n>(ram, bus, self.x(rs1).wrapping_add(imm), self.x(rs2), data_tag) {
+                        Ok(false) => {
+                            if self.end_block {
+                                self.end_block = false;
+                                end!(next, Ok(()));
+                            }
+                        }
+                        Ok(true) => end!(next, Err(Stop::Exit(Exit::MmioStore))),
+                        Err(e) => stop!(e),
+                    }
+                }};
+            }
+            // ALU kinds never have rd = x0 (the decoder makes those `Nop`).
+            macro_rules! alu {
+                ($v:expr) => {{
+                    let v = $v;
+                    self.s.x[(rd & 31) as usize] = v;
+                }};
+            }
+            let a = self.x(rs1);
+            let b = self.x(rs2);
+            match op.kind {
+                Kind::Nop => {}
+                Kind::Lui => alu!(imm),
+                Kind::Auipc => alu!(pc.wrapping_add(imm)),
+                Kind::Jal => {
+                    self.wx(rd, next);
+                    end!(pc.wrapping_add(imm), Ok(()))
+                }
+                Kind::Jalr => {
+                    let target = a.wrapping_add(imm) & !1;
+                    self.wx(rd, next);
+                    end!(target, Ok(()))
+                }
+                Kind::Beq => branch!(a == b),
+                Kind::Bne => branch!(a != b),
+                Kind::Blt => branch!((a as i64) < (b as i64)),
+                Kind::Bge => branch!((a as i64) >= (b as i64)),
+                Kind::Bltu => branch!(a < b),
+                Kind::Bgeu => branch!(a >= b),
+                Kind::Lb => load!(1, i8),
+                Kind::Lh => load!(2, i16),
+                Kind::Lw => load!(4, i32),
+                Kind::Ld => load!(8, i64),
+                Kind::Lbu => load!(1, u8),
+                Kind::Lhu => load!(2, u16),
+                Kind::Lwu => load!(4, u32),
+                Kind::Sb => store!(1),
+                Kind::Sh => store!(2),
+                Kind::Sw => store!(4),
+                Kind::Sd => store!(8),
+                Kind::Addi => alu!(a.wrapping_add(imm)),
+                Kind::Slti => alu!(((a as i64) < (imm as i64)) as u64),
+                Kind::Sltiu => alu!((a < imm) as u64),
+                Kind::Xori => alu!(a ^ imm),
+                Kind::Ori => alu!(a | imm),
+                Kind::Andi => alu!(a & imm),
+                Kind::Slli => alu!(a << (imm & 63)),
+                Kind::Srli => alu!(a >> (imm & 63)),
+                Kind::Srai => alu!(((a as i64) >> (imm & 63)) as u64),
+                Kind::Addiw => alu!((a as i32).wrapping_add(imm as i32) as i64 as u64),
+                Kind::Slliw => alu!(((a as u32) << (imm & 31)) as i32 as i64 as u64),
+                Kind::Srliw => alu!(((a as u32) >> (imm & 31)) as i32 as i64 as u64),
+                Kind::Sraiw => alu!(((a as i32) >> (imm & 31)) as i64 as u64),
+                Kind::Add => alu!(a.wrapping_add(b)),
+                Kind::Sub => alu!(a.wrapping_sub(b)),
+                Kind::Sll => alu!(a << (b & 63)),
+                Kind::Slt => alu!(((a as i64) < (b as i64)) as u64),
+                Kind::Sltu => alu!((a < b) as u64),
+                Kind::Xor => alu!(a ^ b),
+                Kind::Srl => alu!(a >> (b & 63)),
+                Kind::Sra => alu!(((a as i64) >> (b & 63)) as u64),
+                Kind::Or => alu!(a | b),
+                Kind::And => alu!(a & b),
+                Kind::Mul => alu!(a.wrapping_mul(b)),
+                Kind::Mulh => alu!(((a as i64 as i128 * b as i64 as i128) >> 64) as u64),
+                Kind::Mulhsu => alu!(((a as i64 as i128 * b as u128 as i128) >> 64) as u64),
+                Kind::Mulhu => alu!(((a as u128 * b as u128) >> 64) as u64),
+                Kind::Div => alu!(div_s(a, b)),
+                Kind::Divu => alu!(a.checked_div(b).unwrap_or(u64::MAX)),
+                Kind::Rem => alu!(rem_s(a, b)),
+                Kind::Remu => alu!(a.checked_rem(b).unwrap_or(a)),
+                Kind::Addw => alu!((a as i32).wrapping_add(b as i32) as i64 as u64),
+                Kind::Subw => alu!((a as i32).wrapping_sub(b as i32) as i64 as u64),
+                Kind::Sllw => alu!(((a as u32) << (b & 31)) as i32 as i64 as u64),
+                Kind::Srlw => alu!(((a as u32) >> (b & 31)) as i32 as i64 as u64),
+                Kind::Sraw => alu!(((a as i32) >> (b & 31)) as i64 as u64),
+                Kind::Mulw => alu!((a as i32).wrapping_mul(b as i32) as i64 as u64),
+                Kind::Divw => alu!(divw(a as i32, b as i32) as i64 as u64),
+                Kind::Divuw => alu!((a as u32).checked_div(b as u32).unwrap_or(u32::MAX) as i32 as i64 as u64),
+                Kind::Remw => alu!(remw(a as i32, b as i32) as i64 as u64),
+                Kind::Remuw => alu!((a as u32).checked_rem(b as u32).unwrap_or(a as u32) as i32 as i64 as u64),
+                Kind::FenceI => end!(next, Ok(())),
+                Kind::Fp | Kind::Amo => {
+                    self.s.pc = pc;
+                    let insn = op.imm as u32;
+                    let r = if op.kind == Kind::Fp {
+                        self.exec_fp(ram, bus, insn, op.raw, next)
+                    } else {
+                        self.exec_amo(ram, insn, op.raw, next)
+                    };
+                    match r {
+                        Ok(()) => {
+                            if self.end_block {
+                                self.end_block = false;
+                                end!(next, Ok(()));
+                            }
+                        }
+                        // An FP store to MMIO: it completed.
+                        Err(Stop::Exit(exit)) => end!(next, Err(Stop::Exit(exit))),
+                        Err(e) => stop!(e),
+                    }
+                }
+                Kind::System => {
+                    // It may read or write instret: count what ran before it.
+                    self.s.pc = pc;
+                    self.retire(i);
+                    let r = self.exec_system(bus, op.imm as u32, op.raw, next);
+                    match r {
+                        // ecall to the VMM's SBI completes when the VMM steps over it; an exception retires nothing.
+                        Err(Stop::Exit(Exit::Sbi)) | Err(Stop::Exception(_)) => {}
+                        // Done, or done and waiting (wfi).
+                        Ok(()) | Err(Stop::Exit(_)) => self.retire(1),
+                    }
+                    return (done, r);
+                }
+                Kind::Illegal => stop!(illegal(op.raw)),
+            }
         }
+        // The block ran to its end (a page boundary) or to where the budget cut it.
+        let last = ops[ops.len() - 1];
+        self.s.pc = vpc.wrapping_add(last.off as u64).wrapping_add(last.len as u64);
+        self.retire(ops.len());
+        (ops.len() as u64, Ok(()))
     }
 
     #[inline(always)]
     fn x(&self, r: u32) -> u64 {
-        self.s.x[r as usize]
+        self.s.x[(r & 31) as usize]
     }
 
     #[inline(always)]
     fn wx(&mut self, r: u32, v: u64) {
         if r != 0 {
-            self.s.x[r as usize] = v;
+            self.s.x[(r & 31) as usize] = v;
         }
-    }
-
-    /// Executes one (expanded) 32-bit instruction of length `len`; `raw` is what was fetched.
-    #[inline(always)]
-    fn exec(&mut self, ram: &GuestRam, bus: &mut dyn Bus, insn: u32, raw: u32, len: u64) -> Step {
-        let pc = self.s.pc;
-        let next = pc.wrapping_add(len);
-        let rd = (insn >> 7) & 31;
-        let f3 = (insn >> 12) & 7;
-        let rs1 = (insn >> 15) & 31;
-        let rs2 = (insn >> 20) & 31;
-        let f7 = insn >> 25;
-        match insn & 0x7f {
-            0x37 => self.wx(rd, (insn & 0xffff_f000) as i32 as i64 as u64),
-            0x17 => self.wx(rd, pc.wrapping_add((insn & 0xffff_f000) as i32 as i64 as u64)),
-            0x6f => {
-                self.wx(rd, next);
-                self.s.pc = pc.wrapping_add(imm_j(insn));
-                return Ok(());
-            }
-            0x67 => {
-                if f3 != 0 {
-                    return Err(illegal(raw));
-                }
-                let target = self.x(rs1).wrapping_add(imm_i(insn)) & !1;
-                self.wx(rd, next);
-                self.s.pc = target;
-                return Ok(());
-            }
-            0x63 => {
-                let a = self.x(rs1);
-                let b = self.x(rs2);
-                let taken = match f3 {
-                    0 => a == b,
-                    1 => a != b,
-                    4 => (a as i64) < (b as i64),
-                    5 => (a as i64) >= (b as i64),
-                    6 => a < b,
-                    7 => a >= b,
-                    _ => return Err(illegal(raw)),
-                };
-                self.s.pc = if taken { pc.wrapping_add(imm_b(insn)) } else { next };
-                return Ok(());
-            }
-            0x03 => {
-                let addr = self.x(rs1).wrapping_add(imm_i(insn));
-                let v = match f3 {
-                    0 => self.load::<1>(ram, bus, addr)? as i8 as i64 as u64,
-                    1 => self.load::<2>(ram, bus, addr)? as i16 as i64 as u64,
-                    2 => self.load::<4>(ram, bus, addr)? as i32 as i64 as u64,
-                    3 => self.load::<8>(ram, bus, addr)?,
-                    4 => self.load::<1>(ram, bus, addr)?,
-                    5 => self.load::<2>(ram, bus, addr)?,
-                    6 => self.load::<4>(ram, bus, addr)?,
-                    _ => return Err(illegal(raw)),
-                };
-                self.wx(rd, v);
-            }
-            0x23 => {
-                let addr = self.x(rs1).wrapping_add(imm_s(insn));
-                let v = self.x(rs2);
-                let mmio = match f3 {
-                    0 => self.store::<1>(ram, bus, addr, v)?,
-                    1 => self.store::<2>(ram, bus, addr, v)?,
-                    2 => self.store::<4>(ram, bus, addr, v)?,
-                    3 => self.store::<8>(ram, bus, addr, v)?,
-                    _ => return Err(illegal(raw)),
-                };
-                if mmio {
-                    self.s.pc = next;
-                    return Err(Stop::Exit(Exit::MmioStore));
-                }
-            }
-            0x13 => {
-                let a = self.x(rs1);
-                let imm = imm_i(insn);
-                let shamt = (insn >> 20) & 63;
-                let v = match f3 {
-                    0 => a.wrapping_add(imm),
-                    1 if insn >> 26 == 0 => a << shamt,
-                    2 => ((a as i64) < (imm as i64)) as u64,
-                    3 => (a < imm) as u64,
-                    4 => a ^ imm,
-                    5 if insn >> 26 == 0 => a >> shamt,
-                    5 if insn >> 26 == 0x10 => ((a as i64) >> shamt) as u64,
-                    6 => a | imm,
-                    7 => a & imm,
-                    _ => return Err(illegal(raw)),
-                };
-                self.wx(rd, v);
-            }
-            0x1b => {
-                let a = self.x(rs1) as u32;
-                let shamt = (insn >> 20) & 31;
-                let v = match (f3, f7) {
-                    (0, _) => a.wrapping_add(imm_i(insn) as u32) as i32,
-                    (1, 0) => (a << shamt) as i32,
-                    (5, 0) => (a >> shamt) as i32,
-                    (5, 0x20) => (a as i32) >> shamt,
-                    _ => return Err(illegal(raw)),
-                };
-                self.wx(rd, v as i64 as u64);
-            }
-            0x33 => {
-                let a = self.x(rs1);
-                let b = self.x(rs2);
-                let v = match (f7, f3) {
-                    (0, 0) => a.wrapping_add(b),
-                    (0x20, 0) => a.wrapping_sub(b),
-                    (0, 1) => a << (b & 63),
-                    (0, 2) => ((a as i64) < (b as i64)) as u64,
-                    (0, 3) => (a < b) as u64,
-                    (0, 4) => a ^ b,
-                    (0, 5) => a >> (b & 63),
-                    (0x20, 5) => ((a as i64) >> (b & 63)) as u64,
-                    (0, 6) => a | b,
-                    (0, 7) => a & b,
-                    (1, 0) => a.wrapping_mul(b),
-                    (1, 1) => ((a as i64 as i128 * b as i64 as i128) >> 64) as u64,
-                    (1, 2) => ((a as i64 as i128 * b as u128 as i128) >> 64) as u64,
-                    (1, 3) => ((a as u128 * b as u128) >> 64) as u64,
-                    (1, 4) => div_s(a, b),
-                    (1, 5) => a.checked_div(b).unwrap_or(u64::MAX),
-                    (1, 6) => rem_s(a, b),
-                    (1, 7) => a.checked_rem(b).unwrap_or(a),
-                    _ => return Err(illegal(raw)),
-                };
-                self.wx(rd, v);
-            }
-            0x3b => {
-                let a = self.x(rs1) as u32;
-                let b = self.x(rs2) as u32;
-                let v: u32 = match (f7, f3) {
-                    (0, 0) => a.wrapping_add(b),
-                    (0x20, 0) => a.wrapping_sub(b),
-                    (0, 1) => a << (b & 31),
-                    (0, 5) => a >> (b & 31),
-                    (0x20, 5) => ((a as i32) >> (b & 31)) as u32,
-                    (1, 0) => a.wrapping_mul(b),
-                    (1, 4) => {
-                        let (a, b) = (a as i32, b as i32);
-                        if b == 0 {
-                            u32::MAX
-                        } else {
-                            a.wrapping_div(b) as u32
-                        }
-                    }
-                    (1, 5) => a.checked_div(b).unwrap_or(u32::MAX),
-                    (1, 6) => {
-                        let (a, b) = (a as i32, b as i32);
-                        if b == 0 {
-                            a as u32
-                        } else {
-                            a.wrapping_rem(b) as u32
-                        }
-                    }
-                    (1, 7) => a.checked_rem(b).unwrap_or(a),
-                    _ => return Err(illegal(raw)),
-                };
-                self.wx(rd, v as i32 as i64 as u64);
-            }
-            0x0f => match f3 {
-                0 => {} // fence: one thread runs all harts in order, so memory is coherent.
-                1 => {} // fence.i: no decoded-instruction cache survives a store.
-                _ => return Err(illegal(raw)),
-            },
-            0x73 => return self.exec_system(bus, insn, raw, next),
-            0x2f => return self.exec_amo(ram, insn, raw, next),
-            0x07 | 0x27 | 0x43 | 0x47 | 0x4b | 0x4f | 0x53 => return self.exec_fp(ram, bus, insn, raw, next),
-            _ => return Err(illegal(raw)),
-        }
-        self.s.pc = next;
-        Ok(())
     }
 
     fn exec_system(&mut self, bus: &mut dyn Bus, insn: u32, raw: u32, next: u64) -> Step {
@@ -719,6 +724,24 @@ fn div_s(a: u64, b: u64) -> u64 {
         u64::MAX
     } else {
         a.wrapping_div(b) as u64
+    }
+}
+
+#[inline(always)]
+fn divw(a: i32, b: i32) -> i32 {
+    if b == 0 {
+        -1
+    } else {
+        a.wrapping_div(b)
+    }
+}
+
+#[inline(always)]
+fn remw(a: i32, b: i32) -> i32 {
+    if b == 0 {
+        a
+    } else {
+        a.wrapping_rem(b)
     }
 }
 

@@ -1,5 +1,6 @@
 //! One hart: its architectural state, trap delivery and the public run interface.
 
+use crate::block::CodeCache;
 use crate::csr::{self, mstatus};
 use crate::memory::GuestRam;
 use crate::mmu::Tlb;
@@ -147,6 +148,16 @@ pub struct Hart {
     pub(crate) tlb_generation: u64,
     /// Re-evaluate pending interrupts before the next instruction.
     pub(crate) check_irq: bool,
+    /// Decoded blocks (taken out while `run` executes them; allocated on the first run).
+    pub(crate) code: Option<Box<CodeCache>>,
+    /// Jump cache entries of another epoch are dropped: it moves when code is written.
+    pub(crate) jump_epoch: u64,
+    /// The RAM's code epoch this hart's store translations are up to date with.
+    pub(crate) code_epoch: u64,
+    /// The RAM's count of code writes this hart's jump cache is up to date with.
+    pub(crate) code_writes: u64,
+    /// A store just wrote to a code page: the running block ends after it (it may have rewritten what follows).
+    pub(crate) end_block: bool,
 }
 
 impl Hart {
@@ -180,7 +191,18 @@ impl Hart {
         } else {
             s.privilege = Privilege::Machine;
         }
-        Hart { s, vmm_is_m_mode, tlb: Box::default(), tlb_generation: u64::MAX, check_irq: true }
+        Hart {
+            s,
+            vmm_is_m_mode,
+            tlb: Box::default(),
+            tlb_generation: u64::MAX,
+            check_irq: true,
+            code: None,
+            jump_epoch: 0,
+            code_epoch: 0,
+            code_writes: 0,
+            end_block: false,
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -193,7 +215,8 @@ impl Hart {
     }
 
     /// Replaces the architectural state. The caller validated it (privilege is an enum; everything else is
-    /// representable); the translation cache is dropped.
+    /// representable); cached translations are dropped (and with them the jump cache, which is valid only
+    /// where the TLB agrees). Decoded blocks stay: they depend on RAM only.
     pub fn set_state(&mut self, state: HartState) {
         self.s = state;
         self.tlb.flush_all();
@@ -278,12 +301,20 @@ impl Hart {
     }
 
     /// Drops all cached translations (after the VMM changed guest page tables behind the hart's back, e.g. a
-    /// restore).
+    /// restore, or for an SBI remote `sfence.vma`). Decoded blocks need nothing: writes to guest memory
+    /// invalidate them themselves, so a remote `fence.i` needs no call at all.
     pub fn flush_tlb(&mut self) {
         self.tlb.flush_all();
     }
 
-    /// Runs at most `budget` instructions.
+    /// How many blocks this hart decoded so far (a statistic for tests and benchmarks: a block decoded again
+    /// after its code was written counts again).
+    pub fn decoded_blocks(&self) -> u64 {
+        self.code.as_ref().map_or(0, |c| c.decoded)
+    }
+
+    /// Runs at most `budget` instructions (exactly `budget` when nothing stops it earlier: blocks are cut short
+    /// when the budget ends inside one).
     pub fn run(&mut self, ram: &GuestRam, bus: &mut dyn Bus, budget: u64) -> Exit {
         if self.s.stopped {
             return Exit::Wfi;
@@ -292,6 +323,9 @@ impl Hart {
             self.tlb.flush_stores();
             self.tlb_generation = ram.generation();
         }
+        // While other harts (or the VMM) ran, pages may have become code pages, or code pages written.
+        self.sync_code_epoch(ram);
+        self.sync_code_writes(ram);
         // A hart switch may have let another hart (or the VMM) write the reserved location.
         self.s.reservation = None;
         if self.s.waiting {
@@ -301,7 +335,14 @@ impl Hart {
             self.s.waiting = false;
         }
         self.check_irq = true;
-        self.execute(ram, bus, budget)
+        let mut code = self.code.take().unwrap_or_default();
+        if code.bind(ram) {
+            // Another RAM: translations point into the old one.
+            self.tlb.flush_all();
+        }
+        let exit = self.execute(&mut code, ram, bus, budget);
+        self.code = Some(code);
+        exit
     }
 
     /// The highest-priority interrupt that is pending, enabled and not masked at the current privilege.

@@ -4,6 +4,19 @@
 //! reservation, pending interrupts), instruction execution, Sv39/Sv48 translation with a software TLB, and the
 //! dirty-page log of guest RAM ([`GuestRam`]).
 //!
+//! Execution decodes once: instructions are decoded (compressed ones expanded) into blocks of compact ops
+//! (`decode.rs`), cached per hart by *physical* address with a jump cache from virtual pc (`block.rs`), and run
+//! by one `match` per op (`exec.rs`). A block ends at a control transfer, at anything that may change the
+//! execution context (every SYSTEM instruction: CSR accesses, xRET, `wfi`, `ecall`/`ebreak`, `sfence.vma`; and
+//! `fence.i`), at an illegal instruction and at the end of its page; an MMIO store ends it by leaving `run`.
+//! Interrupts, the budget and `instret` are handled per block, with exactly the results of a per-instruction
+//! interpreter: interrupts are taken at the same boundaries, the budget is never overshot (a block is cut where
+//! it ends), a fault mid-block leaves pc and `instret` at the faulting instruction. Decoded code stays coherent
+//! with memory through the code-page tracking of [`GuestRam`] (see `memory.rs`): any write to a page blocks were
+//! decoded from, by a hart, the VMM or a device, invalidates them, and a hart's store into code ends its block
+//! right after the store. Blocks survive `satp` writes, `sfence.vma`, privilege changes and checkpoints
+//! (`take_dirty`); they are not part of [`HartState`].
+//!
 //! Never does: device emulation, I/O, or anything with wall-clock effects. Every access outside RAM goes to the
 //! caller's [`Bus`]; every SBI call (`ecall` from S-mode when the VMM plays M-mode firmware) and every `wfi`
 //! returns to the caller as an [`Exit`]. Nothing above this crate may assume RISC-V software emulation: the
@@ -13,8 +26,12 @@
 //! - `run` stops only at instruction boundaries; the state read afterwards is exactly the architectural state.
 //! - Every guest store to RAM is preceded by a dirty mark of its page in the current dirty-log generation
 //!   (stores go through a store translation that is installed only after marking the page).
+//! - No store translation exists for a page decoded blocks come from; every write to such a page moves its
+//!   version, and a block runs only while its page has the version it was decoded at.
 
+mod block;
 pub mod csr;
+mod decode;
 mod exec;
 pub mod fpu;
 mod hart;

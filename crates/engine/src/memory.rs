@@ -1,12 +1,32 @@
-//! Guest RAM and its dirty-page log.
+//! Guest RAM, its dirty-page log, and the code-page tracking that keeps decoded blocks coherent.
 //!
-//! RAM is one anonymous mapping at a fixed guest-physical base. Every page that is written after the last
-//! [`GuestRam::take_dirty`] is recorded in a bitmap: harts mark a page when they install a store translation for
-//! it (so only the first store to a page per checkpoint pays), and the VMM marks pages it writes itself through
-//! [`GuestRam::write`]. Taking the log bumps a generation number; harts compare it before running and drop
-//! their store translations, so the next store to any page is seen again.
+//! RAM is one anonymous mapping at a fixed, page-aligned guest-physical base. Every page that is written after
+//! the last [`GuestRam::take_dirty`] is recorded in a bitmap: harts mark a page when they install a store
+//! translation for it (so only the first store to a page per checkpoint pays), and the VMM marks pages it
+//! writes itself through [`GuestRam::write`] or [`GuestRam::mark_dirty_range`] (devices, through their
+//! `vm-memory` view). Taking the log bumps a generation number; harts compare it before running and drop their
+//! store translations, so the next store to any page is seen again. Taking the log does not touch decoded code.
+//!
+//! Code pages. Harts cache instructions decoded from RAM (see `block.rs`). A page some hart decoded a block from
+//! is a *code page*; each page also has a *write version*. The rules:
+//! - a hart never installs a store translation for a code page, so every hart store to one takes the slow path,
+//!   which bumps the page's version (and clears its code bit: the page holds no valid block any more, and the
+//!   next stores may go fast again until a hart decodes from it anew);
+//! - when a page becomes a code page the *code epoch* is bumped; harts compare it when they start running (and
+//!   after their own decodes) and drop their store translations, so none survives for a new code page;
+//! - writes by the VMM and devices ([`GuestRam::write`], [`GuestRam::mark_dirty_range`]) bump the version of
+//!   the code pages they touch;
+//! - a decoded block remembers the version of its page and is decoded again when it differs; a hart's jump
+//!   cache (virtual pc to block), which skips that check, is dropped whenever any code page is written (a
+//!   counter of such writes, compared when the hart starts running; the hart's own stores drop it at once).
+//!
+//! Harts run round-robin on one thread and the VMM writes guest memory between their slices, so no write can
+//! slip between a hart's version check and the instructions it executes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Tells guest RAM objects apart (a hart's decoded blocks belong to one).
+static NEXT_RAM_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Guest page size used for dirty tracking and translation.
 pub const PAGE_SIZE: u64 = 4096;
@@ -30,6 +50,15 @@ pub struct GuestRam {
     /// scan need not read it (reading untouched anonymous memory costs a page fault each).
     touched: Box<[AtomicU64]>,
     generation: AtomicU64,
+    /// Pages some hart decoded instructions from (and that were not written since).
+    code: Box<[AtomicU64]>,
+    /// Per page: bumped by every write to the page while it is a code page.
+    versions: Box<[AtomicU64]>,
+    /// Bumped whenever a page becomes a code page.
+    code_epoch: AtomicU64,
+    /// Bumped by every write to a code page.
+    code_writes: AtomicU64,
+    id: u64,
 }
 
 // SAFETY: the mapping lives as long as the struct; concurrent access to guest memory from the VMM's threads is
@@ -44,6 +73,8 @@ impl GuestRam {
         if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
             return Err(RamError::BadSize(size));
         }
+        // Translations map whole guest pages to whole RAM pages.
+        debug_assert!(base.is_multiple_of(PAGE_SIZE), "RAM base {base:#x} is not page-aligned");
         // SAFETY: anonymous private mapping with no address hint; the result is checked below.
         let host = unsafe {
             libc::mmap(
@@ -60,14 +91,19 @@ impl GuestRam {
         }
         let pages = size / PAGE_SIZE;
         let words = pages.div_ceil(64) as usize;
-        let bitmap = || (0..words).map(|_| AtomicU64::new(0)).collect();
+        let zeros = |n: u64| (0..n).map(|_| AtomicU64::new(0)).collect();
         Ok(GuestRam {
             base,
             size,
             host: host as *mut u8,
-            dirty: bitmap(),
-            touched: bitmap(),
+            dirty: zeros(words as u64),
+            touched: zeros(words as u64),
             generation: AtomicU64::new(0),
+            code: zeros(words as u64),
+            versions: zeros(pages),
+            code_epoch: AtomicU64::new(0),
+            code_writes: AtomicU64::new(0),
+            id: NEXT_RAM_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -153,7 +189,8 @@ impl GuestRam {
         Ok(())
     }
 
-    /// Copies into guest memory and records the pages as dirty. Fails if the range is not entirely RAM.
+    /// Copies into guest memory, records the pages as dirty and invalidates instructions harts decoded from them.
+    /// Fails if the range is not entirely RAM.
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<()> {
         let off = self.offset_of(addr, data.len() as u64)?;
         // SAFETY: the range was checked to lie inside the mapping.
@@ -162,7 +199,8 @@ impl GuestRam {
         Some(())
     }
 
-    /// Marks RAM pages covering `[off, off+len)` (offsets into RAM) as dirty.
+    /// Records a write by the VMM or a device to RAM pages covering `[off, off+len)` (offsets into RAM), made
+    /// just before: marks them dirty, and invalidates the instructions harts decoded from them.
     pub fn mark_dirty_range(&self, off: u64, len: u64) {
         if len == 0 {
             return;
@@ -171,6 +209,7 @@ impl GuestRam {
         let last = (off + len - 1) >> PAGE_SHIFT;
         for page in first..=last {
             self.mark_dirty_page(page);
+            self.code_written(page);
         }
     }
 
@@ -218,6 +257,58 @@ impl GuestRam {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
     }
+
+    /// Identity of this RAM object (unique in the process).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Write version of RAM page `page` (see the module docs).
+    #[inline(always)]
+    pub(crate) fn page_version(&self, page: u64) -> u64 {
+        self.versions[page as usize].load(Ordering::Acquire)
+    }
+
+    #[inline(always)]
+    pub(crate) fn is_code(&self, page: u64) -> bool {
+        self.code[(page / 64) as usize].load(Ordering::Relaxed) & (1 << (page % 64)) != 0
+    }
+
+    /// Makes `page` a code page (a hart is about to decode from it). Returns true if it was not one, in which case
+    /// the code epoch moved: every hart must drop its store translations before it stores again.
+    pub(crate) fn mark_code(&self, page: u64) -> bool {
+        let bit = 1u64 << (page % 64);
+        if self.code[(page / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            return false;
+        }
+        self.code_epoch.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Records a write to `page`, made just before: if it is a code page, bumps its version and makes it an
+    /// ordinary page again. Returns whether it was a code page.
+    #[inline]
+    pub(crate) fn code_written(&self, page: u64) -> bool {
+        if !self.is_code(page) {
+            return false;
+        }
+        self.versions[page as usize].fetch_add(1, Ordering::AcqRel);
+        self.code[(page / 64) as usize].fetch_and(!(1u64 << (page % 64)), Ordering::AcqRel);
+        self.code_writes.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Moves with every write to a code page.
+    #[inline]
+    pub(crate) fn code_writes(&self) -> u64 {
+        self.code_writes.load(Ordering::Acquire)
+    }
+
+    /// Moves whenever a page becomes a code page.
+    #[inline]
+    pub(crate) fn code_epoch(&self) -> u64 {
+        self.code_epoch.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for GuestRam {
@@ -239,6 +330,30 @@ mod tests {
         assert!(ram.take_dirty().is_empty());
         assert!(ram.write(0x8000_0000 + 64 * PAGE_SIZE - 2, &[0; 4]).is_none());
         assert!(ram.read(0x7fff_ffff, &mut [0; 2]).is_none());
+    }
+
+    #[test]
+    fn writes_to_code_pages_bump_their_version_and_end_their_code_state() {
+        let ram = GuestRam::new(0x8000_0000, 64 * PAGE_SIZE).unwrap();
+        let epoch = ram.code_epoch();
+        assert!(ram.mark_code(3));
+        assert!(!ram.mark_code(3), "already a code page");
+        assert_eq!(ram.code_epoch(), epoch + 1, "only a new code page moves the epoch");
+        let v = ram.page_version(3);
+        ram.write(0x8000_0000 + 2 * PAGE_SIZE, &[1; 8]).unwrap();
+        assert_eq!(ram.page_version(2), 0, "not a code page");
+        assert_eq!(ram.page_version(3), v);
+        ram.write(0x8000_0000 + 4 * PAGE_SIZE - 1, &[1; 2]).unwrap();
+        assert_eq!(ram.page_version(3), v + 1);
+        assert!(!ram.is_code(3), "a written page holds no decoded code");
+        ram.mark_dirty_range(3 * PAGE_SIZE, 1);
+        assert_eq!(ram.page_version(3), v + 1, "ordinary pages keep their version");
+        assert!(ram.mark_code(3));
+        ram.take_dirty();
+        assert!(ram.is_code(3), "a checkpoint leaves code alone");
+        ram.mark_dirty_range(3 * PAGE_SIZE + 8, 4);
+        assert_eq!(ram.page_version(3), v + 2);
+        assert_ne!(GuestRam::new(0x8000_0000, PAGE_SIZE).unwrap().id(), ram.id());
     }
 
     #[test]

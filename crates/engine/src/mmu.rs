@@ -4,7 +4,9 @@
 //! effective privilege and the SUM/MXR bits), so privilege changes and the kernel toggling SUM need no flush;
 //! `satp` writes and `sfence.vma` flush everything. Only RAM pages are cached: MMIO always takes the slow path.
 //! A store entry is installed only after its page was marked dirty in the current dirty-log generation, which
-//! is what makes dirty tracking exact (see `memory.rs`).
+//! is what makes dirty tracking exact (see `memory.rs`), and never for a code page (a page decoded blocks come
+//! from): a store to one takes the slow path, which bumps the page's write version so that the blocks are
+//! decoded again, and asks the running block to end after the store.
 
 use crate::csr::mstatus;
 use crate::hart::{cause, Bus, Exception, Hart, Privilege, Stop};
@@ -97,6 +99,12 @@ impl Hart {
         (p, ctx << 56)
     }
 
+    /// The TLB tag bits of data accesses now.
+    #[inline(always)]
+    pub(crate) fn data_tag(&self) -> u64 {
+        self.data_ctx().1
+    }
+
     #[inline(always)]
     fn fetch_ctx(&self) -> u64 {
         (self.s.privilege as u64) << 56
@@ -165,6 +173,8 @@ impl Hart {
                 pte |= want;
                 ram.write(pte_addr, &pte.to_le_bytes())
                     .ok_or(Exception { cause: access.access_fault(), tval: vaddr })?;
+                // Page tables are no code, but should the guest execute from one, no jump to it may stay.
+                self.sync_code_writes(ram);
             }
             let page_off_mask = (1u64 << (12 + 9 * level)) - 1;
             return Ok(((ppn << PAGE_SHIFT) & !page_off_mask) | (vaddr & page_off_mask));
@@ -184,10 +194,17 @@ impl Hart {
         match access {
             Access::Load => self.tlb.load[idx] = e,
             Access::Store => {
-                ram.mark_dirty_page(page_off >> PAGE_SHIFT);
-                self.tlb.store[idx] = e;
+                let page = page_off >> PAGE_SHIFT;
+                ram.mark_dirty_page(page);
+                // The caller writes right after: no decode can come in between.
+                if ram.code_written(page) {
+                    self.end_block = true;
+                    self.sync_code_writes(ram);
+                } else {
+                    self.tlb.store[idx] = e;
+                }
             }
-            Access::Fetch => unreachable!("fetches use fetch_slow"),
+            Access::Fetch => unreachable!("fetches use fetch_off"),
         }
         Ok((Some(off), paddr))
     }
@@ -200,7 +217,20 @@ impl Hart {
         bus: &mut dyn Bus,
         vaddr: u64,
     ) -> Result<u64, Exception> {
-        let (_, ctx) = self.data_ctx();
+        let ctx = self.data_tag();
+        self.load_in::<N>(ram, bus, vaddr, ctx)
+    }
+
+    /// [`Hart::load`] with the translation context already computed by [`Hart::data_tag`] (it cannot change
+    /// within a block).
+    #[inline(always)]
+    pub(crate) fn load_in<const N: usize>(
+        &mut self,
+        ram: &GuestRam,
+        bus: &mut dyn Bus,
+        vaddr: u64,
+        ctx: u64,
+    ) -> Result<u64, Exception> {
         let e = self.tlb.load[tlb_index(vaddr)];
         let in_page = vaddr & 0xfff;
         if e.tag == (vaddr >> PAGE_SHIFT) | ctx && in_page + N as u64 <= 4096 {
@@ -239,7 +269,20 @@ impl Hart {
         vaddr: u64,
         value: u64,
     ) -> Result<bool, Exception> {
-        let (_, ctx) = self.data_ctx();
+        let ctx = self.data_tag();
+        self.store_in::<N>(ram, bus, vaddr, value, ctx)
+    }
+
+    /// [`Hart::store`] with the translation context already computed by [`Hart::data_tag`].
+    #[inline(always)]
+    pub(crate) fn store_in<const N: usize>(
+        &mut self,
+        ram: &GuestRam,
+        bus: &mut dyn Bus,
+        vaddr: u64,
+        value: u64,
+        ctx: u64,
+    ) -> Result<bool, Exception> {
         let e = self.tlb.store[tlb_index(vaddr)];
         let in_page = vaddr & 0xfff;
         if e.tag == (vaddr >> PAGE_SHIFT) | ctx && in_page + N as u64 <= 4096 {
@@ -300,42 +343,37 @@ impl Hart {
         }
     }
 
-    /// Fetches the instruction at `vaddr`: 32 bits when they lie in one page (the upper half is garbage for a
-    /// compressed instruction), else the first 16-bit parcel only.
+    /// The RAM offset of the instruction at `vaddr` (translated with the fetch TLB).
     #[inline(always)]
-    pub(crate) fn fetch(&mut self, ram: &GuestRam, vaddr: u64) -> Result<u32, Exception> {
-        let e = self.tlb.fetch[tlb_index(vaddr)];
-        let off = vaddr & 0xfff;
-        if e.tag == (vaddr >> PAGE_SHIFT) | self.fetch_ctx() && off <= 0xffc {
-            return Ok(read_ram::<4>(ram, e.ram_off + off) as u32);
-        }
-        let lo = self.fetch16(ram, vaddr)?;
-        if off <= 0xffc {
-            // fetch16 installed the translation: the whole word is in the same page.
-            let e = self.tlb.fetch[tlb_index(vaddr)];
-            return Ok(read_ram::<4>(ram, e.ram_off + off) as u32);
-        }
-        Ok(lo as u32)
-    }
-
-    /// Fetches the 16-bit parcel at `vaddr`.
-    #[inline(always)]
-    pub(crate) fn fetch16(&mut self, ram: &GuestRam, vaddr: u64) -> Result<u16, Exception> {
+    pub(crate) fn fetch_off(&mut self, ram: &GuestRam, vaddr: u64) -> Result<u64, Exception> {
         let e = self.tlb.fetch[tlb_index(vaddr)];
         if e.tag == (vaddr >> PAGE_SHIFT) | self.fetch_ctx() {
-            return Ok(read_ram::<2>(ram, e.ram_off + (vaddr & 0xfff)) as u16);
+            return Ok(e.ram_off + (vaddr & 0xfff));
         }
         self.fetch_slow(ram, vaddr)
     }
 
+    /// The RAM offset of the instruction at `vaddr` if the fetch TLB has its translation.
+    #[inline(always)]
+    pub(crate) fn fetch_cached(&self, vaddr: u64) -> Option<u64> {
+        let e = self.tlb.fetch[tlb_index(vaddr)];
+        (e.tag == (vaddr >> PAGE_SHIFT) | self.fetch_ctx()).then_some(e.ram_off + (vaddr & 0xfff))
+    }
+
+    /// Fetches the 16-bit parcel at `vaddr`.
+    pub(crate) fn fetch16(&mut self, ram: &GuestRam, vaddr: u64) -> Result<u16, Exception> {
+        let off = self.fetch_off(ram, vaddr)?;
+        Ok(read_ram::<2>(ram, off) as u16)
+    }
+
     #[inline(never)]
-    fn fetch_slow(&mut self, ram: &GuestRam, vaddr: u64) -> Result<u16, Exception> {
+    fn fetch_slow(&mut self, ram: &GuestRam, vaddr: u64) -> Result<u64, Exception> {
         let p = self.s.privilege;
         let paddr = self.translate(ram, vaddr, Access::Fetch, p)?;
         let off = ram.offset_of(paddr, 2).ok_or(Exception { cause: cause::FETCH_ACCESS, tval: vaddr })?;
         let e = Entry { tag: (vaddr >> PAGE_SHIFT) | self.fetch_ctx(), ram_off: off & !0xfff };
         self.tlb.fetch[tlb_index(vaddr)] = e;
-        Ok(read_ram::<2>(ram, off) as u16)
+        Ok(off)
     }
 }
 

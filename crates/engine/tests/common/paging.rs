@@ -51,7 +51,12 @@ pub struct PageTables {
 
 impl PageTables {
     pub fn new(m: &Machine, mode: Mode) -> PageTables {
-        let mut pt = PageTables { mode, root: 0, next_free: PT_AREA };
+        PageTables::new_at(m, mode, PT_AREA)
+    }
+
+    /// Tables allocated from `area` instead (for a second address space).
+    pub fn new_at(m: &Machine, mode: Mode, area: u64) -> PageTables {
+        let mut pt = PageTables { mode, root: 0, next_free: area };
         pt.root = pt.alloc(m);
         pt
     }

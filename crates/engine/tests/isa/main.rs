@@ -5,6 +5,7 @@
 mod common;
 
 mod atomic;
+mod code;
 mod compressed;
 mod csrs;
 mod dirty;
