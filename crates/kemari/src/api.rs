@@ -33,7 +33,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -194,6 +194,9 @@ fn prometheus(fields: &serde_json::Map<String, serde_json::Value>) -> String {
     out
 }
 
+/// How long a request waits for the machine's answer before it is answered with an error.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
 /// Requests handed to the machine whose answers are not written yet.
 static ANSWERING: AtomicUsize = AtomicUsize::new(0);
 
@@ -327,7 +330,15 @@ fn handle(conn: UnixStream, events: Sender<Event>) {
                     ANSWERING.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
-                rx.recv().unwrap_or(Reply::Error("the VM stopped".into()))
+                match rx.recv_timeout(ANSWER_WITHIN) {
+                    Ok(reply) => reply,
+                    Err(RecvTimeoutError::Disconnected) => Reply::Error("the VM stopped".into()),
+                    Err(RecvTimeoutError::Timeout) => Reply::Error(format!(
+                        "the VM did not answer within {} s (its machine loop is held up, e.g. a primary waiting \
+                         for its secondary's acknowledgements)",
+                        ANSWER_WITHIN.as_secs()
+                    )),
+                }
             }
         };
         let mut answer = answer(reply);
@@ -350,6 +361,8 @@ fn handle(conn: UnixStream, events: Sender<Event>) {
 /// Client side: sends one request line and returns the reply line.
 pub fn call(path: &Path, request: &serde_json::Value) -> std::io::Result<String> {
     let mut s = UnixStream::connect(path)?;
+    // The server answers within ANSWER_WITHIN, with an error if need be; this only guards against a wedged one.
+    s.set_read_timeout(Some(ANSWER_WITHIN * 2))?;
     let mut line = request.to_string();
     line.push('\n');
     // A server that refuses the connection (too many clients) may answer and close before the request is

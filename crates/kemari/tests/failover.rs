@@ -646,14 +646,15 @@ fn request_is_replayed(policy: &[&str]) {
     proxy.withhold_checkpoints();
     const REQUEST: &[u8] = b"request-that-no-checkpoint-saw\n";
     sock.write_all(REQUEST).unwrap();
-    // The guest consumed it (its INPUT reached the secondary) and answered (a checkpoint was swallowed, the
-    // reply is held).
-    proxy.wait_until("the request's INPUT and a swallowed checkpoint", |p| {
-        let (inputs, withheld) = p.while_withholding(ft::wire::INPUT);
-        inputs >= 1 && withheld >= 1
+    // The guest consumed it (the INPUT with its frame reached the secondary) and answered: a checkpoint after
+    // it was swallowed.
+    proxy.wait_until("the request's INPUT, then a swallowed checkpoint", |p| {
+        let carries = |b: &[u8]| b.windows(REQUEST.len()).any(|w| w == REQUEST);
+        p.inputs_while_withholding().iter().any(|(i, after)| carries(&i.bytes) && *after >= 1)
     });
-    let held = pair.primary_status()["effects_held"].as_u64().unwrap();
-    assert!(held >= 1, "the reply must still be held in the primary's gate");
+    // The reply is held in the primary's gate: no checkpoint since the proxy began to swallow them was
+    // acknowledged. (Not asked over the control API: a primary with too many
+    // checkpoints unacknowledged waits for acknowledgements in the machine loop, which also answers it.)
     pair.kill_primary();
     let failover = pair.wait_failover();
     let mut reply = vec![0u8; REQUEST.len()];
@@ -666,7 +667,7 @@ fn request_is_replayed(policy: &[&str]) {
         .count();
     assert_eq!(sent, 1, "the client sent the request once; {failover}");
     assert!(!failover.contains(" 0 inputs replayed"), "{failover}");
-    eprintln!("{policy:?}: {failover}; {held} effects were held on the old primary");
+    eprintln!("{policy:?}: {failover}");
 }
 
 /// Console input typed just before the kill is not lost, and nothing the guest consumed is given to it twice:
@@ -686,7 +687,7 @@ fn console_input_typed_before_the_kill_is_replayed_once() {
     proxy.withhold_checkpoints();
     pair.primary.send("1\n2\n3\n4\n5");
     proxy.wait_until("the typed lines' INPUT", |p| {
-        let typed: usize = p.inputs_while_withholding().iter().map(|i| i.bytes.len()).sum();
+        let typed: usize = p.inputs_while_withholding().iter().map(|(i, _)| i.bytes.len()).sum();
         typed >= "1\n2\n3\n4\n5\n".len()
     });
     pair.kill_primary();

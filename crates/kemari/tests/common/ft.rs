@@ -813,11 +813,11 @@ struct ProxyLog {
     corrupted_index: Option<usize>,
     /// Message kinds the secondary sent, in order.
     from_secondary: Vec<u8>,
-    /// While withholding: message kinds of the primary's forwarded, and CHECKPOINTs swallowed.
-    forwarded_while_withholding: Vec<u8>,
+    /// CHECKPOINTs swallowed while withholding.
     withheld: usize,
-    /// The payloads of the INPUT messages forwarded while withholding.
-    inputs: Vec<Vec<u8>>,
+    /// The payloads of the INPUT messages forwarded while withholding, each with the number of checkpoints
+    /// swallowed before it.
+    inputs: Vec<(Vec<u8>, usize)>,
 }
 
 /// A man-in-the-middle TCP proxy on the replication link, in the primary's namespace: the primary connects to
@@ -875,19 +875,13 @@ impl Proxy {
         self.withholding.store(true, Ordering::SeqCst);
     }
 
-    /// The inputs the primary logged while withholding, decoded.
-    pub fn inputs_while_withholding(&self) -> Vec<kemari_devices::gate::Input> {
+    /// The inputs the primary logged while withholding, decoded, each with the number of checkpoints the
+    /// proxy swallowed after it.
+    pub fn inputs_while_withholding(&self) -> Vec<(kemari_devices::gate::Input, usize)> {
         let l = self.log.lock().unwrap();
-        l.inputs
-            .iter()
-            .flat_map(|p| kemari_replication::inputs::decode(p).expect("the primary's INPUT decodes"))
-            .collect()
-    }
-
-    /// While withholding: how many messages of `kind` were forwarded, and how many CHECKPOINTs swallowed.
-    pub fn while_withholding(&self, kind: u8) -> (usize, usize) {
-        let l = self.log.lock().unwrap();
-        (l.forwarded_while_withholding.iter().filter(|&&k| k == kind).count(), l.withheld)
+        let decode = |p: &[u8]| kemari_replication::inputs::decode(p).expect("the primary's INPUT decodes");
+        let now = l.withheld;
+        l.inputs.iter().flat_map(|(p, before)| decode(p).into_iter().map(move |i| (i, now - before))).collect()
     }
 
     /// Corrupt the next CHECKPOINT message.
@@ -969,13 +963,14 @@ fn pump_to_secondary(
                 log.lock().unwrap().withheld += 1;
                 continue;
             }
-            log.lock().unwrap().forwarded_while_withholding.push(kind);
             if kind == wire::INPUT {
                 let mut payload = vec![0u8; len as usize];
                 { from }.read_exact(&mut payload)?;
                 to.write_all(&header)?;
                 to.write_all(&payload)?;
-                log.lock().unwrap().inputs.push(payload);
+                let mut l = log.lock().unwrap();
+                let withheld = l.withheld;
+                l.inputs.push((payload, withheld));
                 continue;
             }
         }
