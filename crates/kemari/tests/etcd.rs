@@ -36,15 +36,18 @@ use ft::{assert_no_console_gap, complete_ticks, EchoStream, Pair, PairOptions, R
 
 const ECHO_PORT: u16 = 7100;
 
-/// An etcd cluster on fresh hosts and a protected pair using it (members named in `order`, or all in order).
-/// Drop the pair first (declare it after the cluster).
-fn etcd_pair(order: Option<&dyn Fn(&EtcdCluster) -> Vec<usize>>) -> (EtcdCluster, Pair) {
+/// An etcd cluster on fresh hosts and a protected pair using it, the nodes naming the current etcd leader first
+/// when `leader_first` (else the members in order). Drop the pair first (declare it after the cluster).
+fn etcd_pair(leader_first: bool) -> (EtcdCluster, Pair) {
     let net = Topology::new();
     let cluster = EtcdCluster::start(&net);
-    let spec = match order {
-        Some(order) => cluster.spec_in_order(&order(&cluster)),
-        None => cluster.spec(),
-    };
+    let mut order: Vec<usize> = (0..etcd::MEMBERS).collect();
+    if leader_first {
+        let leader = cluster.leader().expect("a leader");
+        order.retain(|&i| i != leader);
+        order.insert(0, leader);
+    }
+    let spec = cluster.spec_in_order(&order);
     let pair = Pair::start_on(net, PairOptions { arbiter: Some(spec), ..PairOptions::default() });
     (cluster, pair)
 }
@@ -67,6 +70,37 @@ fn wait_ticks(vm: &common::Vm, n: usize) {
     }
 }
 
+/// Waits for the old primary to exit, failing as soon as it releases anything: a console byte past `console`, or
+/// a frame on its tap (`capture` was cleared when it had to stop releasing).
+fn wait_exit_releasing_nothing(
+    vm: &mut common::Vm,
+    capture: &netns::PacketCapture,
+    console: usize,
+    when: &str,
+) -> std::process::ExitStatus {
+    let start = Instant::now();
+    let mut exited = None;
+    loop {
+        let output = vm.output_bytes();
+        assert_eq!(
+            output.len(),
+            console,
+            "the old primary printed console bytes {when}: {:?}",
+            String::from_utf8_lossy(&output[console.min(output.len())..])
+        );
+        let frames = capture.incoming_from(ft::GUEST_MAC_BYTES).len();
+        assert_eq!(frames, 0, "the old primary put {frames} frame(s) on its tap {when}");
+        match exited {
+            // Frames it wrote last take a moment to reach the capture: look once more, then done.
+            Some((status, at)) if Instant::elapsed(&at) > Duration::from_millis(500) => return status,
+            Some(_) => {}
+            None => exited = vm.try_status().map(|s| (s, Instant::now())),
+        }
+        assert!(start.elapsed() < GUEST_TIMEOUT, "the old primary did not exit {when}:\n{}", vm.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// After the failover: the secondary carries the console on from the primary's last tick, without a gap.
 fn assert_console_carries_on(pair: &mut Pair) -> usize {
     let last = *complete_ticks(&pair.primary.output_bytes()).last().unwrap();
@@ -78,7 +112,7 @@ fn assert_console_carries_on(pair: &mut Pair) -> usize {
 fn sigkill_of_the_primary_fails_over_through_etcd() {
     let _serial = ft::serial();
     let mut rng = Rng::new("sigkill_of_the_primary_fails_over_through_etcd");
-    let (_cluster, mut pair) = etcd_pair(None);
+    let (_cluster, mut pair) = etcd_pair(false);
     ft::start_guest_echo(&mut pair.primary, ECHO_PORT);
     pair.start_ticks();
     let len = 8 << 20;
@@ -101,7 +135,7 @@ fn sigkill_of_the_primary_fails_over_through_etcd() {
 #[test]
 fn stopped_primary_is_fenced_through_etcd_and_releases_nothing() {
     let _serial = ft::serial();
-    let (_cluster, mut pair) = etcd_pair(None);
+    let (_cluster, mut pair) = etcd_pair(false);
     pair.start_ticks();
     pair.primary.send(&format!("ping -i 0.2 {CLIENT_IP} >/dev/null 2>&1 &"));
     let capture = pair.net.pri.capture(ft::TAP);
@@ -118,16 +152,7 @@ fn stopped_primary_is_fenced_through_etcd_and_releases_nothing() {
     let mark = pair.primary.stderr_lines();
 
     pair.primary.signal(libc::SIGCONT);
-    let status = pair.primary.wait();
-    std::thread::sleep(Duration::from_millis(500));
-    let frames = capture.incoming_from(ft::GUEST_MAC_BYTES);
-    assert!(frames.is_empty(), "the fenced old primary put {} frame(s) on its tap after SIGCONT", frames.len());
-    assert_eq!(
-        pair.primary.output_len(),
-        console_before,
-        "the fenced old primary printed console bytes after SIGCONT: {:?}",
-        String::from_utf8_lossy(&pair.primary.output_bytes()[console_before..])
-    );
+    let status = wait_exit_releasing_nothing(&mut pair.primary, &capture, console_before, "after SIGCONT");
     let said = pair.primary.stderr();
     assert!(said.lines().skip(mark).any(|l| l.contains("fenced")), "no `fenced` message after SIGCONT:\n{said}");
     assert_eq!(status.code(), Some(3), "a fenced primary exits 3; stderr:\n{said}");
@@ -138,7 +163,7 @@ fn stopped_primary_is_fenced_through_etcd_and_releases_nothing() {
 #[test]
 fn partition_from_the_etcd_majority_leaves_exactly_one_active_node() {
     let _serial = ft::serial();
-    let (cluster, mut pair) = etcd_pair(None);
+    let (cluster, mut pair) = etcd_pair(false);
     pair.start_ticks();
     pair.primary.send(&format!("ping -i 0.2 {CLIENT_IP} >/dev/null 2>&1 &"));
     let capture = pair.net.pri.capture(ft::TAP);
@@ -152,20 +177,24 @@ fn partition_from_the_etcd_majority_leaves_exactly_one_active_node() {
     std::thread::sleep(Duration::from_millis(ft::HEARTBEAT_TIMEOUT_MS + 500));
     let console_held = pair.primary.output_len();
     capture.clear();
+    // The guest goes on making outputs (held: more each time), none of which may leave.
     let held_before = pair.primary_status()["effects_held"].as_u64().unwrap();
     let start = Instant::now();
-    while pair.primary_status()["effects_held"].as_u64().unwrap() < held_before + 20 {
+    loop {
+        assert_eq!(
+            pair.primary.output_len(),
+            console_held,
+            "the primary released console output without a quorum: {:?}",
+            String::from_utf8_lossy(&pair.primary.output_bytes()[console_held..])
+        );
+        if pair.primary_status()["effects_held"].as_u64().unwrap() >= held_before + 20 {
+            break;
+        }
         assert!(start.elapsed() < GUEST_TIMEOUT, "the guest made no new outputs while its primary lost etcd");
         std::thread::sleep(Duration::from_millis(50));
     }
     let status = pair.primary_status();
     assert_eq!(status["protection"], "protected", "the secondary still acknowledges: {status}");
-    assert_eq!(
-        pair.primary.output_len(),
-        console_held,
-        "the primary released console output without a quorum: {:?}",
-        String::from_utf8_lossy(&pair.primary.output_bytes()[console_held..])
-    );
 
     // 2. The replication link goes too: the secondary takes over once the primary's lease expired.
     pair.net.cut_link();
@@ -176,19 +205,10 @@ fn partition_from_the_etcd_majority_leaves_exactly_one_active_node() {
     let mark = pair.primary.stderr_lines();
     cluster.heal();
     pair.net.restore_link();
-    let status = pair.primary.wait();
-    std::thread::sleep(Duration::from_millis(500));
+    let status = wait_exit_releasing_nothing(&mut pair.primary, &capture, console_held, "after losing its quorum");
     let said = pair.primary.stderr();
     assert_eq!(status.code(), Some(3), "the cut-off primary exits 3 once it sees the new holder; stderr:\n{said}");
     assert!(said.lines().skip(mark).any(|l| l.contains("fenced")), "no `fenced` message after healing:\n{said}");
-    let frames = capture.incoming_from(ft::GUEST_MAC_BYTES);
-    assert!(frames.is_empty(), "the cut-off primary put {} frame(s) on its tap without a quorum", frames.len());
-    assert_eq!(
-        pair.primary.output_len(),
-        console_held,
-        "the cut-off primary printed console bytes after losing its quorum: {:?}",
-        String::from_utf8_lossy(&pair.primary.output_bytes()[console_held..])
-    );
     assert_eq!(pair.secondary_status()["role"], "primary");
     let repeats = assert_console_carries_on(&mut pair);
     eprintln!(
@@ -201,13 +221,7 @@ fn partition_from_the_etcd_majority_leaves_exactly_one_active_node() {
 fn losing_one_etcd_member_does_not_stop_protection() {
     let _serial = ft::serial();
     // The leader first: the nodes talk to it, and its loss also means an election.
-    let leader_first = |c: &EtcdCluster| {
-        let leader = c.leader().expect("a leader");
-        let mut order = vec![leader];
-        order.extend((0..etcd::MEMBERS).filter(|&i| i != leader));
-        order
-    };
-    let (mut cluster, mut pair) = etcd_pair(Some(&leader_first));
+    let (mut cluster, mut pair) = etcd_pair(true);
     pair.start_ticks();
     ft::wait_tick(&mut pair.primary, 10);
     let fence = pair.primary_status()["fence"].clone();

@@ -128,11 +128,6 @@ impl EtcdCluster {
         format!("etcd:{}{PREFIX}", eps.join(","))
     }
 
-    /// `etcd:` spec naming every member.
-    pub fn spec(&self) -> String {
-        self.spec_in_order(&(0..MEMBERS).collect::<Vec<_>>())
-    }
-
     /// The member that says it leads (its `etcd_server_is_leader` metric), if one does.
     pub fn leader(&self) -> Option<usize> {
         (0..MEMBERS).find(|&i| {

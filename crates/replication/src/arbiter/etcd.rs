@@ -700,14 +700,17 @@ mod tests {
         let mut b = etcd.arbiter("b", timeout);
         assert_eq!(a.acquire().unwrap(), 1);
         let fence = b.read().unwrap().fence;
-        // For more than two lease lifetimes the owner renews: the secondary must keep waiting.
+        // For more than two lease lifetimes the owner renews: the secondary must keep waiting, and the owner keeps
+        // its one etcd lease (a lapse would show as a new one).
+        let lease = a.held.unwrap().lease;
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(2500) {
             a.renew().unwrap();
             a.check().unwrap();
-            assert_eq!(b.take_over(fence).unwrap(), TakeOver::Wait);
             std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(b.take_over(fence).unwrap(), TakeOver::Wait);
         }
+        assert_eq!(a.held.unwrap().lease, lease, "the renewals let the etcd lease lapse");
         // The owner stops renewing: its own clock stops it long before etcd lets the lease go.
         std::thread::sleep(Duration::from_millis(timeout + 20));
         assert!(matches!(a.check(), Err(ArbiterError::Expired { fence: 1 })));
