@@ -128,8 +128,9 @@ struct StandbyArgs {
 /// Fault-tolerance settings, common to the primary (`run --protect`) and the secondary (`standby`).
 #[derive(Args)]
 struct FtArgs {
-    /// Arbiter that decides which node is active: file:DIR (a lease in a directory both nodes reach).
-    #[arg(long, value_name = "file:DIR")]
+    /// Arbiter that decides which node is active: file:DIR (a lease in a directory both nodes reach) or
+    /// etcd:HOST:PORT[,HOST:PORT...][/PREFIX] (a lease in an etcd cluster; PREFIX, default /kemari, one per VM).
+    #[arg(long, value_name = "file:DIR|etcd:ENDPOINTS[/PREFIX]")]
     arbiter: Option<String>,
     /// This node's name at the arbiter (default: primary-PID or secondary-PID).
     #[arg(long)]
@@ -398,7 +399,7 @@ impl FtArgs {
     }
 
     fn arbiter(&self, role: &str) -> Result<Box<dyn kemari_replication::arbiter::Arbiter>, String> {
-        let spec = self.arbiter.as_deref().ok_or("fault tolerance needs --arbiter file:DIR")?;
+        let spec = self.arbiter.as_deref().ok_or("fault tolerance needs --arbiter file:DIR or etcd:HOST:PORT[,...]")?;
         if self.heartbeat_timeout_ms <= self.heartbeat_ms {
             return Err(format!(
                 "--heartbeat-timeout-ms {} must be longer than --heartbeat-ms {}",

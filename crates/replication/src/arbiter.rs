@@ -5,8 +5,9 @@
 //!
 //! # The seam
 //! [`Arbiter`] is the trait the VMM uses. [`FileArbiter`] is the default store (`--arbiter file:DIR`): a lease
-//! kept in files inside a directory that both nodes can reach. An etcd lease can implement the same trait later
-//! (`from_spec` already reserves `etcd:`).
+//! kept in files inside a directory that both nodes can reach. [`etcd::EtcdArbiter`] (`--arbiter
+//! etcd:HOST:PORT[,HOST:PORT...][/PREFIX]`) keeps the same lease and fence in an etcd cluster, for hosts that
+//! share no storage; its module doc says how, and what it does and does not protect against.
 //!
 //! # Lease and fence
 //! The lease is `{owner, fence, expires_unix_ms, active_lock}`. The *fence* is a number that grows by one on
@@ -70,6 +71,8 @@
 //!   the lock revalidates the cached file, which is why even `check` reads under the shared lock.
 //! - Locks are per open file description; std opens files close-on-exec, so a helper process spawned by the VMM
 //!   does not inherit the active lock and cannot keep a dead primary looking alive.
+
+pub mod etcd;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -179,18 +182,38 @@ pub enum ArbiterError {
     NotHeld { node: String },
     #[error("bad arbiter spec: {0}")]
     BadSpec(String),
+    /// The etcd cluster did not answer (a member down or cut off, no leader, a timeout): not now, try again.
+    #[error("etcd did not answer ({what}): {reason}")]
+    Unreachable { what: &'static str, reason: String },
+    /// A record under the etcd prefix is not what this arbiter writes: an operator must look at it.
+    #[error("etcd key {key}: {reason}")]
+    BadRecord { key: String, reason: String },
+    /// The etcd records changed between our read and our compare-and-swap: the next attempt reads them again.
+    #[error("the etcd records changed during {what}; trying again")]
+    Raced { what: &'static str },
 }
 
-/// Parses an `--arbiter` value. `file:DIR` is the only kind for now.
+/// Parses an `--arbiter` value: `file:DIR` or `etcd:HOST:PORT[,HOST:PORT...][/PREFIX]`. `ttl` is the heartbeat
+/// timeout: the file lease's time to live, the etcd arbiter's confirmation window (see each for how).
 pub fn from_spec(spec: &str, node: &str, ttl: Duration) -> Result<Box<dyn Arbiter>, ArbiterError> {
     match spec.split_once(':') {
         Some(("file", dir)) if !dir.is_empty() => Ok(Box::new(FileArbiter::new(Path::new(dir), node, ttl)?)),
         Some(("file", _)) => Err(ArbiterError::BadSpec("file: needs a directory, as in file:/shared/vm1".into())),
-        Some(("etcd", _)) => {
-            Err(ArbiterError::BadSpec(format!("{spec:?}: the etcd arbiter is not supported yet; use file:DIR")))
-        }
-        _ => Err(ArbiterError::BadSpec(format!("{spec:?}: unknown arbiter kind; expected file:DIR"))),
+        Some(("etcd", rest)) => Ok(Box::new(etcd::EtcdArbiter::new(rest, node, ttl)?)),
+        _ => Err(ArbiterError::BadSpec(format!(
+            "{spec:?}: unknown arbiter kind; expected file:DIR or etcd:HOST:PORT[,HOST:PORT...][/PREFIX]"
+        ))),
     }
+}
+
+/// Node names are stored in lease records: 1..=[`MAX_NODE_LEN`] bytes without control characters.
+fn check_node(node: &str) -> Result<(), ArbiterError> {
+    if node.is_empty() || node.len() > MAX_NODE_LEN || node.chars().any(char::is_control) {
+        return Err(ArbiterError::BadSpec(format!(
+            "node name {node:?} must be 1..={MAX_NODE_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// One of our files, with the identity it had when we opened it (to notice it being replaced under us).
@@ -292,11 +315,7 @@ impl FileArbiter {
     /// Opens (creating the files, never the directory) the arbiter store in `dir` for node `node`. `ttl` is the
     /// lease duration: others may take over `ttl` after our last renewal.
     pub fn new(dir: &Path, node: &str, ttl: Duration) -> Result<FileArbiter, ArbiterError> {
-        if node.is_empty() || node.len() > MAX_NODE_LEN || node.chars().any(char::is_control) {
-            return Err(ArbiterError::BadSpec(format!(
-                "node name {node:?} must be 1..={MAX_NODE_LEN} bytes without control characters"
-            )));
-        }
+        check_node(node)?;
         if ttl < Duration::from_millis(10) || ttl > Duration::from_secs(86_400) {
             return Err(ArbiterError::BadSpec(format!("lease ttl {ttl:?} must be between 10 ms and one day")));
         }
@@ -969,7 +988,7 @@ mod tests {
     #[test]
     fn from_spec_kinds() {
         let ttl = Duration::from_millis(500);
-        for (spec, needle) in [("etcd:x", "not supported yet"), ("bogus", "unknown"), ("file:", "directory")] {
+        for (spec, needle) in [("etcd:x", "HOST:PORT"), ("bogus", "unknown"), ("file:", "directory")] {
             match from_spec(spec, "a", ttl) {
                 Err(e @ ArbiterError::BadSpec(_)) => assert!(e.to_string().contains(needle), "{e}"),
                 Err(e) => panic!("{spec}: expected BadSpec, got {e:?}"),

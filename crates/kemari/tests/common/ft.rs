@@ -355,6 +355,8 @@ pub struct PairOptions {
     /// Replicate over bare TCP (`--insecure-plaintext`) instead of mutual TLS; implied by `proxy`, which
     /// reads and corrupts the protocol on the wire.
     pub plaintext: bool,
+    /// The `--arbiter` both nodes get (e.g. `etcd:...`) instead of a file arbiter in the pair's directory.
+    pub arbiter: Option<String>,
 }
 
 /// The VM the test certificates name.
@@ -379,12 +381,23 @@ pub fn link_args(certs: Option<&Path>, node: &str) -> Vec<String> {
 /// `kemari standby` listening on `listen` with the test's arbiter, heartbeat, tap and control socket, and
 /// its link's credentials in `certs` (plaintext without).
 pub fn standby_args(arbiter: &Path, listen: SocketAddr, node: &str, api: &Path, certs: Option<&Path>) -> Vec<String> {
+    standby_args_with(&format!("file:{}", arbiter.display()), listen, node, api, certs)
+}
+
+/// [`standby_args`] with any `--arbiter` spec.
+pub fn standby_args_with(
+    arbiter: &str,
+    listen: SocketAddr,
+    node: &str,
+    api: &Path,
+    certs: Option<&Path>,
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "standby",
         "--listen",
         &listen.to_string(),
         "--arbiter",
-        &format!("file:{}", arbiter.display()),
+        arbiter,
         "--node",
         node,
         "--heartbeat-ms",
@@ -425,8 +438,12 @@ impl Pair {
     /// Starts the standby, then the primary; waits for the guest and for protection on both sides; gives the
     /// guest its address and checks that the client reaches it.
     pub fn start(opts: PairOptions) -> Pair {
+        Pair::start_on(Topology::new(), opts)
+    }
+
+    /// [`Pair::start`] on hosts the caller made (and may have joined to more, e.g. an etcd cluster).
+    pub fn start_on(net: Topology, opts: PairOptions) -> Pair {
         require_ft_cli();
-        let net = Topology::new();
         let dir = TempDir::new("pair");
         let arbiter = dir.path("arbiter");
         std::fs::create_dir_all(&arbiter).unwrap();
@@ -450,13 +467,13 @@ impl Pair {
                 (Some(p), Some(s))
             }
         };
-        let arbiter_arg = format!("file:{}", arbiter.display());
+        let arbiter_arg = opts.arbiter.clone().unwrap_or_else(|| format!("file:{}", arbiter.display()));
         let net_arg = format!("tap={TAP},mac={GUEST_MAC}");
         let hb = HEARTBEAT_MS.to_string();
         let hb_timeout = HEARTBEAT_TIMEOUT_MS.to_string();
 
-        let mut standby = standby_args(
-            &arbiter,
+        let mut standby = standby_args_with(
+            &arbiter_arg,
             SocketAddr::from((SECONDARY_REPL_IP, STANDBY_PORT)),
             "sec",
             &secondary_api,
