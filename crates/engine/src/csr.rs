@@ -80,6 +80,14 @@ pub const MEPC: u16 = 0x341;
 pub const MCAUSE: u16 = 0x342;
 pub const MTVAL: u16 = 0x343;
 pub const MIP: u16 = 0x344;
+/// Sdtrig: this hart has no triggers, reported the way the spec's discovery sequence reads it: `tselect`
+/// holds 0 whatever is written, `tdata1` reads type 0 ("no trigger at this index"), `tinfo` reads 1 (only type 0
+/// is supported), `tdata2`/`tdata3` read 0; writes are ignored.
+pub const TSELECT: u16 = 0x7a0;
+pub const TDATA1: u16 = 0x7a1;
+pub const TDATA2: u16 = 0x7a2;
+pub const TDATA3: u16 = 0x7a3;
+pub const TINFO: u16 = 0x7a4;
 pub const MCYCLE: u16 = 0xb00;
 pub const MINSTRET: u16 = 0xb02;
 
@@ -198,6 +206,8 @@ impl Hart {
             0x3a0 | 0x3a2 => self.s.pmpcfg[((num - 0x3a0) / 2) as usize],
             0x3b0..=0x3bf => self.s.pmpaddr[(num - 0x3b0) as usize],
             0x3c0..=0x3ef => 0,
+            TSELECT | TDATA1 | TDATA2 | TDATA3 => 0,
+            TINFO => 1,
             _ => return Err(illegal()),
         };
         Ok(v)
@@ -271,6 +281,7 @@ impl Hart {
             0x3a0 | 0x3a2 => self.s.pmpcfg[((num - 0x3a0) / 2) as usize] = v,
             0x3b0..=0x3bf => self.s.pmpaddr[(num - 0x3b0) as usize] = v & ((1 << 54) - 1),
             0x3c0..=0x3ef => {}
+            TSELECT | TDATA1 | TDATA2 | TDATA3 | TINFO => {}
             _ => return Err(illegal()),
         }
         self.check_irq = true;

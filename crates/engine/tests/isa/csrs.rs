@@ -334,3 +334,26 @@ fn mstatus_mpp_is_warl_and_misa_ignores_writes() {
     assert_ne!(mpp, 2, "MPP never holds the reserved value");
     assert_eq!(m.x(A1), m.x(A2));
 }
+
+/// Sdtrig discovery, as M-mode firmware probes for triggers: write 0 to tselect and read it back, then read
+/// tdata1's type (and tinfo). No exception, and every answer says "no triggers": tselect holds 0, tdata1 is
+/// type 0 whatever was written to it, tinfo offers only type 0.
+#[test]
+fn debug_triggers_report_that_none_exist() {
+    let mut m = Machine::new();
+    m.set_x(A1, u64::MAX);
+    let mut a = Asm::new(CODE);
+    a.i(csrw(0x7a0, ZERO))
+        .i(csrr(A0, 0x7a0))
+        .i(csrw(0x7a1, A1))
+        .i(csrr(A2, 0x7a1))
+        .i(csrr(A3, 0x7a4))
+        .i(csrw(0x7a0, A1))
+        .i(csrr(A4, 0x7a0));
+    m.run_to_ecall(&mut a);
+    assert_eq!((m.x(A0), m.x(A2) >> 60, m.x(A3), m.x(A4)), (0, 0, 1, 0), "{}", m.describe());
+    // Below M-mode they are not there at all (debug-mode and M-mode CSRs).
+    let mut m = Machine::new();
+    let trap = run_in(&mut m, Privilege::Supervisor, csrr(A0, 0x7a0));
+    assert_illegal_at(&m, trap, csrr(A0, 0x7a0), GUEST_CODE);
+}
