@@ -610,6 +610,15 @@ mod tests {
         fn signal(&self, sig: libc::c_int) {
             // SAFETY: kill(2) on our own child's pid; no memory involved.
             assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, sig) }, 0);
+            if sig == libc::SIGSTOP {
+                // kill(2) returns before every thread has stopped: wait until the process is seen stopped.
+                let stat = format!("/proc/{}/stat", self.child.id());
+                eventually(5, "etcd to stop", || {
+                    let s = std::fs::read_to_string(&stat).ok()?;
+                    let state = s.rsplit_once(") ")?.1.chars().next()?;
+                    (state == 'T').then_some(())
+                });
+            }
         }
     }
 
@@ -794,7 +803,8 @@ mod tests {
         assert_eq!(a.acquire().unwrap(), 1);
         // Frozen etcd (a partition as far as the client can tell): no answers, only timeouts.
         etcd.signal(libc::SIGSTOP);
-        assert!(matches!(a.renew(), Err(ArbiterError::Unreachable { .. })));
+        let renewed = a.renew();
+        assert!(matches!(renewed, Err(ArbiterError::Unreachable { .. })), "{renewed:?}");
         assert!(matches!(a.renew(), Err(ArbiterError::Unreachable { .. })), "fails at once while quiet");
         eventually(5, "the confirmation window to pass", || a.check().is_err().then_some(()));
         assert!(matches!(a.check(), Err(ArbiterError::Expired { fence: 1 })));
