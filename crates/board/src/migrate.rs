@@ -587,6 +587,8 @@ impl Machine {
 pub struct Incoming {
     local: SocketAddr,
     arrivals: mpsc::Receiver<Introduction<Shape>>,
+    /// Accepting goes on while this lives.
+    _accepting: kemari_transport::Introductions,
     expect_memory_mib: Option<u64>,
     prealloc: bool,
     /// RAM of the expected size, being faulted in while we wait (--prealloc); untouched until a sender is
@@ -640,8 +642,16 @@ impl Incoming {
                 e => e.to_string(),
             })
         };
-        kemari_transport::serve_introductions("mig", listener, security, HELLO_WITHIN, MAX_INTRODUCTIONS, hello, tx)?;
-        Ok(Incoming { local, arrivals, expect_memory_mib, prealloc, ram })
+        let _accepting = kemari_transport::serve_introductions(
+            "mig",
+            listener,
+            security,
+            HELLO_WITHIN,
+            MAX_INTRODUCTIONS,
+            hello,
+            tx,
+        )?;
+        Ok(Incoming { local, arrivals, _accepting, expect_memory_mib, prealloc, ram })
     }
 
     /// Where it listens.

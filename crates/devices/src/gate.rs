@@ -147,8 +147,8 @@ pub struct OutputGate {
     input_log: Option<Vec<Input>>,
 }
 
-/// What a device may do with the gate: hand it an effect, and read a disk through the writes it holds. Holding,
-/// releasing, saving and restoring are not here: fault tolerance lives in the gate and the driver that runs it,
+/// What a device may do with the gate: hand it an effect, read a disk through the writes it holds, and report
+/// an input the guest consumed. Holding, releasing, saving, restoring and the input log are not here: fault tolerance lives in the gate and the driver that runs it,
 /// never in a device, and the compiler sees to it.
 pub struct Effects<'a> {
     gate: &'a mut OutputGate,
@@ -220,7 +220,7 @@ impl OutputGate {
         self.input_log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// The handle devices get: submit and read through, nothing else.
+    /// The handle devices get (see [`Effects`]).
     pub fn effects(&mut self) -> Effects<'_> {
         Effects { gate: self }
     }
@@ -347,6 +347,8 @@ impl OutputGate {
         }
     }
 }
+/// Largest single effect payload a state stream may carry (a block write is capped by the device well below).
+const MAX_EFFECT_BYTES: usize = 16 << 20;
 
 impl OutputGate {
     /// Writes the per-source input counts (part of every checkpoint).
@@ -366,12 +368,7 @@ impl OutputGate {
         self.consumed = (0..n).map(|_| r.u64()).collect::<Result<_, _>>()?;
         Ok(())
     }
-}
 
-/// Largest single effect payload a state stream may carry (a block write is capped by the device well below).
-const MAX_EFFECT_BYTES: usize = 16 << 20;
-
-impl OutputGate {
     /// Writes the held effects and the sequence counter (part of every checkpoint).
     pub fn save(&self, w: &mut Writer) {
         w.bool(self.holding);

@@ -857,8 +857,6 @@ fn confirm_active(arbiter: &mut dyn Arbiter) -> Result<Confirmed, String> {
     }
 }
 
-/// Only proof that another node holds the active role (or that this one holds no lease) is final; anything
-/// else (a slow store, a lapsed lease) means "not now".
 /// When only console output is pending (gate sequence numbers after `covered`): whether its last byte ends a
 /// line. `None` when anything else is pending too (or nothing is).
 fn console_burst(gate: &OutputGate, covered: u64) -> Option<bool> {
@@ -872,6 +870,8 @@ fn console_burst(gate: &OutputGate, covered: u64) -> Option<bool> {
     last.map(|b| b == b'\n')
 }
 
+/// Only proof that another node holds the active role (or that this one holds no lease) is final; anything
+/// else (a slow store, a lapsed lease) means "not now".
 fn is_final(e: &ArbiterError) -> bool {
     matches!(e, ArbiterError::Fenced { .. } | ArbiterError::NotHeld { .. })
 }

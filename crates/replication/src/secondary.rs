@@ -123,7 +123,8 @@ pub fn standby(
             })
             .map_err(|e| e.to_string())
     };
-    kemari_transport::serve_introductions(
+    // Accepting (and turning away a second primary) goes on until this function returns.
+    let _accepting = kemari_transport::serve_introductions(
         "ft",
         listener,
         cfg.security.clone(),

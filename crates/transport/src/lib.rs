@@ -26,7 +26,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,8 +125,8 @@ pub struct Introduction<T> {
 /// reads its introduction (`introduce`, through a [`Deadline`] reader) on a thread of its own (`NAME-hello`),
 /// both within `within`; hands every outcome to `out`. At most `at_once` introductions are under way; a
 /// connection beyond that is closed at once. So an idle or trickling peer delays neither the receiver nor a
-/// real peer: authenticate and introduce first, serve after. The accepting thread lives as long as the
-/// process.
+/// real peer: authenticate and introduce first, serve after. Accepting goes on until the returned
+/// [`Introductions`] is dropped; then the port is closed.
 pub fn serve_introductions<T, F>(
     name: &str,
     listener: TcpListener,
@@ -133,19 +135,23 @@ pub fn serve_introductions<T, F>(
     at_once: usize,
     introduce: F,
     out: mpsc::Sender<Introduction<T>>,
-) -> io::Result<()>
+) -> io::Result<Introductions>
 where
     T: Send + 'static,
     F: Fn(&mut dyn Read) -> Result<T, String> + Send + Sync + 'static,
 {
     let hello_name = format!("{name}-hello");
     let introduce = Arc::new(introduce);
+    let guard = Introductions { listener: listener.try_clone()?, stopped: Arc::new(AtomicBool::new(false)) };
+    let stopped = guard.stopped.clone();
     std::thread::Builder::new().name(format!("{name}-accept")).spawn(move || {
         // Each introduction thread holds a clone; only this thread clones it.
         let busy = Arc::new(());
         for c in listener.incoming() {
             let stream = match c {
                 Ok(s) => s,
+                // The guard shut the socket down: done, and the port closes with `listener`.
+                Err(_) if stopped.load(Ordering::SeqCst) => return,
                 Err(e) => {
                     tracing::warn!("accepting a connection: {e}");
                     continue;
@@ -167,7 +173,24 @@ where
             }
         }
     })?;
-    Ok(())
+    Ok(guard)
+}
+
+/// Keeps a [`serve_introductions`] loop accepting; dropping it stops the loop and closes the port (a
+/// receiver that got its sender, a standby that took over, must not go on taking connections).
+pub struct Introductions {
+    /// The same listening socket as the loop's.
+    listener: TcpListener,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Drop for Introductions {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        // SAFETY: shutdown(2) on a socket we own (a duplicate of the loop's); it makes the blocked accept(2)
+        // in the loop return an error, which ends it.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+    }
 }
 
 /// The handshake, then the introduction, each within `within`; the socket is left without a read timeout.

@@ -191,3 +191,29 @@ fn plaintext_garbage_is_refused_at_the_handshake() {
     assert!(srv.join().unwrap().is_some(), "garbage passed the handshake");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `serve_introductions` hands over introduced peers and refusals, and stops taking connections (the port
+/// closes) once its guard is dropped.
+#[test]
+fn introductions_are_served_until_the_guard_is_dropped() {
+    use kemari_transport::{serve_introductions, Security};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let hello = |r: &mut dyn Read| {
+        let mut b = [0u8; 5];
+        r.read_exact(&mut b).map_err(|e| e.to_string())?;
+        (&b == b"hello").then_some(()).ok_or_else(|| "not a hello".to_string())
+    };
+    let guard = serve_introductions("t", listener, Security::Plaintext, Duration::from_secs(5), 4, hello, tx).unwrap();
+    TcpStream::connect(addr).unwrap().write_all(b"hello").unwrap();
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap().outcome.is_ok());
+    TcpStream::connect(addr).unwrap().write_all(b"nope!").unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().outcome.err().as_deref(), Some("not a hello"));
+    drop(guard);
+    let start = std::time::Instant::now();
+    while TcpStream::connect(addr).is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(10), "still accepting after the guard was dropped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
