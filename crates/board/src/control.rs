@@ -55,6 +55,18 @@ pub struct Protection {
     pub bytes_total: u64,
     /// Time from detecting the failure to the guest running here, once this node failed over.
     pub failover_ms: Option<u64>,
+    /// Replicated disks: the last comparison of this node's copies with the secondary's.
+    pub disks: Option<DiskComparison>,
+}
+
+/// How far the comparison of replicated disk copies at the start of a session got.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskComparison {
+    pub compared_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes of the chunks that differed, sent to the secondary.
+    pub differed_bytes: u64,
+    pub done: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,7 +28,7 @@
 //! secondary knows which of the logged inputs its committed state has not seen, and replays exactly those
 //! after a failover: a request that reached the old primary after its last checkpoint is not lost with it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 
 use kemari_state::{Reader, StateError, Writer};
@@ -134,9 +134,9 @@ pub struct OutputGate {
     holding: bool,
     held: VecDeque<(u64, Effect)>,
     next_seq: u64,
-    /// Block writes performed in pass-through mode (replicated storage cannot be protected once the copies
-    /// diverged this way).
-    passed_block_writes: u64,
+    /// While replicated disks are compared (see [`OutputGate::track_block_writes`]): the chunk size, and the
+    /// (disk, chunk) pairs that performed block writes touched since.
+    written: Option<(u64, BTreeSet<(usize, u64)>)>,
     /// Why a held block effect could not be performed; releases wait until the stall is cleared.
     stalled: Option<String>,
     /// Payload bytes of the held effects.
@@ -180,7 +180,7 @@ impl OutputGate {
             holding: false,
             held: VecDeque::new(),
             next_seq: 1,
-            passed_block_writes: 0,
+            written: None,
             stalled: None,
             held_bytes: 0,
             consumed: Vec::new(),
@@ -236,17 +236,29 @@ impl OutputGate {
             self.held.push_back((seq, effect));
             Ok(Submitted::Held(seq))
         } else {
-            if matches!(effect, Effect::BlockWrite { .. }) {
-                self.passed_block_writes += 1;
-            }
+            self.note_written(&effect);
             self.backend.perform(&effect)?;
             Ok(Submitted::Performed)
         }
     }
 
-    /// Block writes performed at once (pass-through) since the gate was made.
-    pub fn passed_block_writes(&self) -> u64 {
-        self.passed_block_writes
+    /// Starts noting which chunks of `chunk` bytes the block writes performed from now on touch (cleared), or
+    /// stops with `None`. The replication driver compares disk copies while the guest writes on, then sends the
+    /// chunks written meanwhile again.
+    pub fn track_block_writes(&mut self, chunk: Option<u64>) {
+        self.written = chunk.map(|c| (c.max(1), BTreeSet::new()));
+    }
+
+    /// The (disk, chunk) pairs noted since the last call, in order.
+    pub fn take_block_writes(&mut self) -> Vec<(usize, u64)> {
+        self.written.as_mut().map(|(_, w)| std::mem::take(w).into_iter().collect()).unwrap_or_default()
+    }
+
+    fn note_written(&mut self, effect: &Effect) {
+        if let (Some((chunk, written)), Effect::BlockWrite { disk, offset, data }) = (&mut self.written, effect) {
+            let last = (offset + (data.len() as u64).max(1) - 1) / *chunk;
+            written.extend((offset / *chunk..=last).map(|c| (*disk, c)));
+        }
     }
 
     /// Performs the held block writes and flushes with a sequence number above `after`, in order, and keeps
@@ -300,6 +312,7 @@ impl OutputGate {
         while self.held.front().is_some_and(|(s, _)| *s <= seq) {
             let (s, effect) = self.held.pop_front().expect("checked non-empty");
             self.held_bytes -= effect.payload_len();
+            self.note_written(&effect);
             if let Err(e) = self.backend.perform(&effect) {
                 if let Effect::BlockWrite { disk, .. } | Effect::BlockFlush { disk } = &effect {
                     let why = format!("{} on disk {disk} failed: {e}", effect.kind());
@@ -537,7 +550,26 @@ mod tests {
             "each block effect once, console untouched"
         );
         assert_eq!(g.held().count(), 3, "still held for re-issue at failover");
-        assert_eq!(g.passed_block_writes(), 0);
+    }
+
+    #[test]
+    fn the_chunks_performed_writes_touch_are_noted_while_tracking() {
+        let mut g = OutputGate::new(Box::new(Recorder::default()));
+        let write = |disk, offset, len| Effect::BlockWrite { disk, offset, data: vec![0; len] };
+        g.submit(write(0, 0, 512)).unwrap();
+        assert!(g.take_block_writes().is_empty(), "not tracking yet");
+        g.track_block_writes(Some(4096));
+        g.submit(write(0, 4000, 200)).unwrap(); // chunks 0 and 1
+        g.submit(write(1, 8192, 4096)).unwrap(); // chunk 2 only
+        g.set_holding(true);
+        g.submit(write(0, 40960, 1)).unwrap(); // held: not on the disk yet
+        assert_eq!(g.take_block_writes(), [(0, 0), (0, 1), (1, 2)]);
+        g.release_through(u64::MAX).unwrap();
+        assert_eq!(g.take_block_writes(), [(0, 10)], "a released write touches the disk then");
+        g.track_block_writes(None);
+        g.set_holding(false);
+        g.submit(write(0, 0, 1)).unwrap();
+        assert!(g.take_block_writes().is_empty());
     }
 
     /// A backend whose disk fails until told otherwise.

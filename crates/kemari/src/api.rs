@@ -123,6 +123,13 @@ fn answer(reply: Reply) -> Answer {
                     if let Some(ms) = p.failover_ms {
                         put("failover_ms", ms.into());
                     }
+                    if let Some(d) = &p.disks {
+                        put(
+                            "disk_comparison",
+                            serde_json::json!({"compared_bytes": d.compared_bytes, "total_bytes": d.total_bytes,
+                                               "differed_bytes": d.differed_bytes, "done": d.done}),
+                        );
+                    }
                 }
                 None => {
                     put("role", "standalone".into());

@@ -135,7 +135,7 @@ struct FtArgs {
     /// This node's name at the arbiter (default: primary-PID or secondary-PID).
     #[arg(long)]
     node: Option<String>,
-    /// shared: both nodes name the same disk image; replicated: each has its own identical copy.
+    /// shared: both nodes name the same disk image; replicated: each has its own copy (brought in step at the start of every session).
     #[arg(long, default_value = "shared")]
     storage: kemari_replication::Storage,
     /// Heartbeat interval (and lease renewal) in ms.
@@ -431,8 +431,8 @@ impl ProtectArgs {
     }
 }
 
-fn disk_sizes(cfg: &MachineConfig) -> Vec<u64> {
-    cfg.disks.iter().map(|d| kemari_devices::virtio::blk::image_size_at(&d.path).unwrap_or(0)).collect()
+fn disk_paths(cfg: &MachineConfig) -> Vec<std::path::PathBuf> {
+    cfg.disks.iter().map(|d| d.path.clone()).collect()
 }
 
 fn standby(args: StandbyArgs) -> ExitCode {
@@ -485,13 +485,13 @@ fn standby(args: StandbyArgs) -> ExitCode {
         }
         Ok(kemari_replication::secondary::StandbyEnd::TookOver { mut machine, arbiter, metrics }) => {
             let opts = args.ft.options();
-            let disk_sizes = disk_sizes(&machine_config(&args.devices));
+            let disks = disk_paths(&machine_config(&args.devices));
             machine.link_security = Some(security.clone());
             let primary = kemari_replication::primary::PrimaryConfig {
                 peer: args.reprotect.clone(),
                 opts,
                 arbiter,
-                disk_sizes,
+                disks,
                 security,
                 wake: console.waker(),
                 metrics: Some(metrics),
@@ -529,7 +529,7 @@ fn protection(
         peer: Some(peer.clone()),
         opts: args.options(),
         arbiter: args.ft.arbiter("primary")?,
-        disk_sizes: disk_sizes(cfg),
+        disks: disk_paths(cfg),
         security: security.ok_or_else(|| LinkArgs::missing("a protected VM"))?,
         wake: console.waker(),
         metrics: None,

@@ -24,11 +24,18 @@
 //! - `a_failed_over_guest_is_protected_again_by_a_new_standby`: after the first failover the new primary
 //!   (`standby --reprotect`) syncs to a fresh standby on the dead primary's host; killing it too moves the
 //!   guest a second time, with no console gap at either seam.
+//! - `replicated_disks_are_brought_in_step_when_a_failed_over_guest_is_protected_again`: with replicated
+//!   disks, the new primary re-protects to a standby on the dead primary's host that holds the dead primary's
+//!   (stale) disk copy; the copies are compared and the chunks that differ sent, and a second failover onto
+//!   that copy loses no acknowledged write, the file system checks clean, and the console has no gap.
 //! - `a_request_the_last_checkpoint_had_not_seen_is_answered_after_failover_without_a_resend`: the input log;
 //!   a request the primary's guest consumed after its last acknowledged checkpoint is replayed by the new
 //!   primary, which answers it, and the client (5 s minimum RTO) sent it only once.
 //! - `console_input_typed_before_the_kill_is_replayed_once`: lines typed on the primary's console after its
 //!   last acknowledged checkpoint reach the new primary's guest, once each and in order.
+//! - `udp_datagrams_reach_the_guest_once_each_across_a_failover`: a guest loop numbers the datagrams it
+//!   receives; those its primary consumed after the last acknowledged checkpoint are replayed by the new
+//!   primary, and across both the guest sees each number once, in order.
 //! - `partition_leaves_exactly_one_active_node`: the replication link is cut with both hosts alive; the primary
 //!   goes on unprotected (fence bumped), the secondary stands down (exit 3, "stale") and never runs the guest,
 //!   and the client's stream is unaffected.
@@ -69,6 +76,7 @@ use ft::{
 
 const ECHO_PORT: u16 = 7100;
 const REPORT_PORT: u16 = 7200;
+const DATAGRAM_PORT: u16 = 7300;
 
 // ------------------------------------------------------------------------------------------------ helpers --
 
@@ -702,6 +710,62 @@ fn console_input_typed_before_the_kill_is_replayed_once() {
     eprintln!("{failover}");
 }
 
+/// A guest sees no input twice and misses none of what its primary consumed: a guest loop reads numbered UDP
+/// datagrams and reports any number that is not the next one. Datagrams 11–20 reach the primary's guest after
+/// its last acknowledged checkpoint (the proxy swallows the later ones), so only the input log can give them
+/// to the new primary's guest; 21–30 are sent to the new primary.
+#[test]
+fn udp_datagrams_reach_the_guest_once_each_across_a_failover() {
+    let _serial = ft::serial();
+    let mut pair = Pair::start(PairOptions { proxy: true, ..Default::default() });
+    pair.primary.send(&format!(
+        "nc -u -l -p {DATAGRAM_PORT} | ( last=0; while read n; do [ $n -le $last ] && echo DUP-$n; \
+         [ $n -gt $((last+1)) ] && echo GAP-$n; last=$n; echo ok-$n; done ) &"
+    ));
+    let port = format!(":{DATAGRAM_PORT:04X} ");
+    assert_eq!(
+        pair.primary.sh(&format!("until grep -q '{port}' /proc/net/udp; do sleep 0.1; done; echo ready")),
+        "ready"
+    );
+    let sock = pair.net.cli.enter(|| std::net::UdpSocket::bind((CLIENT_IP, 0))).unwrap();
+    let send = |numbers: std::ops::RangeInclusive<u32>| {
+        for n in numbers {
+            sock.send_to(format!("{n}\n").as_bytes(), (GUEST_IP, DATAGRAM_PORT)).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    send(1..=10);
+    pair.primary.expect("ok-10");
+    let proxy = pair.proxy.as_ref().unwrap();
+    proxy.withhold_checkpoints();
+    send(11..=20);
+    // Each of them reached the secondary in an INPUT: the primary's guest consumed it.
+    proxy.wait_until("the INPUT of datagrams 11-20", |p| {
+        let logged = p.inputs_while_withholding();
+        (11..=20).all(|n| {
+            let payload = format!("{n}\n");
+            logged.iter().any(|(i, _)| i.bytes.get(42..42 + payload.len()) == Some(payload.as_bytes()))
+        })
+    });
+    pair.kill_primary();
+    let failover = pair.wait_failover();
+    pair.secondary.expect("ok-20");
+    send(21..=30);
+    pair.secondary.expect("ok-30");
+    let oks = |vm: &Vm| -> Vec<u32> {
+        let out = String::from_utf8_lossy(&vm.output_bytes()).to_string();
+        assert!(!out.contains("DUP-") && !out.contains("GAP-"), "the guest saw a repeated or missing number:\n{out}");
+        out.lines().filter_map(|l| l.trim_end().strip_prefix("ok-")?.parse().ok()).collect()
+    };
+    let (before, after) = (oks(&pair.primary), oks(&pair.secondary));
+    // The console is at-least-once: the new primary may repeat the last line the old one printed.
+    let seam = after.first().copied().unwrap_or(0);
+    let joined: Vec<u32> = before.iter().copied().filter(|&n| n < seam).chain(after.iter().copied()).collect();
+    assert_eq!(joined, (1..=30).collect::<Vec<_>>(), "primary {before:?}, then secondary {after:?}; {failover}");
+    assert!(seam <= 11, "the new primary's guest got 11-20 by replay; it printed from {seam}; {failover}");
+    eprintln!("{failover}; the primary's console showed up to ok-{:?}", before.last());
+}
+
 #[test]
 fn partition_leaves_exactly_one_active_node() {
     let _serial = ft::serial();
@@ -765,6 +829,85 @@ fn a_failed_over_guest_is_protected_again_by_a_new_standby() {
     let (seen, _) = assert_no_console_gap(&pair.secondary.output_bytes(), &third_vm.output_bytes());
     assert_eq!(third_vm.sh("echo $((6*7))").lines().filter(|l| !l.contains("tick-")).collect::<Vec<_>>(), ["42"]);
     eprintln!("re-protected: {line}; second failover: {failover}; {seen} ticks without a gap on the second seam");
+}
+
+#[test]
+fn replicated_disks_are_brought_in_step_when_a_failed_over_guest_is_protected_again() {
+    let _serial = ft::serial();
+    let mut rng = Rng::new("replicated_disks_are_brought_in_step_when_a_failed_over_guest_is_protected_again");
+    let third = SocketAddr::from((ft::PRIMARY_REPL_IP, ft::STANDBY_PORT + 2));
+    let secondary_args = vec!["--reprotect".to_string(), third.to_string()];
+    let mut pair = Pair::start(PairOptions { disk: Some(Storage::Replicated), secondary_args, ..Default::default() });
+    guest_ok(&mut pair.primary, "mkfs.ext4 -q -F /dev/vda && mount -t ext4 /dev/vda /mnt");
+    pair.start_ticks();
+    let listener = pair.net.cli.enter(|| TcpListener::bind(SocketAddr::from((CLIENT_IP, REPORT_PORT))).unwrap());
+    // More records than the test reads: it closes the connection, and the guest then unmounts and powers off.
+    // In the background, so that the console takes commands meanwhile.
+    pair.primary.send(&format!("( {} ) &", record_workload(1_000_000)));
+    let mut reports = BufReader::new(ft::accept(&listener));
+    let mut acked = 0u64;
+    let mut read_until = |n: u64| {
+        let mut line = String::new();
+        while acked < n {
+            line.clear();
+            match reports.read_line(&mut line) {
+                Ok(0) => panic!("the guest closed the report connection after {acked}"),
+                Ok(_) => {}
+                Err(e) => panic!("the report connection failed after {acked}: {e}"),
+            }
+            let got: u64 = line.trim().parse().unwrap_or_else(|_| panic!("bad report line {line:?}"));
+            assert_eq!(got, acked + 1, "the report stream lost or repeated numbers across a failover");
+            acked = got;
+        }
+        acked
+    };
+
+    // First failover: the old primary's copy stays behind on its host, without what is written from here on.
+    let first = read_until(rng.range(10, 40));
+    let mark = pair.secondary.stderr_lines();
+    pair.kill_primary();
+    pair.wait_failover();
+    read_until(first + 20);
+    // Data the stale copy lacks and the guest does not write again: only the comparison can bring it over.
+    let out = pair.secondary.sh("head -c 4194304 /dev/urandom > /mnt/after && sync && sha256sum /mnt/after");
+    let after = out.lines().find_map(|l| l.strip_suffix("  /mnt/after")).unwrap_or_else(|| panic!("{out}")).to_string();
+    // The dead primary's host comes back as the new standby, with that stale copy.
+    let image = pair.primary_disk.clone().unwrap();
+    let api = pair.dir.path("third.sock");
+    let mut args = ft::standby_args(&pair.arbiter, third, "third", &api, pair.certs.as_deref());
+    args.extend(["--storage".into(), "replicated".into(), "--disk".into(), image.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut third_vm = pair.net.pri.enter(|| Vm::start(&args));
+    let rewritten = third_vm.expect_stderr("disk copies in step");
+    third_vm.expect_stderr("protection established");
+    let compared = pair.secondary.expect_stderr_after("replicated disks: compared", mark);
+    pair.secondary.expect_stderr_after("protection established", mark);
+    let status = pair.secondary_status();
+    assert_eq!(status["protection"], "protected", "{status}");
+    let disks = &status["disk_comparison"];
+    assert_eq!(disks["done"], true, "{status}");
+    assert_eq!(disks["total_bytes"], ft::DISK_BYTES, "{status}");
+    assert!(disks["differed_bytes"].as_u64().unwrap() > 0, "the stale copy must have differed: {status}");
+
+    // Second failover, onto the copy that was brought in step.
+    let now = read_until(0);
+    let second = read_until(now + rng.range(10, 40));
+    third_vm.expect_stderr("protection established"); // still protected when the new primary dies
+    pair.secondary.signal(libc::SIGKILL);
+    let failover = third_vm.expect_stderr("failover complete in");
+    let last = read_until(second + 20);
+    drop(reports);
+    assert_eq!(third_vm.wait().code(), Some(0), "the guest powers off cleanly; stderr:\n{}", third_vm.stderr());
+    assert!(third_vm.output().contains("UMOUNT-OK"), "umount failed:\n{}", third_vm.output());
+    assert_fsck_clean(&image);
+    let on_disk = check_records(&debugfs_cat(&image, "/log"), last);
+    assert_eq!(ft::sha256(&debugfs_cat(&image, "/after")), after, "the file written before re-protection");
+    assert_no_console_gap(&pair.primary.output_bytes(), &pair.secondary.output_bytes());
+    let (seen, _) = assert_no_console_gap(&pair.secondary.output_bytes(), &third_vm.output_bytes());
+    eprintln!(
+        "first kill after {first} records, second after {second}; {compared}; {rewritten}; {failover}; \
+         {last} acknowledged, {on_disk} on disk; {seen} ticks without a gap on the second seam"
+    );
 }
 
 #[test]

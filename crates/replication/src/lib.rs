@@ -20,6 +20,7 @@
 use std::time::Duration;
 
 pub mod arbiter;
+pub mod disks;
 pub mod inputs;
 pub mod metrics;
 pub mod primary;
@@ -42,7 +43,7 @@ pub enum Storage {
     /// Both nodes name the same image; only the active one ever writes it.
     Shared,
     /// Each node has its own copy; block writes travel inside checkpoints and the secondary applies them at
-    /// commit. The copies must start identical.
+    /// commit. Each session first brings the secondary's copy in step with the primary's ([`disks`]).
     Replicated,
 }
 

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub pages_total: u64,
     pub bytes_total: u64,
     pub failover_ms: Option<u64>,
+    /// The current or last comparison of replicated disks (primary).
+    pub disks: Option<Arc<crate::disks::Progress>>,
 }
 
 pub type SharedMetrics = Arc<Mutex<Metrics>>;
@@ -123,6 +125,7 @@ impl Metrics {
             pages_total: self.pages_total,
             bytes_total: self.bytes_total,
             failover_ms: self.failover_ms,
+            disks: self.disks.as_ref().map(|p| p.report()),
         }
     }
 }

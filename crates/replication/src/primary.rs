@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Phases: *connecting* (the guest runs unprotected, effects pass at once) → *syncing* (full pre-copy while
-//! the guest runs, then the first checkpoint, from which on the gate holds; with replicated disks it holds from
-//! the start of the pre-copy, so that the secondary's copy sees every write) → *protected* once that
+//! the guest runs; with replicated disks the secondary's copies are compared with ours meanwhile and brought in
+//! step, `disks.rs`; then the first checkpoint, from which on the gate holds) → *protected* once that
 //! checkpoint is acknowledged. Losing the secondary: *confirming* — the gate keeps holding until the arbiter
 //! confirms this node is still the active one and the fence is bumped (the stale replica can then never take
 //! over); only then are the held effects released and the guest goes on *unprotected*, waiting for a new
@@ -32,7 +32,8 @@
 
 use std::collections::VecDeque;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,7 @@ use kemari_devices::host::Wake;
 use kemari_transport::{Channel, Security};
 
 use crate::arbiter::{Arbiter, ArbiterError};
+use crate::disks::{self, Comparison};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::wire::{self, Hello, LastHeard, Tracked};
 use crate::{inputs, Options, Storage, SyncPolicy};
@@ -88,8 +90,9 @@ pub struct PrimaryConfig {
     pub peer: Option<String>,
     pub opts: Options,
     pub arbiter: Box<dyn Arbiter>,
-    /// Sizes of the disks, in order (the secondary checks its own against them).
-    pub disk_sizes: Vec<u64>,
+    /// The disk images, in order (the secondary checks the sizes of its own against them; with replicated
+    /// storage each session compares the contents).
+    pub disks: Vec<PathBuf>,
     /// How the link to the secondary is secured.
     pub security: Security,
     /// Wakes the machine loop (an acknowledgement arrived).
@@ -134,7 +137,13 @@ struct Link {
 impl Link {
     /// Starts the threads. The sender also beats every `heartbeat` the queue is idle, so that a busy machine
     /// loop (a long checkpoint, a loaded host) is not mistaken for a dead primary.
-    fn open(channel: Channel, wake: Wake, heartbeat: Duration) -> std::io::Result<Link> {
+    /// The secondary's DIGESTS (replicated disks) go to `digests`.
+    fn open(
+        channel: Channel,
+        wake: Wake,
+        heartbeat: Duration,
+        digests: Option<Sender<Vec<u8>>>,
+    ) -> std::io::Result<Link> {
         let heard = Arc::new(LastHeard::default());
         heard.touch();
         let (out, queue) = mpsc::sync_channel::<Outgoing>(SEND_QUEUE);
@@ -171,6 +180,11 @@ impl Link {
                 Ok((wire::ACK, p)) => wire::split_epoch(&p).map(|(e, _)| Incoming::Ack(e)),
                 Ok((wire::NACK, p)) => wire::split_epoch(&p).map(|(e, _)| Incoming::Nack(e)),
                 Ok((wire::HEARTBEAT, _)) => continue,
+                Ok((wire::DIGESTS, p)) if digests.is_some() => {
+                    // Gone once the comparison is over or failed (then it said why).
+                    let _ = digests.as_ref().expect("checked").send(p);
+                    continue;
+                }
                 Ok((k, _)) => Err(wire::WireError::Protocol(format!("unexpected message kind {k} from the secondary"))),
                 Err(e) => Err(e),
             };
@@ -235,12 +249,20 @@ struct InFlight {
 enum Phase {
     /// Waiting for a connection to the secondary (the guest runs unprotected).
     Connecting(Receiver<Channel>),
-    /// Connected: pre-copy while `copy` is set, then checkpoints; protected once the first one is acknowledged.
-    Linked { link: Link, copy: Option<Box<PreCopy>>, established: bool },
+    /// Connected: the first synchronisation while `copy` is set, then checkpoints; protected once the first one
+    /// is acknowledged.
+    Linked { link: Link, copy: Option<Box<FirstSync>>, established: bool },
     /// The secondary is gone; the gate holds until the arbiter confirms this node and the fence is bumped.
     Confirming,
-    /// No secondary (none configured, or replicated disks diverged): active, effects pass at once.
+    /// No secondary configured: active, effects pass at once.
     Unprotected,
+}
+
+/// A session's first synchronisation: the memory pre-copy and, with replicated disks, the disk comparison.
+struct FirstSync {
+    pages: PreCopy,
+    pages_done: bool,
+    disks: Option<Comparison>,
 }
 
 /// What the arbiter said about this node being the active one.
@@ -392,20 +414,18 @@ impl Primary {
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => self.phase = Phase::Unprotected,
             },
-            Phase::Linked { copy: Some(copy), .. } => {
-                // Replicated disks: the gate holds during the pre-copy; too much held ends it now.
-                let crowded = machine.dev.gate.lock().expect("gate lock").held_bytes() > HELD_HIGH_WATER;
-                let done = match copy.step(machine) {
-                    Ok(done) => done || crowded,
-                    Err(e) => return self.lost(machine, &format!("pre-copy: {e}")),
-                };
-                if done {
-                    if let Phase::Linked { copy, .. } = &mut self.phase {
-                        self.sync_bytes = copy.take().expect("pre-copy running").finish().bytes;
+            Phase::Linked { copy: Some(sync), .. } => {
+                if !sync.pages_done {
+                    match sync.pages.step(machine) {
+                        Ok(done) => sync.pages_done = done,
+                        Err(e) => return self.lost(machine, &format!("pre-copy: {e}")),
                     }
-                    // From here every effect waits for a checkpoint that covers it.
-                    machine.dev.gate.lock().expect("gate lock").set_holding(true);
-                    self.checkpoint(machine)?;
+                }
+                if let Some(e) = sync.disks.as_ref().and_then(Comparison::failed) {
+                    return self.lost(machine, &format!("comparing disks: {e}"));
+                }
+                if sync.pages_done && sync.disks.as_ref().is_none_or(Comparison::done) {
+                    self.end_first_sync(machine)?;
                 }
             }
             Phase::Linked { copy: None, .. } => self.maybe_checkpoint(machine)?,
@@ -539,40 +559,52 @@ impl Primary {
 
     fn begin_sync(&mut self, machine: &mut Machine, mut channel: Channel) {
         let gate = machine.dev.gate.clone();
-        let diverged = gate.lock().expect("gate lock").passed_block_writes();
-        if self.cfg.opts.storage == Storage::Replicated && diverged > 0 {
-            kemari_board::say!(
-                "cannot protect with replicated storage: {diverged} block writes were made without a \
-                 secondary, so the disk copies differ; copy the disk to the secondary and start again"
-            );
-            self.phase = Phase::Unprotected;
-            self.set_state("unprotected");
-            return;
-        }
+        let replicated = self.cfg.opts.storage == Storage::Replicated;
+        let sizes: std::io::Result<Vec<u64>> =
+            self.cfg.disks.iter().map(|p| kemari_devices::virtio::blk::image_size_at(p)).collect();
+        let sizes = match sizes {
+            Ok(s) => s,
+            Err(e) => {
+                kemari_board::say!("cannot start replication to {}: reading a disk's size: {e}", self.peer());
+                return self.reconnect();
+            }
+        };
         let hello = Hello {
             harts: machine.harts.len() as u32,
             memory: machine.ram.size(),
             storage: self.cfg.opts.storage,
-            disks: self.cfg.disk_sizes.clone(),
+            disks: sizes,
             node: self.cfg.arbiter.node().to_string(),
             fence: self.metrics.lock().expect("metrics lock").fence,
         };
+        let (digests_tx, digests) = mpsc::channel();
         let opened = channel
             .socket
             .set_nodelay(true)
             .and_then(|()| wire::send(&mut channel.writer, wire::HELLO, &[&hello.encode()]))
-            .and_then(|()| Link::open(channel, self.cfg.wake.clone(), self.cfg.opts.heartbeat))
+            .and_then(|()| {
+                Link::open(channel, self.cfg.wake.clone(), self.cfg.opts.heartbeat, replicated.then_some(digests_tx))
+            })
             .and_then(|link| {
-                let sink = LinkSink(link.out.clone().expect("a new link's queue"));
-                Ok((link, PreCopy::start(machine, PRECOPY_BUDGET, Box::new(sink))?))
+                let out = link.out.clone().expect("a new link's queue");
+                let pages = PreCopy::start(machine, PRECOPY_BUDGET, Box::new(LinkSink(out.clone())))?;
+                let disks = replicated.then(|| {
+                    let send: disks::Send = Box::new(move |chunk| {
+                        let msg = Outgoing { kind: wire::DISK, epoch: None, body: Arc::new(chunk) };
+                        out.send(msg).map_err(|_| "the link to the secondary closed".to_string())
+                    });
+                    Comparison::start(&self.cfg.disks, digests, send)
+                });
+                Ok((link, FirstSync { pages, pages_done: false, disks: disks.transpose()? }))
             });
         match opened {
-            Ok((link, copy)) => {
-                // Replicated disks must see every write from here on, so the gate holds from now; with a
-                // shared disk the effects pass until the first checkpoint (the replica starts after them).
+            Ok((link, sync)) => {
                 let mut g = gate.lock().expect("gate lock");
-                if self.cfg.opts.storage == Storage::Replicated {
-                    g.set_holding(true);
+                // Effects pass until the first checkpoint (the replica starts after them); the chunks of
+                // replicated disks written meanwhile are sent again before it.
+                g.track_block_writes(replicated.then_some(disks::CHUNK));
+                if let Some(d) = &sync.disks {
+                    self.metrics.lock().expect("metrics lock").disks = Some(d.progress.clone());
                 }
                 // From here on the secondary learns every input the guest consumes (replayed on failover).
                 g.set_input_log(self.cfg.opts.input_log);
@@ -582,7 +614,7 @@ impl Primary {
                 // A new secondary: its first checkpoint is epoch 1 (it knows nothing of an earlier session's).
                 self.epoch = 0;
                 self.in_flight.clear();
-                self.phase = Phase::Linked { link, copy: Some(Box::new(copy)), established: false };
+                self.phase = Phase::Linked { link, copy: Some(Box::new(sync)), established: false };
                 self.set_state("syncing");
                 kemari_board::say!("synchronising with the secondary at {}", self.peer());
             }
@@ -591,6 +623,38 @@ impl Primary {
                 self.reconnect();
             }
         }
+    }
+
+    /// The pre-copy and the disk comparison are done: from here every effect waits for a checkpoint that
+    /// covers it. The chunks of replicated disks the guest wrote during the comparison go again, as they are
+    /// now (the disks change no more until a checkpoint is acknowledged), then the first checkpoint.
+    fn end_first_sync(&mut self, machine: &mut Machine) -> Result<(), String> {
+        let Phase::Linked { link, copy, .. } = &mut self.phase else { return Ok(()) };
+        let sync = copy.take().expect("first synchronisation running");
+        self.sync_bytes = sync.pages.finish().bytes;
+        let written = {
+            let mut gate = machine.dev.gate.lock().expect("gate lock");
+            gate.set_holding(true);
+            let written = gate.take_block_writes();
+            gate.track_block_writes(None);
+            written
+        };
+        if let Some(disks) = &sync.disks {
+            let patience = self.cfg.opts.heartbeat_timeout;
+            let mut send = |chunk: Vec<u8>| {
+                link.send(wire::DISK, None, Arc::new(chunk), patience);
+                Ok(())
+            };
+            match disks.resend(&written, &mut send) {
+                Ok(bytes) => kemari_board::say!(
+                    "replicated disks in step: {} chunks the guest wrote meanwhile sent again ({} KiB)",
+                    written.len(),
+                    bytes >> 10
+                ),
+                Err(e) => return self.lost(machine, &format!("comparing disks: {e}")),
+            }
+        }
+        self.checkpoint(machine)
     }
 
     /// Waits for a (new) secondary, backing off after failed sessions: a secondary that accepts but never
@@ -725,6 +789,7 @@ impl Primary {
         let mut gate = machine.dev.gate.lock().expect("gate lock");
         gate.set_holding(true);
         gate.set_input_log(false);
+        gate.track_block_writes(None);
         drop(gate);
         self.set_state("confirming");
         self.go_alone(machine)
@@ -766,10 +831,7 @@ impl Primary {
         }
         kemari_board::say!("unprotected: this node stays active without a secondary (fence {fence})");
         self.phase = Phase::Unprotected;
-        let replicated_diverges = self.cfg.opts.storage == Storage::Replicated;
-        if !replicated_diverges {
-            self.reconnect();
-        }
+        self.reconnect();
         Ok(())
     }
 

@@ -6,8 +6,10 @@
 //! messages only), is verified and committed atomically by `Machine::apply_checkpoint`, and only then
 //! acknowledged; a checkpoint that fails verification is refused (NACK) and the last committed state stays;
 //! the checkpoints already on the wire behind it are dropped until the primary resends it and its successors.
-//! With replicated storage the block writes a committed checkpoint carries are applied to this node's disk
-//! copy at commit, in sequence order, each once.
+//! With replicated storage each session first brings this node's disk copies in step with the primary's
+//! (`disks.rs`: digests of every chunk go to the primary, the chunks that differ come back, all before the
+//! first checkpoint); then the block writes a committed checkpoint carries are applied to them at commit, in
+//! sequence order, each once.
 //!
 //! The primary counts as failed when the connection ends or nothing was heard for the heartbeat timeout.
 //! Failover: take the active role through the arbiter (refused for good if the primary went on without us:
@@ -28,6 +30,7 @@ use kemari_engine::GuestRam;
 use kemari_transport::{Channel, Security};
 
 use crate::arbiter::{Arbiter, TakeOver};
+use crate::disks::{self, Replica};
 use crate::inputs::InputLog;
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::wire::{self, Hello, LastHeard, Tracked, WireError};
@@ -269,6 +272,21 @@ impl Standby {
         let mut applied_seq = 0u64;
         let mut last_beat = Instant::now();
         let mut inputs = InputLog::default();
+        // Replicated disks: this node's copies, and their digests from a thread of their own (heartbeats go on).
+        let (mut replica, digests) = if cfg.opts.storage == Storage::Replicated {
+            let paths: Vec<_> = cfg.machine.disks.iter().map(|d| d.path.clone()).collect();
+            let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+            let replica = match Replica::open(&refs) {
+                Ok(r) => r,
+                Err(e) => return Ok(SessionEnd::Retry(format!("cannot open this node's disk copies: {e}"))),
+            };
+            let (tx, rx) = mpsc::channel();
+            let _ =
+                std::thread::Builder::new().name("disk-digest".into()).spawn(move || disks::digest_copies(paths, tx));
+            (Some(replica), Some(rx))
+        } else {
+            (None, None)
+        };
         let lost = |why: String, machine: Box<Machine>, committed: u64, inputs: &mut InputLog| {
             if committed == 0 {
                 SessionEnd::Retry(why)
@@ -291,6 +309,14 @@ impl Standby {
             if last_beat.elapsed() >= cfg.opts.heartbeat {
                 let _ = wire::send(&mut out, wire::HEARTBEAT, &[]);
                 last_beat = Instant::now();
+            }
+            while let Some(d) = digests.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                match d {
+                    Ok(payload) => {
+                        let _ = wire::send(&mut out, wire::DIGESTS, &[&payload]);
+                    }
+                    Err(e) => return Ok(SessionEnd::Retry(format!("reading this node's disk copies: {e}"))),
+                }
             }
             let silence = heard.silence();
             if silence > cfg.opts.heartbeat_timeout {
@@ -323,6 +349,11 @@ impl Standby {
                     }
                     Err(e) => return Ok(lost(e.to_string(), machine, committed, &mut inputs)),
                 },
+                wire::DISK if committed == 0 && replica.is_some() => {
+                    if let Err(e) = replica.as_mut().expect("checked").write(&payload) {
+                        return Ok(SessionEnd::Retry(format!("bad disk chunk from {peer}: {e}")));
+                    }
+                }
                 wire::PAGES if committed == 0 => {
                     if let Err(e) = machine.restore_pages(&payload) {
                         return Ok(SessionEnd::Retry(format!("bad pre-copy pages from {peer}: {e}")));
@@ -346,6 +377,19 @@ impl Standby {
                     if epoch != committed + 1 {
                         let why = format!("checkpoint {epoch} out of sequence (committed {committed})");
                         return Ok(lost(why, machine, committed, &mut inputs));
+                    }
+                    if committed == 0 {
+                        if let Some(r) = replica.take() {
+                            // The first commit builds on the chunks written: make them durable first.
+                            if let Err(e) = r.sync() {
+                                return Ok(SessionEnd::Retry(format!("making the disk copies durable: {e}")));
+                            }
+                            kemari_board::say!(
+                                "standby: disk copies in step with the primary's: {} chunks ({} KiB) rewritten",
+                                r.chunks,
+                                r.bytes >> 10
+                            );
+                        }
                     }
                     let start = Instant::now();
                     match machine.apply_checkpoint(state) {

@@ -5,6 +5,9 @@
 //!  primary                                          secondary (kemari standby)
 //!  HELLO       shape, storage mode, node, fence ──►  builds an empty machine of that shape, checks the arbiter
 //!  PAGES       state stream of PAGS sections    ──►  writes pages (first synchronisation: pre-copy rounds)
+//!                                               ◄──  DIGESTS  replicated disks: SHA-256 of each chunk of
+//!  DISK        disk, offset, chunk              ──►  this node's copy; the primary sends each chunk that
+//!                                                    differs, all before the first CHECKPOINT (`disks.rs`)
 //!  CHECKPOINT  epoch u64, state stream          ──►  stages, verifies, commits atomically
 //!                                               ◄──  ACK epoch  (committed)  |  NACK epoch (refused: the
 //!                                                    secondary drops what follows; resend it and its successors)
@@ -35,13 +38,15 @@ pub const NACK: u8 = 7;
 pub const HEARTBEAT: u8 = 8;
 pub const SHUTDOWN: u8 = 9;
 pub const INPUT: u8 = 10;
+pub const DIGESTS: u8 = 11;
+pub const DISK: u8 = 12;
 
 /// Largest HELLO, ACK, NACK or heartbeat accepted.
 pub const SMALL_MESSAGE: u64 = 64 << 10;
 /// Memory reserved for a message before its bytes arrive (it grows as they do).
 const RESERVE_AHEAD: u64 = 1 << 20;
-/// Version of this protocol; HELLO carries it. 2: INPUT.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version of this protocol; HELLO carries it. 2: INPUT. 3: DIGESTS and DISK.
+pub const PROTOCOL_VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"KEMARIFT";
 
 #[derive(Debug, thiserror::Error)]
