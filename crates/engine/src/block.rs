@@ -25,6 +25,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::decode::{decode, Op};
 use crate::hart::{cause, Exception, Hart};
+use crate::jit::{CompileError, Jit, JitCode};
 use crate::memory::{GuestRam, PAGE_SHIFT};
 use crate::mmu::read_ram;
 use crate::rvc;
@@ -44,11 +45,13 @@ struct JumpEntry {
     off: u64,
     /// `Hart::jump_epoch` when the entry was made.
     epoch: u64,
+    /// Index of the block in `CodeCache::blocks`.
+    id: u32,
     start: u32,
     len: u32,
 }
 
-const NO_JUMP: JumpEntry = JumpEntry { vpc: 1, off: 0, epoch: 0, start: 0, len: 0 };
+const NO_JUMP: JumpEntry = JumpEntry { vpc: 1, off: 0, epoch: 0, id: 0, start: 0, len: 0 };
 
 struct Block {
     /// Its instructions are `ops[start..start + len]`.
@@ -56,6 +59,8 @@ struct Block {
     len: u32,
     /// The write version of its RAM page it was decoded at.
     version: u64,
+    /// Its host code, or how often it ran without (see `jit/mod.rs`).
+    jit: JitCode,
 }
 
 /// A multiplicative hash of RAM offsets (trusted keys: no need for SipHash's cost).
@@ -88,6 +93,8 @@ pub(crate) struct CodeCache {
     /// Block of each RAM offset a block starts at.
     by_offset: HashMap<u64, u32, BuildHasherDefault<OffsetHasher>>,
     ops: Vec<Op>,
+    /// Host code of the compiled blocks.
+    pub(crate) jit: Jit,
     /// Blocks decoded so far (statistics, for tests and benchmarks).
     pub(crate) decoded: u64,
 }
@@ -95,17 +102,26 @@ pub(crate) struct CodeCache {
 impl Default for CodeCache {
     fn default() -> CodeCache {
         let jump = vec![NO_JUMP; JUMP_SIZE].into_boxed_slice().try_into().unwrap_or_else(|_| unreachable!());
-        CodeCache { ram_id: 0, jump, blocks: Vec::new(), by_offset: HashMap::default(), ops: Vec::new(), decoded: 0 }
+        CodeCache {
+            ram_id: 0,
+            jump,
+            blocks: Vec::new(),
+            by_offset: HashMap::default(),
+            ops: Vec::new(),
+            jit: Jit::default(),
+            decoded: 0,
+        }
     }
 }
 
 impl CodeCache {
-    /// Drops every block (the counter stays).
+    /// Drops every block and its host code (the counters stay).
     fn clear(&mut self) {
         self.jump.fill(NO_JUMP);
         self.blocks.clear();
         self.by_offset.clear();
         self.ops.clear();
+        self.jit.clear();
     }
 
     /// Makes sure the blocks come from `ram` (a hart may be run on another RAM, e.g. after a restore).
@@ -123,12 +139,49 @@ impl CodeCache {
     pub(crate) fn ops(&self, start: usize, end: usize) -> &[Op] {
         &self.ops[start..end]
     }
+
+    /// The host code of block `id` (offset, instructions it covers), compiled now if the block ran `threshold`
+    /// times before.
+    #[inline(always)]
+    pub(crate) fn compiled(&mut self, id: u32, threshold: u32) -> Option<(u32, u32)> {
+        match self.blocks[id as usize].jit {
+            JitCode::Compiled { offset, ops } => Some((offset, ops)),
+            JitCode::Never => None,
+            JitCode::Cold(runs) if runs < threshold => {
+                self.blocks[id as usize].jit = JitCode::Cold(runs + 1);
+                None
+            }
+            JitCode::Cold(_) => self.compile(id),
+        }
+    }
+
+    #[inline(never)]
+    fn compile(&mut self, id: u32) -> Option<(u32, u32)> {
+        let b = &self.blocks[id as usize];
+        let ops = &self.ops[b.start as usize..(b.start + b.len) as usize];
+        let code = match self.jit.compile(ops) {
+            Err(CompileError::Full) => {
+                // Start the buffer afresh: every block goes cold again.
+                for b in &mut self.blocks {
+                    b.jit = JitCode::Cold(0);
+                }
+                self.jit.clear();
+                self.jit.compile(ops).unwrap_or(JitCode::Never)
+            }
+            r => r.unwrap_or(JitCode::Never),
+        };
+        self.blocks[id as usize].jit = code;
+        match code {
+            JitCode::Compiled { offset, ops } => Some((offset, ops)),
+            _ => None,
+        }
+    }
 }
 
 /// What to run at a pc.
 pub(crate) enum Fetched {
-    /// A cached block: its instructions are `CodeCache::ops(start, end)`.
-    Block(usize, usize),
+    /// A cached block (its index, and its instructions are `CodeCache::ops(start, end)`).
+    Block(u32, usize, usize),
     /// One instruction across a page boundary, decoded for this time only.
     Single(Op),
 }
@@ -144,7 +197,7 @@ impl Hart {
     pub(crate) fn lookup(&mut self, code: &mut CodeCache, ram: &GuestRam, pc: u64) -> Result<Fetched, Exception> {
         let j = code.jump[jump_index(pc)];
         if j.vpc == pc && j.epoch == self.jump_epoch && self.fetch_cached(pc) == Some(j.off) {
-            return Ok(Fetched::Block(j.start as usize, (j.start + j.len) as usize));
+            return Ok(Fetched::Block(j.id, j.start as usize, (j.start + j.len) as usize));
         }
         self.lookup_slow(code, ram, pc)
     }
@@ -158,7 +211,7 @@ impl Hart {
         // The translation was just refilled (after a flush): the entry may still be good.
         let j = code.jump[jump_index(pc)];
         if j.vpc == pc && j.epoch == self.jump_epoch && j.off == off {
-            return Ok(Fetched::Block(j.start as usize, (j.start + j.len) as usize));
+            return Ok(Fetched::Block(j.id, j.start as usize, (j.start + j.len) as usize));
         }
         let lo = read_ram::<2>(ram, off) as u32;
         if lo & 3 == 3 && off & 0xfff == 0xffe {
@@ -190,8 +243,8 @@ impl Hart {
             }
         };
         let b = &code.blocks[id as usize];
-        code.jump[jump_index(pc)] = JumpEntry { vpc: pc, off, epoch: self.jump_epoch, start: b.start, len: b.len };
-        Ok(Fetched::Block(b.start as usize, (b.start + b.len) as usize))
+        code.jump[jump_index(pc)] = JumpEntry { vpc: pc, off, epoch: self.jump_epoch, id, start: b.start, len: b.len };
+        Ok(Fetched::Block(id, b.start as usize, (b.start + b.len) as usize))
     }
 
     /// Decodes the block at RAM offset `off` into `code.ops`.
@@ -227,7 +280,7 @@ impl Hart {
             }
         }
         code.decoded += 1;
-        Block { start: start as u32, len: (code.ops.len() - start) as u32, version }
+        Block { start: start as u32, len: (code.ops.len() - start) as u32, version, jit: JitCode::Cold(0) }
     }
 
     /// Drops the store translations if a page became a code page since this hart last looked.

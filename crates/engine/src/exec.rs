@@ -14,9 +14,12 @@ use crate::block::{CodeCache, Fetched};
 use crate::csr::mstatus;
 use crate::decode::{Kind, Op};
 use crate::fpu::{self, Rounding};
-use crate::hart::{cause, Bus, Exception, Exit, Hart, Privilege, Stop};
+use crate::hart::{cause, Bus, Engine, Exception, Exit, Hart, Privilege, Stop};
+use crate::jit::{self, JitCtx};
 use crate::memory::GuestRam;
 use crate::mmu::{read_ram, write_ram, Access};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 type Step = Result<(), Stop>;
 
@@ -50,16 +53,13 @@ impl Hart {
                     }
                 }
             }
+            if self.exit_word.load(Ordering::Relaxed) {
+                break;
+            }
             let pc = self.s.pc;
-            let single: [Op; 1];
-            let ops = match self.lookup(code, ram, pc) {
-                Ok(Fetched::Block(start, end)) => {
-                    code.ops(start, end.min(start.saturating_add(usize::try_from(left).unwrap_or(usize::MAX))))
-                }
-                Ok(Fetched::Single(op)) => {
-                    single = [op];
-                    &single
-                }
+            let (attempted, result) = match self.lookup(code, ram, pc) {
+                Ok(Fetched::Block(id, start, end)) => self.run_block(code, ram, bus, id, start, end, pc, left),
+                Ok(Fetched::Single(op)) => self.run_ops(ram, bus, &[op], pc),
                 Err(e) => {
                     left -= 1;
                     if let Some(exit) = self.take_trap(e.cause, e.tval, false) {
@@ -68,7 +68,6 @@ impl Hart {
                     continue;
                 }
             };
-            let (attempted, result) = self.run_ops(ram, bus, ops, pc);
             left -= attempted;
             match result {
                 Ok(()) => {}
@@ -81,6 +80,79 @@ impl Hart {
             }
         }
         Exit::Budget
+    }
+
+    /// Runs block `id` (its ops are `code.ops(start, end)`, the first at `vpc`) with `left` instructions of
+    /// budget: its host code if it has some and all of it fits, else the interpreter (cut to the budget).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn run_block(
+        &mut self,
+        code: &mut CodeCache,
+        ram: &GuestRam,
+        bus: &mut dyn Bus,
+        id: u32,
+        start: usize,
+        end: usize,
+        vpc: u64,
+        left: u64,
+    ) -> (u64, Step) {
+        if self.engine == Engine::Jit {
+            if let Some((offset, n)) = code.compiled(id, self.jit_threshold) {
+                if n as u64 <= left {
+                    return self.run_compiled(code, ram, bus, offset, start, end, vpc, left);
+                }
+            }
+        }
+        let cut = end.min(start.saturating_add(usize::try_from(left).unwrap_or(usize::MAX)));
+        self.run_ops(ram, bus, code.ops(start, cut), vpc)
+    }
+
+    /// Runs the host code at `offset` of the block `code.ops(start, end)`, then, if it fell back, the rest of
+    /// the block in the interpreter (cut to the budget). Same results as [`Hart::run_ops`].
+    #[allow(clippy::too_many_arguments)]
+    fn run_compiled(
+        &mut self,
+        code: &CodeCache,
+        ram: &GuestRam,
+        bus: &mut dyn Bus,
+        offset: u32,
+        start: usize,
+        end: usize,
+        vpc: u64,
+        left: u64,
+    ) -> (u64, Step) {
+        let mut ctx = JitCtx {
+            x: self.s.x.as_mut_ptr(),
+            ram: ram.host_ptr(),
+            load_tlb: self.tlb.load_entries(),
+            store_tlb: self.tlb.store_entries(),
+            tag: self.data_tag(),
+            vpc,
+            exit: Arc::as_ptr(&self.exit_word),
+            pc: 0,
+            retired: 0,
+        };
+        let status = code.jit.call(offset, &mut ctx);
+        let n = ctx.retired;
+        self.retire(n as usize);
+        match status {
+            jit::DONE => {
+                self.s.pc = ctx.pc;
+                (n, Ok(()))
+            }
+            jit::FALLBACK => {
+                let i = start + n as usize;
+                let cut = end.min(i + (left - n) as usize);
+                if i == cut {
+                    self.s.pc = vpc.wrapping_add(code.ops(i, i + 1)[0].off as u64);
+                    return (n, Ok(()));
+                }
+                let (attempted, result) = self.run_ops(ram, bus, code.ops(i, cut), vpc);
+                (n + attempted, result)
+            }
+            _ => (0, Ok(())),
+        }
     }
 
     #[inline(always)]

@@ -1,9 +1,67 @@
 //! One hart: its architectural state, trap delivery and the public run interface.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use crate::block::CodeCache;
 use crate::csr::{self, mstatus};
 use crate::memory::GuestRam;
 use crate::mmu::Tlb;
+
+/// How a hart runs guest code. Both give exactly the same architectural results; the JIT is faster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The decode-once block interpreter (every host).
+    Interp,
+    /// Hot blocks compiled to host code, the interpreter for the rest (x86-64 hosts; elsewhere the same as
+    /// `Interp`).
+    Jit,
+}
+
+impl Engine {
+    /// The default of this host: the JIT where there is one.
+    pub const fn host_default() -> Engine {
+        if cfg!(target_arch = "x86_64") {
+            Engine::Jit
+        } else {
+            Engine::Interp
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Interp => "interp",
+            Engine::Jit => "jit",
+        }
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Engine {
+        Engine::host_default()
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Engine, String> {
+        match s {
+            "interp" => Ok(Engine::Interp),
+            "jit" => Ok(Engine::Jit),
+            _ => Err(format!("unknown engine {s:?} (interp or jit)")),
+        }
+    }
+}
+
+/// Runs of a block in the interpreter before the JIT compiles it.
+pub const DEFAULT_JIT_THRESHOLD: u32 = 16;
 
 /// Privilege modes with their RISC-V encodings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -158,6 +216,10 @@ pub struct Hart {
     pub(crate) code_writes: u64,
     /// A store just wrote to a code page: the running block ends after it (it may have rewritten what follows).
     pub(crate) end_block: bool,
+    pub(crate) engine: Engine,
+    pub(crate) jit_threshold: u32,
+    /// When set, `run` returns [`Exit::Budget`] before the next block (see [`Hart::set_exit_word`]).
+    pub(crate) exit_word: Arc<AtomicBool>,
 }
 
 impl Hart {
@@ -202,11 +264,36 @@ impl Hart {
             code_epoch: 0,
             code_writes: 0,
             end_block: false,
+            engine: Engine::host_default(),
+            jit_threshold: DEFAULT_JIT_THRESHOLD,
+            exit_word: Arc::default(),
         }
     }
 
     pub fn id(&self) -> u64 {
         self.s.id
+    }
+
+    /// Chooses how the hart runs guest code (at any time: compiled code is kept, just not used, under the
+    /// interpreter).
+    pub fn set_engine(&mut self, engine: Engine) {
+        self.engine = engine;
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Runs of a block before the JIT compiles it (0: at its first run; for tests).
+    pub fn set_jit_threshold(&mut self, runs: u32) {
+        self.jit_threshold = runs;
+    }
+
+    /// Shares an exit word: while it is set, `run` returns [`Exit::Budget`] at the next block boundary (or at
+    /// once), so one store stops every hart holding the same word. Whoever sets it clears it before running
+    /// the harts again.
+    pub fn set_exit_word(&mut self, word: Arc<AtomicBool>) {
+        self.exit_word = word;
     }
 
     /// The architectural state (for save, inspection and tests).
@@ -311,6 +398,11 @@ impl Hart {
     /// after its code was written counts again).
     pub fn decoded_blocks(&self) -> u64 {
         self.code.as_ref().map_or(0, |c| c.decoded)
+    }
+
+    /// How many blocks the JIT compiled so far (a statistic for tests and benchmarks).
+    pub fn compiled_blocks(&self) -> u64 {
+        self.code.as_ref().map_or(0, |c| c.jit.compiled)
     }
 
     /// Runs at most `budget` instructions (exactly `budget` when nothing stops it earlier: blocks are cut short

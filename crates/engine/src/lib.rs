@@ -35,9 +35,10 @@ mod decode;
 mod exec;
 pub mod fpu;
 mod hart;
+mod jit;
 pub mod memory;
 mod mmu;
 pub mod rvc;
 
-pub use hart::{irq, Bus, Exit, Hart, HartState, Privilege};
+pub use hart::{irq, Bus, Engine, Exit, Hart, HartState, Privilege, DEFAULT_JIT_THRESHOLD};
 pub use memory::{GuestRam, RamError, PAGE_SIZE};

@@ -16,11 +16,15 @@ pub(crate) const TLB_SIZE: usize = 512;
 const INVALID: u64 = 1 << 63;
 
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub(crate) struct Entry {
     tag: u64,
     /// Offset into RAM of the start of the page.
     ram_off: u64,
 }
+
+/// Bytes per entry (compiled code indexes the arrays itself).
+pub(crate) const TLB_ENTRY_SIZE: usize = std::mem::size_of::<Entry>();
 
 const EMPTY: Entry = Entry { tag: INVALID, ram_off: 0 };
 
@@ -45,6 +49,16 @@ impl Tlb {
 
     pub(crate) fn flush_stores(&mut self) {
         self.store = [EMPTY; TLB_SIZE];
+    }
+
+    /// The load entries, for compiled code.
+    pub(crate) fn load_entries(&self) -> *const u8 {
+        self.load.as_ptr() as *const u8
+    }
+
+    /// The store entries, for compiled code.
+    pub(crate) fn store_entries(&self) -> *const u8 {
+        self.store.as_ptr() as *const u8
     }
 }
 
