@@ -8,7 +8,7 @@
 //! test from S-mode with `scause`/`sepc`/`stval` describing the S-level trap.
 
 use super::asm::*;
-use kemari_engine::{Bus, Exit, GuestRam, Hart, HartState, Privilege};
+use kemari_engine::{Bus, Engine, Exit, GuestRam, Hart, HartState, Privilege};
 
 pub const RAM_BASE: u64 = 0x8000_0000;
 pub const RAM_SIZE: u64 = 16 << 20;
@@ -124,6 +124,17 @@ impl Bus for TestBus {
     }
 }
 
+/// Sets the engine the tests of this binary run under: test binaries whose name ends in `jit` use the JIT and
+/// compile every block the first time it runs; the others the interpreter.
+pub fn configure_engine(hart: &mut Hart) {
+    if env!("CARGO_CRATE_NAME").ends_with("jit") {
+        hart.set_engine(Engine::Jit);
+        hart.set_jit_threshold(0);
+    } else {
+        hart.set_engine(Engine::Interp);
+    }
+}
+
 /// Why [`Machine::run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -182,7 +193,8 @@ impl Machine {
         Machine::with_hart(Hart::new(0, true))
     }
 
-    pub fn with_hart(hart: Hart) -> Machine {
+    pub fn with_hart(mut hart: Hart) -> Machine {
+        configure_engine(&mut hart);
         let ram = GuestRam::new(RAM_BASE, RAM_SIZE).expect("guest RAM");
         let mut m = Machine { hart, ram, bus: TestBus::default() };
         let mut vectors = Asm::new(HALT_VECTOR);

@@ -126,6 +126,7 @@ fn a_second_hart_storing_into_code_the_first_has_cached_is_seen() {
     m.load(&a);
     m.load(&h1_code);
     let mut h1 = Hart::new(1, false);
+    configure_engine(&mut h1);
     let mut s = h1.state().clone();
     s.pc = HART1_CODE;
     s.mtvec = HALT_VECTOR;
