@@ -295,6 +295,8 @@ fn self_modifying_code_is_seen_at_once() {
         .i(slli(T4, T3, 20))
         .li(T5, 0x0005_0513)
         .i(or(T4, T4, T5))
+        // Read the old instruction first: the page then has a load translation (never a store one).
+        .i(lw(T6, 0, S3))
         .i(sw(T4, 0, S3))
         .i(jalr(RA, S4, 0))
         .i(addi(S2, S2, -1))
@@ -316,9 +318,9 @@ fn a_store_into_the_running_compiled_block_ends_it() {
     // The store rewrites the very next instruction of its own block, which is already compiled (threshold 0).
     let mut prog = Asm::new(CODE);
     prog.li(S2, 5).li(A0, 0).li(T5, addi(A0, A0, 100) as u64);
-    // auipc + 12 is the `addi a0, a0, 1` after the store.
+    // auipc + 16 is the `addi a0, a0, 1` after the store.
     prog.label("loop");
-    prog.i(auipc(S3, 0)).i(addi(S3, S3, 12)).i(sw(T5, 0, S3)).i(addi(A0, A0, 1)).i(addi(S2, S2, -1));
+    prog.i(auipc(S3, 0)).i(addi(S3, S3, 16)).i(lw(T6, 0, S3)).i(sw(T5, 0, S3)).i(addi(A0, A0, 1)).i(addi(S2, S2, -1));
     prog.bne(S2, ZERO, "loop").i(ecall());
     let mut pair = Pair::new("store into the running block".into(), |m| {
         m.load(&prog);
@@ -423,6 +425,8 @@ fn dirty_log_under_the_jit_is_exact() {
     prog.label("loop")
         .i(ld(T0, 0, S0))
         .beq(T0, ZERO, "done")
+        // A load first: the page has a load translation when the store comes.
+        .i(ld(T1, 8, T0))
         .i(sd(S0, 8, T0))
         .i(addi(S0, S0, 8))
         .j("loop")
