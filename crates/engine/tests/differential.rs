@@ -317,17 +317,25 @@ fn self_modifying_code_is_seen_at_once() {
 fn a_store_into_the_running_compiled_block_ends_it() {
     // The store rewrites the very next instruction of its own block, which is already compiled (threshold 0).
     let mut prog = Asm::new(CODE);
-    prog.li(S2, 5).li(A0, 0).li(T5, addi(A0, A0, 100) as u64);
-    // auipc + 16 is the `addi a0, a0, 1` after the store.
+    prog.li(S2, 5).li(A0, 0).li(T5, addi(A0, A0, 0) as u64);
+    // auipc + 24 is the `addi a0, a0, 1` after the store.
     prog.label("loop");
-    prog.i(auipc(S3, 0)).i(addi(S3, S3, 16)).i(lw(T6, 0, S3)).i(sw(T5, 0, S3)).i(addi(A0, A0, 1)).i(addi(S2, S2, -1));
+    // Each iteration writes `addi a0, a0, s2` (s2 counts down from 5).
+    prog.i(auipc(S3, 0))
+        .i(addi(S3, S3, 24))
+        .i(lw(T6, 0, S3))
+        .i(slli(T4, S2, 20))
+        .i(or(T4, T4, T5))
+        .i(sw(T4, 0, S3))
+        .i(addi(A0, A0, 1))
+        .i(addi(S2, S2, -1));
     prog.bne(S2, ZERO, "loop").i(ecall());
     let mut pair = Pair::new("store into the running block".into(), |m| {
         m.load(&prog);
         m.hart.set_jit_threshold(0);
     });
     pair.run_to_halt(1000, 100);
-    assert_eq!(pair.jit.x(A0), 500, "every iteration runs the patched instruction");
+    assert_eq!(pair.jit.x(A0), 5 + 4 + 3 + 2 + 1, "every iteration runs the instruction it just wrote");
 }
 
 #[test]
