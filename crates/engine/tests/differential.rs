@@ -269,10 +269,10 @@ fn random_streams_in_s_mode_under_sv39() {
             m.bus.mmio_value = 0x0bad_cafe;
             let mut pt = PageTables::new(m, Mode::Sv39);
             pt.map_code(m, false);
-            for i in 0..2 {
-                pt.map(m, VDATA + i * PAGE, DATA + i * PAGE, pte::RW_AD);
-            }
-            pt.map(m, VDATA + 2 * PAGE, DATA + 2 * PAGE, pte::RW_AD & !pte::D);
+            // Virtually adjacent, physically apart: an access across the boundary must be split.
+            pt.map(m, VDATA, DATA, pte::RW_AD);
+            pt.map(m, VDATA + PAGE, DATA + 7 * PAGE, pte::RW_AD);
+            pt.map(m, VDATA + 2 * PAGE, DATA + 14 * PAGE, pte::RW_AD & !pte::D);
             pt.map(m, VMMIO, MMIO_BASE, pte::RW_AD);
             let mut boot = Asm::new(CODE);
             boot.li(T6, pt.satp()).i(csrw(csr::SATP, T6));
