@@ -21,6 +21,7 @@ pub mod persist;
 pub mod plic;
 pub mod sbi;
 
+pub use kemari_engine::Engine;
 pub use machine::{
     check_shape, receiver_ram, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome,
 };

@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kemari_engine::{irq, Bus, Exit, GuestRam, Hart};
+use kemari_engine::{irq, Bus, Engine, Exit, GuestRam, Hart};
 use vm_superio::{Serial, Trigger};
 
 use crate::clint::Clint;
@@ -54,6 +54,8 @@ pub struct MachineConfig {
     /// Fault all guest RAM in before anything runs (`--prealloc`): the guest, a restore or an incoming
     /// migration then never waits for the host to find it memory.
     pub prealloc: bool,
+    /// How the harts run guest code (`--engine`).
+    pub engine: Engine,
 }
 
 #[derive(Clone, Debug)]
@@ -439,7 +441,13 @@ impl Machine {
             }
         };
         let builtin_sbi = cfg.firmware.is_none();
-        let mut harts: Vec<Hart> = (0..cfg.harts).map(|i| Hart::new(i as u64, builtin_sbi)).collect();
+        let mut harts: Vec<Hart> = (0..cfg.harts)
+            .map(|i| {
+                let mut h = Hart::new(i as u64, builtin_sbi);
+                h.set_engine(cfg.engine);
+                h
+            })
+            .collect();
 
         // Layout: kernel at RAM + 2 MiB, device tree in the last 64 KiB (2 MiB-aligned region below the end for
         // firmware that relocates it), initrd just below the device tree, page-aligned.

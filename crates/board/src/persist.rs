@@ -10,7 +10,7 @@
 use std::io::Write;
 
 use kemari_devices::host::Wake;
-use kemari_engine::{GuestRam, Hart, PAGE_SIZE};
+use kemari_engine::{Engine, GuestRam, Hart, PAGE_SIZE};
 use kemari_state::{hart, Encoder, Reader, Section, StateError, StateFile, Writer};
 use vm_superio::serial::SerialState;
 use vm_superio::Serial;
@@ -269,6 +269,8 @@ impl Machine {
         if hart_payloads.len() as u64 != harts {
             return Err(StateError::Invalid { tag: "HART".into(), why: "one section per hart expected".into() }.into());
         }
+        // The restored harts run as the ones they replace (the engine is a host choice, not guest state).
+        let engine = m.harts.first().map_or(Engine::default(), |h| h.engine());
         let mut restored = Vec::new();
         for (i, p) in hart_payloads.into_iter().enumerate() {
             let st = hart::decode(p, harts as usize)?;
@@ -276,6 +278,7 @@ impl Machine {
                 return Err(StateError::Invalid { tag: "HART".into(), why: "harts out of order".into() }.into());
             }
             let mut h = Hart::new(st.id, builtin_sbi);
+            h.set_engine(engine);
             h.set_state(st);
             restored.push(h);
         }

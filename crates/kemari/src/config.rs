@@ -10,6 +10,7 @@
 //! cpus = 2
 //! api = "/run/kemari/web1.sock"
 //! prealloc = false
+//! engine = "jit"                      # or "interp" (default: jit on x86-64 hosts)
 //! rng = true
 //! tls = "certs/a"                     # DIR/NODE, or insecure_plaintext = true
 //!
@@ -68,6 +69,7 @@ struct VmFile {
     cpus: Option<usize>,
     api: Option<PathBuf>,
     prealloc: Option<bool>,
+    engine: Option<String>,
     rng: Option<bool>,
     tls: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
@@ -223,6 +225,7 @@ impl VmFile {
         put("--memory", self.memory.map(|m| m.to_string()));
         put("--cpus", self.cpus.map(|c| c.to_string()));
         put("--api", self.api.as_deref().map(path));
+        put("--engine", self.engine.clone());
         if !user_gave(user, &["--disk"]) {
             for d in &self.disk {
                 put("--disk", Some(format!("{}{}", path(&d.path), if d.readonly { ",readonly" } else { "" })));
@@ -282,6 +285,9 @@ impl VmFile {
         }
         if let Some(m) = self.memory {
             kemari_board::check_shape(None, Some(m), false).map_err(|e| ("memory", e.to_string()))?;
+        }
+        if let Some(e) = &self.engine {
+            e.parse::<kemari_board::Engine>().map_err(|why| ("engine", why))?;
         }
         if self.tls.is_some() && self.insecure_plaintext == Some(true) {
             return Err(("insecure_plaintext", "contradicts tls: the link is either TLS or plaintext".into()));
@@ -368,6 +374,7 @@ mod tests {
             initrd = "/abs/initrd"
             memory = 512
             cpus = 2
+            engine = "interp"
             rng = false
             tls = "certs/a"
             [[disk]]
@@ -389,7 +396,7 @@ mod tests {
         assert_eq!(
             f,
             "--name web1 --kernel /etc/kemari/Image --initrd /abs/initrd --protect 10.0.9.2:7700 --memory 512 \
-             --cpus 2 --disk /etc/kemari/web1.img --disk /etc/kemari/iso.img,readonly --net \
+             --cpus 2 --engine interp --disk /etc/kemari/web1.img --disk /etc/kemari/iso.img,readonly --net \
              tap=tap0,mac=52:54:00:00:00:01 --tls /etc/kemari/certs/a --arbiter file:/shared/arb --sync interval \
              --interval-ms 10 --no-rng --strict"
         );
@@ -421,6 +428,7 @@ mod tests {
             (Role::Run, "[[disk]]\nreadonly = true\n", "disk"),
             (Role::Run, "memory = 5\n", "memory: "),
             (Role::Run, "cpus = 99\n", "cpus: "),
+            (Role::Run, "engine = \"fast\"\n", "engine: unknown engine \"fast\" (interp or jit)"),
             (Role::Run, "name = \"web 1\"\n", "name: "),
             (Role::Run, "tls = \"c/a\"\ninsecure_plaintext = true\n", "insecure_plaintext: contradicts tls"),
             (

@@ -280,6 +280,10 @@ struct DeviceArgs {
     /// receiver (run --incoming, standby) does it while it waits for its sender; it then needs --memory.
     #[arg(long)]
     prealloc: bool,
+    /// How the CPU runs guest code: jit (hot blocks compiled to host code; x86-64 hosts, the default there) or
+    /// interp (the decode-once interpreter). The guest sees no difference.
+    #[arg(long, value_name = "interp|jit", default_value_t = kemari_board::Engine::default())]
+    engine: kemari_board::Engine,
 }
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -553,6 +557,7 @@ fn machine_config(devices: &DeviceArgs) -> MachineConfig {
             .collect(),
         rng: !devices.no_rng,
         prealloc: devices.prealloc,
+        engine: devices.engine,
     }
 }
 

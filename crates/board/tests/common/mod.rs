@@ -49,6 +49,7 @@ pub fn guest_config(memory_mib: u64) -> MachineConfig {
         nets: vec![],
         rng: true,
         prealloc: false,
+        engine: kemari_board::Engine::default(),
     }
 }
 
