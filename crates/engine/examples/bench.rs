@@ -1,7 +1,8 @@
 //! Engine speed: a hand-assembled CPU-bound loop (integer ALU, loads and stores, branches, calls and returns,
 //! compressed instructions) run for a fixed number of instructions, in M-mode without translation and in S-mode
-//! under Sv39, driven like the board drives a hart (`Hart::run` in slices of 20,000 instructions). Prints MIPS.
-//! Figures only, nothing asserted.
+//! under Sv39, driven like the board drives a hart (`Hart::run` in slices of 20,000 instructions), by the
+//! interpreter and by the JIT (its default threshold) in the same run. Prints MIPS and the JIT/interpreter
+//! ratio. Figures only, nothing asserted.
 //!
 //!     cargo run --release -p kemari-engine --example bench [-- ROUNDS]
 
@@ -10,7 +11,7 @@
 mod common;
 
 use common::*;
-use kemari_engine::{Exit, Privilege};
+use kemari_engine::{Engine, Exit, Privilege};
 use std::time::Instant;
 
 /// The board's slice.
@@ -110,15 +111,23 @@ fn main() {
     let rounds: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     println!("engine bench: {ITERATIONS} iterations x {PER_ITERATION} instructions, slices of {SLICE}");
     for (name, make) in [("M-mode, bare", bare as fn() -> Machine), ("S-mode, Sv39", sv39)] {
-        let mut mips = Vec::new();
-        for _ in 0..rounds {
-            let mut m = make();
-            let (n, secs) = drive(&mut m);
-            assert!(n >= ITERATIONS * PER_ITERATION, "ran {n} instructions");
-            mips.push(n as f64 / secs / 1e6);
+        let mut medians = Vec::new();
+        for engine in [Engine::Interp, Engine::Jit] {
+            let mut mips = Vec::new();
+            for _ in 0..rounds {
+                let mut m = make();
+                m.hart.set_engine(engine);
+                m.hart.set_jit_threshold(kemari_engine::DEFAULT_JIT_THRESHOLD);
+                let (n, secs) = drive(&mut m);
+                assert!(n >= ITERATIONS * PER_ITERATION, "ran {n} instructions");
+                mips.push(n as f64 / secs / 1e6);
+            }
+            mips.sort_by(f64::total_cmp);
+            let runs: Vec<String> = mips.iter().map(|v| format!("{v:.0}")).collect();
+            let median = mips[mips.len() / 2];
+            println!("{name:14} {engine:6} median {median:7.1} MIPS  (runs: {})", runs.join(", "));
+            medians.push(median);
         }
-        mips.sort_by(f64::total_cmp);
-        let runs: Vec<String> = mips.iter().map(|v| format!("{v:.0}")).collect();
-        println!("{name:14} median {:7.1} MIPS  (runs: {})", mips[mips.len() / 2], runs.join(", "));
+        println!("{name:14} jit/interp {:.2}x", medians[1] / medians[0]);
     }
 }

@@ -13,6 +13,9 @@
 //! which keeps store translations away from it, so every write to it (by any hart, the VMM or a device) moves
 //! the version.
 //!
+//! A block also holds its JIT state (`jit/mod.rs`): runs so far, or its compiled code, which is dropped with it
+//! (decoded again: cold again; the cache cleared: the code buffer cleared).
+//!
 //! The jump cache maps a virtual pc to a block, without the version check (the fast path of every block). An
 //! entry also holds the RAM offset its pc translated to, and is used only while the fetch TLB translates the pc
 //! (at the current privilege) to that same offset: so `satp` writes, `sfence.vma` and privilege changes need

@@ -6,7 +6,8 @@
 //!
 //! Execution decodes once: instructions are decoded (compressed ones expanded) into blocks of compact ops
 //! (`decode.rs`), cached per hart by *physical* address with a jump cache from virtual pc (`block.rs`), and run
-//! by one `match` per op (`exec.rs`). A block ends at a control transfer, at anything that may change the
+//! by one `match` per op (`exec.rs`); on x86-64 hosts hot blocks are also compiled to host code (`jit/`, the
+//! default [`Engine`]; the interpreter stays the portable tier and the reference). A block ends at a control transfer, at anything that may change the
 //! execution context (every SYSTEM instruction: CSR accesses, xRET, `wfi`, `ecall`/`ebreak`, `sfence.vma`; and
 //! `fence.i`), at an illegal instruction and at the end of its page; an MMIO store ends it by leaving `run`.
 //! Interrupts, the budget and `instret` are handled per block, with exactly the results of a per-instruction

@@ -4,6 +4,8 @@
 
 use crate::common::*;
 use kemari_engine::{irq, Exit, Hart, Privilege};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A function that returns 1 in a0: `addi a0, zero, 1; ret`, on a page of its own.
 const FUNC: u64 = RAM_BASE + 0x3000;
@@ -387,4 +389,22 @@ fn code_cached_in_s_mode_is_not_run_by_u_mode_without_execute_permission() {
         .i(jalr(ZERO, RA, 0));
     assert_eq!(m.run_guest(Privilege::Supervisor, pt.satp(), &g), Trap::new(cause::FETCH_PAGE, func, func));
     assert_eq!(m.x(A0), 1, "S-mode ran it once");
+}
+
+#[test]
+fn a_set_exit_word_stops_the_hart_at_the_next_block() {
+    let mut m = Machine::new();
+    let mut a = Asm::new(CODE);
+    a.label("loop").i(addi(A0, A0, 1)).i(addi(A1, A1, 1)).j("loop");
+    m.load(&a);
+    let word = Arc::new(AtomicBool::new(false));
+    m.hart.set_exit_word(word.clone());
+    assert_eq!(m.step(999), Exit::Budget);
+    assert_eq!(m.state().instret, 999);
+    word.store(true, Ordering::Relaxed);
+    assert_eq!(m.step(1000), Exit::Budget);
+    assert_eq!(m.state().instret, 999, "nothing ran while the word was set");
+    word.store(false, Ordering::Relaxed);
+    assert_eq!(m.step(1000), Exit::Budget);
+    assert_eq!(m.state().instret, 1999);
 }
