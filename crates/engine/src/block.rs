@@ -62,6 +62,8 @@ struct Block {
     len: u32,
     /// The write version of its RAM page it was decoded at.
     version: u64,
+    /// Byte offset of its first instruction in its page.
+    page_off: u16,
     /// Its host code, or how often it ran without (see `jit/mod.rs`).
     jit: JitCode,
 }
@@ -87,6 +89,15 @@ impl Hasher for OffsetHasher {
     }
 }
 
+/// An exit of compiled code that went to `pc` in its own page and can be linked there (see `jit/mod.rs`).
+pub(crate) struct PendingLink {
+    /// Where its jump ends (`JitCtx::link`).
+    pub at: u64,
+    pub pc: u64,
+    /// `Jit::generation` when it was taken.
+    pub generation: u64,
+}
+
 /// A hart's decoded blocks.
 pub(crate) struct CodeCache {
     /// The RAM the blocks were decoded from.
@@ -98,6 +109,8 @@ pub(crate) struct CodeCache {
     ops: Vec<Op>,
     /// Host code of the compiled blocks.
     pub(crate) jit: Jit,
+    /// The last exit taken by compiled code, if it can be linked to the next block.
+    pub(crate) pending_link: Option<PendingLink>,
     /// Blocks decoded so far (statistics, for tests and benchmarks).
     pub(crate) decoded: u64,
 }
@@ -112,6 +125,7 @@ impl Default for CodeCache {
             by_offset: HashMap::default(),
             ops: Vec::new(),
             jit: Jit::default(),
+            pending_link: None,
             decoded: 0,
         }
     }
@@ -146,9 +160,9 @@ impl CodeCache {
     /// The host code of block `id` (offset, instructions it covers), compiled now if the block ran `threshold`
     /// times before.
     #[inline(always)]
-    pub(crate) fn compiled(&mut self, id: u32, threshold: u32) -> Option<(u32, u32)> {
+    pub(crate) fn compiled(&mut self, id: u32, threshold: u32) -> Option<JitCode> {
         match self.blocks[id as usize].jit {
-            JitCode::Compiled { offset, ops } => Some((offset, ops)),
+            code @ JitCode::Compiled { .. } => Some(code),
             JitCode::Never => None,
             JitCode::Cold(runs) if runs < threshold => {
                 self.blocks[id as usize].jit = JitCode::Cold(runs + 1);
@@ -158,26 +172,30 @@ impl CodeCache {
         }
     }
 
+    /// Where the instructions of block `id` are (`ops(start, end)`).
+    pub(crate) fn block_ops(&self, id: u32) -> (usize, usize) {
+        let b = &self.blocks[id as usize];
+        (b.start as usize, (b.start + b.len) as usize)
+    }
+
     #[inline(never)]
-    fn compile(&mut self, id: u32) -> Option<(u32, u32)> {
+    fn compile(&mut self, id: u32) -> Option<JitCode> {
         let b = &self.blocks[id as usize];
         let ops = &self.ops[b.start as usize..(b.start + b.len) as usize];
-        let code = match self.jit.compile(ops) {
+        let page_off = b.page_off as u64;
+        let code = match self.jit.compile(ops, id, page_off) {
             Err(CompileError::Full) => {
                 // Start the buffer afresh: every block goes cold again.
                 for b in &mut self.blocks {
                     b.jit = JitCode::Cold(0);
                 }
                 self.jit.clear();
-                self.jit.compile(ops).unwrap_or(JitCode::Never)
+                self.jit.compile(ops, id, page_off).unwrap_or(JitCode::Never)
             }
             r => r.unwrap_or(JitCode::Never),
         };
         self.blocks[id as usize].jit = code;
-        match code {
-            JitCode::Compiled { offset, ops } => Some((offset, ops)),
-            _ => None,
-        }
+        matches!(code, JitCode::Compiled { .. }).then_some(code)
     }
 }
 
@@ -283,7 +301,13 @@ impl Hart {
             }
         }
         code.decoded += 1;
-        Block { start: start as u32, len: (code.ops.len() - start) as u32, version, jit: JitCode::Cold(0) }
+        Block {
+            start: start as u32,
+            len: (code.ops.len() - start) as u32,
+            version,
+            page_off: (off & 0xfff) as u16,
+            jit: JitCode::Cold(0),
+        }
     }
 
     /// Drops the store translations if a page became a code page since this hart last looked.

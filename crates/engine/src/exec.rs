@@ -10,12 +10,12 @@
 //! ends the block right after itself. An MMIO store ends the block by leaving `run`; an MMIO load need not end
 //! it: the bus cannot reach the hart, and interrupt lines change only between runs.
 
-use crate::block::{CodeCache, Fetched};
+use crate::block::{CodeCache, Fetched, PendingLink};
 use crate::csr::mstatus;
 use crate::decode::{Kind, Op};
 use crate::fpu::{self, Rounding};
 use crate::hart::{cause, Bus, Engine, Exception, Exit, Hart, Privilege, Stop};
-use crate::jit::{self, JitCtx};
+use crate::jit::{self, JitCode, JitCtx};
 use crate::memory::GuestRam;
 use crate::mmu::{read_ram, write_ram, Access};
 use std::sync::atomic::Ordering;
@@ -97,10 +97,15 @@ impl Hart {
         vpc: u64,
         left: u64,
     ) -> (u64, Step) {
+        let link = code.pending_link.take();
         if self.engine == Engine::Jit {
-            if let Some((offset, n)) = code.compiled(id, self.jit_threshold) {
-                if n as u64 <= left {
-                    return self.run_compiled(code, ram, bus, offset, start, end, vpc, left);
+            if let Some(JitCode::Compiled { offset, chained, ops }) = code.compiled(id, self.jit_threshold) {
+                // The last block's exit went straight here: make it jump here itself from now on.
+                if let Some(link) = link.filter(|l| l.pc == vpc && l.generation == code.jit.generation) {
+                    code.jit.link(link.at, chained);
+                }
+                if ops as u64 <= left {
+                    return self.run_compiled(code, ram, bus, offset, id, vpc, left);
                 }
             }
         }
@@ -108,17 +113,17 @@ impl Hart {
         self.run_ops(ram, bus, code.ops(start, cut), vpc)
     }
 
-    /// Runs the host code at `offset` of the block `code.ops(start, end)`, then, if it fell back, the rest of
-    /// the block in the interpreter (cut to the budget). Same results as [`Hart::run_ops`].
+    /// Runs the host code at `offset` of block `id` (and the blocks it chains to), then, if one fell back, the
+    /// rest of that block in the interpreter (cut to the budget). Same results as [`Hart::run_ops`] over the
+    /// same instructions.
     #[allow(clippy::too_many_arguments)]
     fn run_compiled(
         &mut self,
-        code: &CodeCache,
+        code: &mut CodeCache,
         ram: &GuestRam,
         bus: &mut dyn Bus,
         offset: u32,
-        start: usize,
-        end: usize,
+        id: u32,
         vpc: u64,
         left: u64,
     ) -> (u64, Step) {
@@ -130,8 +135,12 @@ impl Hart {
             tag: self.data_tag(),
             vpc,
             exit: Arc::as_ptr(&self.exit_word),
-            pc: 0,
+            left,
             retired: 0,
+            pc: 0,
+            block: id as u64,
+            index: 0,
+            link: 0,
         };
         let status = code.jit.call(offset, &mut ctx);
         let n = ctx.retired;
@@ -139,10 +148,15 @@ impl Hart {
         match status {
             jit::DONE => {
                 self.s.pc = ctx.pc;
+                if ctx.link != 0 {
+                    code.pending_link = Some(PendingLink { at: ctx.link, pc: ctx.pc, generation: code.jit.generation });
+                }
                 (n, Ok(()))
             }
-            jit::FALLBACK => {
-                let i = start + n as usize;
+            _ => {
+                let (start, end) = code.block_ops(ctx.block as u32);
+                let vpc = ctx.vpc;
+                let i = start + ctx.index as usize;
                 let cut = end.min(i + (left - n) as usize);
                 if i == cut {
                     self.s.pc = vpc.wrapping_add(code.ops(i, i + 1)[0].off as u64);
@@ -151,7 +165,6 @@ impl Hart {
                 let (attempted, result) = self.run_ops(ram, bus, code.ops(i, cut), vpc);
                 (n + attempted, result)
             }
-            _ => (0, Ok(())),
         }
     }
 

@@ -428,6 +428,8 @@ impl Hart {
         }
         self.check_irq = true;
         let mut code = self.code.take().unwrap_or_default();
+        // Code may have been written since the last run: link only exits taken in this one.
+        code.pending_link = None;
         if code.bind(ram) {
             // Another RAM: translations point into the old one.
             self.tlb.flush_all();

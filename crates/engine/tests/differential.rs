@@ -12,6 +12,8 @@ mod common;
 
 use common::*;
 use kemari_engine::{irq, Engine, Exit};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A program run by both engines.
 struct Pair {
@@ -462,4 +464,33 @@ fn dirty_log_under_the_jit_is_exact() {
         assert_eq!(got, want, "round {round}: the log holds exactly the pages written (table page {table_page})");
     }
     assert!(m.hart.compiled_blocks() > 0);
+}
+
+#[test]
+fn the_exit_word_stops_a_chained_loop_from_another_thread() {
+    // A one-block loop that chains to itself: once linked, it runs in host code until the budget ends, unless
+    // the exit word stops it (checked at every chained entry). The budget here lasts for many seconds.
+    const BUDGET: u64 = 20_000_000_000;
+    let mut prog = Asm::new(CODE);
+    prog.label("loop").i(addi(A0, A0, 1)).i(addi(A1, A1, 2)).j("loop");
+    let mut m = Machine::new();
+    m.hart.set_engine(Engine::Jit);
+    m.hart.set_jit_threshold(0);
+    m.load(&prog);
+    let word = Arc::new(AtomicBool::new(false));
+    m.hart.set_exit_word(word.clone());
+    assert_eq!(m.step(99), Exit::Budget, "compiled and linked");
+    let setter = {
+        let word = word.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            word.store(true, Ordering::Relaxed);
+        })
+    };
+    assert_eq!(m.step(BUDGET), Exit::Budget);
+    setter.join().expect("setter thread");
+    let ran = m.state().instret - 99;
+    assert!(ran < BUDGET, "the word stopped the loop before its budget");
+    assert_eq!(ran % 3, 0, "stopped at a block boundary");
+    assert_eq!(m.x(A0) * 2, m.x(A1));
 }

@@ -51,13 +51,31 @@ impl CodeBuffer {
         Some(at)
     }
 
+    /// Patches the rel32 of the jump that ends at address `link` (inside a block copied in) to reach the code
+    /// at offset `target`. Leaves the buffer as it was if that fails (the exit then simply stays unlinked).
+    pub(crate) fn link(&mut self, link: usize, target: usize) {
+        let Some(buf) = self.buf.take() else { return };
+        let base = buf.as_ptr() as usize;
+        let at = link.wrapping_sub(base);
+        if at < 4 || at > self.used || target >= self.used {
+            self.buf = Some(buf);
+            return;
+        }
+        let rel = (target as i64 - at as i64) as i32;
+        let Ok(mut w) = buf.make_mut() else { return };
+        w[at - 4..at].copy_from_slice(&rel.to_le_bytes());
+        self.buf = w.make_exec().ok();
+    }
+
     /// Runs the block at `offset` on `ctx`; returns its exit code.
     pub(crate) fn call(&self, offset: usize, ctx: &mut JitCtx) -> u64 {
         let buf = self.buf.as_ref().expect("a compiled block exists only in a working buffer");
         assert!(offset < self.used);
         let entry = buf.ptr(AssemblyOffset(offset));
         // SAFETY: `offset` is the start of a block that `emit::compile` generated and `add` copied in (the owner
-        // forgets offsets on `clear`), and the mapping is executable now. Such code follows the SysV ABI
+        // forgets offsets on `clear`), and the mapping is executable now. Such code, and the code it chains to
+        // (only through jumps `link` patched to the chained entry of a block of the same generation), follows
+        // the SysV ABI
         // (restores every callee-saved register, leaves the stack as it found it) and touches memory only through
         // `ctx`'s pointers, which the caller (`Hart::run_compiled`) set from live objects it holds for the
         // whole call: the 32 integer registers, the load and store TLB arrays (`TLB_SIZE` entries each), and

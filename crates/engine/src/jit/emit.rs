@@ -10,6 +10,12 @@
 //! (tag = virtual page number | context bits), checks that the access stays inside the page, and on any
 //! mismatch jumps to a *fallback stub* of its op, which stores the written registers back and returns
 //! [`FALLBACK`] with the op's index.
+//!
+//! Layout of a block: the dispatcher's entry (saves the callee-saved registers, loads r14/r15), then the
+//! *chained* entry, where linked exits of other blocks jump (exit word and budget checks, the block's id, its
+//! registers loaded), the body, its exits, the fallback stubs. An exit to a static target in the same page
+//! ends with a 5-byte `jmp rel32` to the next instruction, which returns to the dispatcher and tells it where
+//! that jump is (`JitCtx::link`); linking patches the jump to the target's chained entry.
 
 // dynasm's dynamic-register operands (`Rq(reg)`) expand to `reg.into()`.
 #![allow(clippy::useless_conversion)]
@@ -19,7 +25,7 @@ use std::mem::offset_of;
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 
-use super::{JitCtx, DONE, FALLBACK, STOPPED};
+use super::{JitCtx, DONE, FALLBACK};
 use crate::decode::{Kind, Op};
 use crate::mmu::{TLB_ENTRY_SIZE, TLB_SIZE};
 
@@ -38,8 +44,12 @@ const CTX_STORE_TLB: i32 = offset_of!(JitCtx, store_tlb) as i32;
 const CTX_TAG: i32 = offset_of!(JitCtx, tag) as i32;
 const CTX_VPC: i32 = offset_of!(JitCtx, vpc) as i32;
 const CTX_EXIT: i32 = offset_of!(JitCtx, exit) as i32;
-const CTX_PC: i32 = offset_of!(JitCtx, pc) as i32;
+const CTX_LEFT: i32 = offset_of!(JitCtx, left) as i32;
 const CTX_RETIRED: i32 = offset_of!(JitCtx, retired) as i32;
+const CTX_PC: i32 = offset_of!(JitCtx, pc) as i32;
+const CTX_BLOCK: i32 = offset_of!(JitCtx, block) as i32;
+const CTX_INDEX: i32 = offset_of!(JitCtx, index) as i32;
+const CTX_LINK: i32 = offset_of!(JitCtx, link) as i32;
 
 const _: () = assert!(TLB_ENTRY_SIZE == 16, "the TLB lookup scales the index by 16");
 
@@ -65,17 +75,26 @@ struct Emitter {
     written: u32,
     /// Fallback stubs still to emit: label, op index, registers written before the op.
     fallbacks: Vec<(DynamicLabel, usize, u32)>,
+    /// Byte offset of the block's first instruction in its page.
+    page_off: i64,
 }
 
-/// Compiles `ops` (the first ops of a block of `block_len`, all of which [`super::compiles`]) for the address
-/// `base`. Returns the machine code, or `None` if the assembler refused it.
-pub(super) fn compile(ops: &[Op], block_len: usize, base: usize) -> Option<Vec<u8>> {
-    let mut e = Emitter { a: Assembler::new(base), host: [None; 32], written: 0, fallbacks: Vec::new() };
+/// Compiles `ops` (the first ops of block `id`, `block_len` long, all of which [`super::compiles`]), whose
+/// first instruction is at byte `page_off` of its page, for the address `base`. Returns the machine code and
+/// the offset of its chained entry, or `None` if the assembler refused it.
+pub(super) fn compile(ops: &[Op], block_len: usize, base: usize, id: u32, page_off: u64) -> Option<(Vec<u8>, usize)> {
+    let mut e = Emitter {
+        a: Assembler::new(base),
+        host: [None; 32],
+        written: 0,
+        fallbacks: Vec::new(),
+        page_off: page_off as i64,
+    };
     e.allocate(ops);
-    e.prologue();
+    let chained = e.prologue(ops.len(), id);
     for (i, op) in ops.iter().enumerate() {
         if e.op(i, op) {
-            return e.finish();
+            return e.finish().map(|code| (code, chained));
         }
     }
     if ops.len() < block_len {
@@ -89,7 +108,7 @@ pub(super) fn compile(ops: &[Op], block_len: usize, base: usize) -> Option<Vec<u
         e.pc_plus(RAX, last.off as i64 + last.len as i64);
         e.exit(ops.len());
     }
-    e.finish()
+    e.finish().map(|code| (code, chained))
 }
 
 impl Emitter {
@@ -109,13 +128,12 @@ impl Emitter {
         }
     }
 
-    fn prologue(&mut self) {
-        let stopped = self.a.new_dynamic_label();
+    /// The entries (see the module docs) of a block of `n` compiled ops; returns the offset of the chained one.
+    fn prologue(&mut self, n: usize, id: u32) -> usize {
+        let bail = self.a.new_dynamic_label();
+        let body = self.a.new_dynamic_label();
         dynasm!(self.a
             ; .arch x64
-            ; mov rax, QWORD [rdi + CTX_EXIT]
-            ; cmp BYTE [rax], 0
-            ; jne =>stopped
             ; push rbx
             ; push rbp
             ; push r12
@@ -125,21 +143,36 @@ impl Emitter {
             ; mov r15, rdi
             ; mov r14, QWORD [r15 + CTX_X]
         );
+        let chained = self.a.offset().0;
+        dynasm!(self.a
+            ; .arch x64
+            ; mov rax, QWORD [r15 + CTX_EXIT]
+            ; cmp BYTE [rax], 0
+            ; jne =>bail
+            ; mov rax, QWORD [r15 + CTX_LEFT]
+            ; sub rax, QWORD [r15 + CTX_RETIRED]
+            ; cmp rax, n as i32
+            ; jb =>bail
+            ; mov QWORD [r15 + CTX_BLOCK], id as i32
+        );
         for g in 1..32 {
             if let Some(h) = self.host[g] {
                 let disp = 8 * g as i32;
                 dynasm!(self.a ; .arch x64 ; mov Rq(h), QWORD [r14 + disp]);
             }
         }
-        let body = self.a.new_dynamic_label();
+        // Not started: the dispatcher goes on at this block.
         dynasm!(self.a
             ; .arch x64
             ; jmp =>body
-            ; =>stopped
-            ; mov eax, STOPPED as i32
-            ; ret
-            ; =>body
+            ; =>bail
+            ; mov rax, QWORD [r15 + CTX_VPC]
+            ; mov QWORD [r15 + CTX_PC], rax
+            ; mov QWORD [r15 + CTX_LINK], 0
         );
+        self.epilogue(DONE);
+        dynasm!(self.a ; .arch x64 ; =>body);
+        chained
     }
 
     /// `reg` = guest register `g`.
@@ -206,7 +239,36 @@ impl Emitter {
     fn exit(&mut self, retired: usize) {
         dynasm!(self.a ; .arch x64 ; mov QWORD [r15 + CTX_PC], rax);
         self.write_back(self.written);
-        dynasm!(self.a ; .arch x64 ; mov QWORD [r15 + CTX_RETIRED], retired as i32);
+        dynasm!(self.a
+            ; .arch x64
+            ; add QWORD [r15 + CTX_RETIRED], retired as i32
+            ; mov QWORD [r15 + CTX_LINK], 0
+        );
+        self.epilogue(DONE);
+    }
+
+    /// Ends the block, `retired` instructions done, going on at the block's pc + `delta`: through a linkable
+    /// jump if that is in the same page.
+    fn exit_to(&mut self, retired: usize, delta: i64) {
+        if !(0..4096).contains(&(self.page_off + delta)) {
+            self.pc_plus(RAX, delta);
+            self.exit(retired);
+            return;
+        }
+        let jump_end = self.a.new_dynamic_label();
+        self.write_back(self.written);
+        dynasm!(self.a
+            ; .arch x64
+            ; add QWORD [r15 + CTX_RETIRED], retired as i32
+            ; add QWORD [r15 + CTX_VPC], delta as i32
+            // The linkable jump (rel32, to the next instruction until linked).
+            ; jmp =>jump_end
+            ; =>jump_end
+            ; lea rax, [=>jump_end]
+            ; mov QWORD [r15 + CTX_LINK], rax
+            ; mov rax, QWORD [r15 + CTX_VPC]
+            ; mov QWORD [r15 + CTX_PC], rax
+        );
         self.epilogue(DONE);
     }
 
@@ -214,7 +276,11 @@ impl Emitter {
         for (label, index, written) in std::mem::take(&mut self.fallbacks) {
             dynasm!(self.a ; .arch x64 ; =>label);
             self.write_back(written);
-            dynasm!(self.a ; .arch x64 ; mov QWORD [r15 + CTX_RETIRED], index as i32);
+            dynasm!(self.a
+                ; .arch x64
+                ; add QWORD [r15 + CTX_RETIRED], index as i32
+                ; mov QWORD [r15 + CTX_INDEX], index as i32
+            );
             self.epilogue(FALLBACK);
         }
         self.a.finalize().ok()
@@ -283,11 +349,9 @@ impl Emitter {
         self.get(op.rs1, RAX);
         dynasm!(self.a ; .arch x64 ; cmp rax, rcx);
         jcc(&mut self.a, taken);
-        self.pc_plus(RAX, op.off as i64 + op.len as i64);
-        self.exit(i + 1);
+        self.exit_to(i + 1, op.off as i64 + op.len as i64);
         dynasm!(self.a ; .arch x64 ; =>taken);
-        self.pc_plus(RAX, op.off as i64 + op.imm as i64);
-        self.exit(i + 1);
+        self.exit_to(i + 1, op.off as i64 + op.imm as i64);
     }
 
     /// Emits op `i`; returns true if it ended the block.
@@ -308,8 +372,7 @@ impl Emitter {
             Jal => {
                 self.pc_plus(RAX, next);
                 self.set(op.rd, RAX);
-                self.pc_plus(RAX, op.off as i64 + op.imm as i64);
-                self.exit(i + 1);
+                self.exit_to(i + 1, op.off as i64 + op.imm as i64);
                 return true;
             }
             Jalr => {

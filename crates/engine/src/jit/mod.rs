@@ -17,8 +17,17 @@
 //! - A compiled block runs only when its whole compiled part fits in the budget (otherwise the interpreter
 //!   runs it, cut where the budget ends); it returns how many instructions retired, so `instret` and the pc
 //!   are exact at every exit.
-//! - Interrupts: nothing compiled code runs can make one pending, and blocks return to the dispatcher in
-//!   `exec.rs`, which checks them between blocks as for the interpreter.
+//! - Interrupts: nothing compiled code runs can make one pending (interrupt lines change between runs, and
+//!   CSR writes, xRET and traps are never compiled), so blocks may run one after another without the
+//!   dispatcher's check in between.
+//!
+//! Chaining: a block whose exit has a static target in its own page (a branch either way, `jal`) jumps straight
+//! into the target's compiled code once the dispatcher has *linked* the exit (it patches the exit's jump the
+//! first time it sees the exit taken to a compiled block). The target's entry checks the exit word and that
+//! its compiled part fits in what is left of the budget, else it returns to the dispatcher. Both blocks come
+//! from the same physical page (the virtual page is the same, so is its translation), so they are decoded
+//! again together when the page is written and a link never outlives either; clearing the buffer bumps
+//! [`Jit::generation`], so no link is made into or from dropped code.
 //! - Coherence: compiled code belongs to its decoded block (`block.rs`) and goes with it: a block decoded again
 //!   because its page was written starts cold; dropping the decoded blocks (a full cache, another RAM) drops the
 //!   compiled code too. Nothing here depends on the hart's state, so `set_state`, checkpoints and `take_dirty`
@@ -26,7 +35,7 @@
 //!
 //! Guest registers used by a block live in host registers while it runs and are written back at every exit
 //! (the ones it wrote). Each block starts by reading the hart's *exit word*: when set, it returns at once, so
-//! whoever holds the word can stop a hart between two blocks.
+//! whoever holds the word can stop a hart between two blocks, also in a chain that loops.
 
 #[cfg(target_arch = "x86_64")]
 mod buffer;
@@ -58,18 +67,25 @@ pub(crate) struct JitCtx {
     pub vpc: u64,
     /// The exit word.
     pub exit: *const AtomicBool,
+    /// Instructions the call may retire (chained blocks run only if all of their compiled part fits).
+    pub left: u64,
+    /// Out (in: 0): instructions retired, over all the blocks of a chain.
+    pub retired: u64,
     /// Out: the next pc (after [`DONE`]).
     pub pc: u64,
-    /// Out: instructions retired; after [`FALLBACK`] also the index of the op to go on with.
-    pub retired: u64,
+    /// Out: the block running last (its id in `CodeCache::blocks`); `vpc` is its virtual pc.
+    pub block: u64,
+    /// Out: after [`FALLBACK`], the index in that block of the op the interpreter goes on with.
+    pub index: u64,
+    /// Out: after [`DONE`], the address of the exit's jump to patch to link it to the block at `pc`, or 0.
+    pub link: u64,
 }
 
-/// The block ran to its end; `pc` and `retired` say where it went.
+/// The block ran to its end (or a chained block did not start: the exit word, the budget); `pc` says where it
+/// went on.
 pub(crate) const DONE: u64 = 0;
-/// The block stopped before op `retired`, which the interpreter must run.
+/// The last block stopped before op `index`, which the interpreter must run.
 pub(crate) const FALLBACK: u64 = 1;
-/// The exit word was set: nothing ran.
-pub(crate) const STOPPED: u64 = 2;
 
 /// Whether compiled code can run `op` (otherwise a compiled block ends before it).
 pub(crate) fn compiles(op: &Op) -> bool {
@@ -81,8 +97,9 @@ pub(crate) fn compiles(op: &Op) -> bool {
 pub(crate) enum JitCode {
     /// Not compiled (yet): counts the runs so far.
     Cold(u32),
-    /// Host code at `offset` in the hart's buffer, covering the block's first `ops` instructions.
-    Compiled { offset: u32, ops: u32 },
+    /// Host code at `offset` in the hart's buffer (entered from the dispatcher; chained blocks jump to
+    /// `chained`), covering the block's first `ops` instructions.
+    Compiled { offset: u32, chained: u32, ops: u32 },
     /// Nothing to compile (its first op is one the JIT does not handle).
     Never,
 }
@@ -102,37 +119,53 @@ pub(crate) struct Jit {
     buffer: Option<buffer::CodeBuffer>,
     /// Blocks compiled so far (statistics, for tests and benchmarks).
     pub compiled: u64,
+    /// Moves whenever the buffer is cleared (links are made only within one generation).
+    pub generation: u64,
 }
 
 impl Jit {
     /// Forgets all compiled code (the caller dropped every [`JitCode::Compiled`]).
     pub(crate) fn clear(&mut self) {
+        self.generation += 1;
         #[cfg(target_arch = "x86_64")]
         if let Some(b) = &mut self.buffer {
             b.clear();
         }
     }
 
-    /// Compiles the beginning of `ops` (a decoded block) that the JIT handles.
+    /// Compiles the beginning of `ops` that the JIT handles: block `id`, starting at byte `page_off` of its page.
     #[cfg(target_arch = "x86_64")]
-    pub(crate) fn compile(&mut self, ops: &[Op]) -> Result<JitCode, CompileError> {
+    pub(crate) fn compile(&mut self, ops: &[Op], id: u32, page_off: u64) -> Result<JitCode, CompileError> {
         let n = ops.iter().take_while(|op| compiles(op)).count();
         if n == 0 {
             return Err(CompileError::Refused);
         }
         let buffer = self.buffer.get_or_insert_with(|| buffer::CodeBuffer::new(BUFFER_SIZE));
-        let code = emit::compile(&ops[..n], ops.len(), buffer.next_addr()).ok_or(CompileError::Refused)?;
+        let (code, chained) =
+            emit::compile(&ops[..n], ops.len(), buffer.next_addr(), id, page_off).ok_or(CompileError::Refused)?;
         let offset = buffer.add(&code).ok_or(CompileError::Full)?;
         self.compiled += 1;
-        Ok(JitCode::Compiled { offset: offset as u32, ops: n as u32 })
+        Ok(JitCode::Compiled { offset: offset as u32, chained: (offset + chained) as u32, ops: n as u32 })
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    pub(crate) fn compile(&mut self, _ops: &[Op]) -> Result<JitCode, CompileError> {
+    pub(crate) fn compile(&mut self, _ops: &[Op], _id: u32, _page_off: u64) -> Result<JitCode, CompileError> {
         Err(CompileError::Refused)
     }
 
-    /// Runs compiled code at `offset`; returns [`DONE`], [`FALLBACK`] or [`STOPPED`].
+    /// Makes the exit whose jump ends at address `link` (from [`JitCtx::link`]) jump to the code at offset
+    /// `chained` (a [`JitCode::Compiled`] of this generation).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn link(&mut self, link: u64, chained: u32) {
+        if let Some(b) = &mut self.buffer {
+            b.link(link as usize, chained as usize);
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(crate) fn link(&mut self, _link: u64, _chained: u32) {}
+
+    /// Runs compiled code at `offset`; returns [`DONE`] or [`FALLBACK`].
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn call(&self, offset: u32, ctx: &mut JitCtx) -> u64 {
         self.buffer.as_ref().expect("compiled code has a buffer").call(offset as usize, ctx)
