@@ -194,17 +194,31 @@ pub struct GuestClock {
     /// A paused machine's time stands still (so a restored guest sees no jump, and save → restore → save is
     /// exact).
     paused: bool,
+    /// Moves only by [`GuestClock::advance`] (never with the host clock).
+    manual: bool,
 }
 
 impl GuestClock {
     /// A running clock starting at `offset` ticks.
     pub fn new(offset: u64) -> GuestClock {
-        GuestClock { start: Instant::now(), offset, paused: false }
+        GuestClock { start: Instant::now(), offset, paused: false, manual: false }
     }
 
     /// A stopped clock at `offset` ticks.
     pub fn paused(offset: u64) -> GuestClock {
-        GuestClock { start: Instant::now(), offset, paused: true }
+        GuestClock { start: Instant::now(), offset, paused: true, manual: false }
+    }
+
+    /// A clock at `offset` ticks that moves only when told to: guest time as a function of the run, not of the
+    /// host, so that two runs of one guest can be compared round by round (the engines' lockstep test).
+    pub fn manual(offset: u64) -> GuestClock {
+        GuestClock { start: Instant::now(), offset, paused: true, manual: true }
+    }
+
+    /// Moves a manual clock on by `ticks`.
+    pub fn advance(&mut self, ticks: u64) {
+        assert!(self.manual, "only a manual clock is advanced");
+        self.offset = self.offset.saturating_add(ticks);
     }
 
     pub fn now(&self) -> u64 {
@@ -222,13 +236,17 @@ impl GuestClock {
     }
 
     pub fn resume(&mut self) {
-        if self.paused {
+        if self.paused && !self.manual {
             self.start = Instant::now();
             self.paused = false;
         }
     }
 
     fn until(&self, tick: u64) -> Duration {
+        if self.manual {
+            // Waiting would not bring the deadline closer.
+            return Duration::ZERO;
+        }
         let now = self.now();
         Duration::from_nanos(tick.saturating_sub(now).saturating_mul(1_000_000_000 / layout::TIMEBASE_HZ))
     }

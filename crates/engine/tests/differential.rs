@@ -3,7 +3,7 @@
 //! accesses they made, their dirty logs (taken at every step, as checkpoints do) and the contents of the pages
 //! written must be identical; at the end, the whole of RAM too. Programs: seeded random integer instruction
 //! streams (M-mode without translation and S-mode under Sv39; the seed is in every failure message, and
-//! `KEMARI_DIFF_SEED=N` runs that one seed), self-modifying code, a page fault in the middle of a compiled
+//! `KEMARI_DIFF_SEED=N` runs that one seed), self-modifying code, code written by a device (`GuestRam::write`) and by another hart (with `fence.i`), a page fault in the middle of a compiled
 //! block, an interrupt raised during a long block, LR/SC across checkpoints. Besides, dirty logging under the
 //! JIT alone: a hot, compiled loop writes a known set of pages between two `take_dirty` calls.
 
@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use kemari_engine::{irq, Engine, Exit};
+use kemari_engine::{irq, Engine, Exit, Hart};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -313,6 +313,111 @@ fn self_modifying_code_is_seen_at_once() {
     pair.run_to_halt(7, 10_000);
     // a0 = 1 + 2 + ... + 20
     assert_eq!(pair.jit.x(A0), 210);
+}
+
+/// Hart 0's loop: calls the function at `slot` (`addi a0, a0, K; ret`), stores to the pause register (a step
+/// ends there, so the test can change the function between calls), ten times.
+fn call_slot_ten_times(slot: u64) -> (Asm, Asm) {
+    let mut prog = Asm::new(CODE);
+    prog.li(S2, 10).li(A0, 0).li(S4, slot);
+    prog.label("loop")
+        .i(jalr(RA, S4, 0))
+        .i(sw(ZERO, PAUSE_MMIO as i32, ZERO))
+        .i(addi(S2, S2, -1))
+        .bne(S2, ZERO, "loop")
+        .i(ecall());
+    let mut func = Asm::new(slot);
+    func.i(addi(A0, A0, 0)).i(jalr(ZERO, RA, 0));
+    (prog, func)
+}
+
+/// Steps both machines to hart 0's next MMIO store; true if it was the halt.
+fn to_next_store(pair: &mut Pair, n: &mut usize) -> bool {
+    loop {
+        *n += 1;
+        match pair.step(1000, *n) {
+            Exit::Budget => {}
+            Exit::MmioStore => return pair.interp.bus.halted,
+            other => panic!("unexpected exit {other:?}; {}", pair.what),
+        }
+    }
+}
+
+#[test]
+fn code_written_by_a_device_runs_at_once() {
+    // Between two calls, a device (here the test, through `GuestRam::write`, the path of virtio DMA) rewrites
+    // the compiled function: `addi a0, a0, K` with K the number of calls so far.
+    let slot = CODE + 0x1000;
+    let (prog, func) = call_slot_ten_times(slot);
+    let mut pair = Pair::new("device write into code".into(), |m| {
+        m.load(&prog);
+        m.load(&func);
+    });
+    let (mut n, mut calls) = (0, 0u32);
+    while !to_next_store(&mut pair, &mut n) {
+        calls += 1;
+        let insn = addi(A0, A0, calls as i32).to_le_bytes();
+        pair.both(|m| m.write_bytes(slot, &insn));
+    }
+    pair.compare_ram();
+    assert_eq!(calls, 10);
+    assert_eq!(pair.jit.x(A0), (0..10).sum::<u64>(), "every call runs what the device wrote last");
+}
+
+#[test]
+fn code_written_by_another_hart_runs_after_its_fence_i() {
+    // Hart 1 rewrites the function hart 0 calls (compiled), then runs `fence.i`. Before hart 0 first runs it,
+    // hart 1 stores to the function's page, so it holds a store translation for the page when the page
+    // becomes code: that translation must not let its later stores past the code cache.
+    let slot = CODE + 0x1000;
+    let writer_code = CODE + 0x2000;
+    let (prog, func) = call_slot_ten_times(slot);
+    let mut writer = Asm::new(writer_code);
+    writer.i(sw(ZERO, 0x7f8, S3)).i(sw(ZERO, PAUSE_MMIO as i32, ZERO));
+    writer
+        .label("again")
+        .i(addi(T3, T3, 1))
+        .i(slli(T4, T3, 20))
+        .i(or(T4, T4, T5))
+        .i(sw(T4, 0, S3))
+        .i(fence_i())
+        .i(sw(ZERO, PAUSE_MMIO as i32, ZERO))
+        .j("again");
+    let mut pair = Pair::new("code written by another hart".into(), |m| {
+        m.load(&prog);
+        m.load(&func);
+        m.load(&writer);
+    });
+    let mut writers = [Engine::Interp, Engine::Jit].map(|engine| {
+        let mut h = Hart::new(1, false);
+        h.set_engine(engine);
+        h.set_jit_threshold(1);
+        h.set_pc(writer_code);
+        h.set_reg(S3 as usize, slot);
+        h.set_reg(T5 as usize, addi(A0, A0, 0) as u64);
+        h
+    });
+    // Runs hart 1 on both machines to its next pause.
+    let write = |pair: &mut Pair, writers: &mut [Hart; 2]| {
+        let a = writers[0].run(&pair.interp.ram, &mut pair.interp.bus, 1000);
+        let b = writers[1].run(&pair.jit.ram, &mut pair.jit.bus, 1000);
+        assert_eq!((a, b), (Exit::MmioStore, Exit::MmioStore), "hart 1 did not reach its pause");
+        assert_eq!(writers[0].state(), writers[1].state(), "hart 1 differs; {}", pair.what);
+    };
+    write(&mut pair, &mut writers);
+    // The first call without a dirty-log harvest after it (a harvest drops every store translation, the stale
+    // one too), then hart 1 writes.
+    let first = (pair.interp.step(1000), pair.jit.step(1000));
+    assert_eq!(first, (Exit::MmioStore, Exit::MmioStore), "hart 0 did not reach its first pause");
+    write(&mut pair, &mut writers);
+    let (mut n, mut calls) = (0, 1u32);
+    while !to_next_store(&mut pair, &mut n) {
+        calls += 1;
+        write(&mut pair, &mut writers);
+    }
+    pair.compare_ram();
+    assert_eq!(calls, 10);
+    assert_eq!(pair.jit.x(A0), (0..10).sum::<u64>(), "every call runs what hart 1 wrote last");
 }
 
 #[test]
