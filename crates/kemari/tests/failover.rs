@@ -48,6 +48,10 @@
 //!   one CHECKPOINT; the secondary rejects it, the primary resends, protection goes on, and a later failover
 //!   resumes the guest from good state with no console gap. (That pair replicates in plaintext: the proxy must
 //!   read the protocol. Every other pair uses mutual TLS, as the README's examples do.)
+//! - `two_pairs_survive_the_loss_of_their_whole_primary_host`: two VMs (`web1`, `web2`), each with its own
+//!   tap, MAC, address and standby port, both primaries on host `pri`, both standbys on `sec`, a client TCP
+//!   session to each; both primaries are SIGKILLed at once; both standbys take over, both sessions complete
+//!   with no reset and the right bytes, and each VM's name is in its log lines and `status`.
 //! - `guest_memory_crosses_the_replication_link_only_encrypted`: a packet capture on the standby's end of the
 //!   link finds no trace of a marker the guest holds in memory and prints, where the same capture of a
 //!   plaintext pair finds it.
@@ -1068,4 +1072,67 @@ fn guest_memory_crosses_the_replication_link_only_encrypted() {
     assert!(tls_bytes > 4096, "the capture saw only {tls_bytes} bytes of the TLS link: checkpoints did not cross it");
     assert!(!tls_leak, "guest memory crossed the TLS replication link in plaintext");
     eprintln!("captured {tls_bytes} bytes over TLS (no marker), {plain_bytes} in plaintext (marker found)");
+}
+
+/// Two protected VMs, `web1` and `web2`, each a primary on host A (`pri`) with its standby on host B (`sec`),
+/// each with its own tap, MAC, address and standby port, and a client TCP session to each. Host A is lost at
+/// once (both primaries SIGKILLed back to back): both standbys take over, and both sessions carry on with no
+/// reset and no lost or wrong byte. Each VM's name is in its own log lines (and not the other's) and in its
+/// `status`.
+#[test]
+fn two_pairs_survive_the_loss_of_their_whole_primary_host() {
+    let _serial = ft::serial();
+    let mut rng = Rng::new("two_pairs_survive_the_loss_of_their_whole_primary_host");
+    let len = (env_u64("KEMARI_FT_STREAM_MIB", 64) << 20) as usize / 4;
+    let net = std::sync::Arc::new(Topology::new());
+    let names = ["web1", "web2"];
+    let mut pairs: Vec<Pair> = [ft::FIRST_GUEST, ft::SECOND_GUEST]
+        .into_iter()
+        .zip(names)
+        .map(|(guest, name)| {
+            Pair::start_on(net.clone(), PairOptions { guest, name: Some(name.into()), ..PairOptions::default() })
+        })
+        .collect();
+    for (pair, name) in pairs.iter().zip(names) {
+        for (node, status) in [("primary", pair.primary_status()), ("secondary", pair.secondary_status())] {
+            assert_eq!(status["name"], name, "{name}'s {node} status: {status}");
+            assert_eq!(status["protection"], "protected", "{name}'s {node} status: {status}");
+        }
+    }
+    let mut streams = Vec::new();
+    for pair in &mut pairs {
+        ft::start_guest_echo(&mut pair.primary, ECHO_PORT);
+        streams.push(EchoStream::start_to(&net.cli, pair.guest.ip, ECHO_PORT, len, rng.next_u64()));
+    }
+    // A random moment with both sessions well under way.
+    for stream in &streams {
+        stream.wait_received(rng.range(len as u64 / 16, len as u64 / 2));
+    }
+    for pair in &mut pairs {
+        pair.kill_primary();
+    }
+    for (stream, name) in streams.iter().zip(names) {
+        assert!(stream.received() < len as u64, "{name}'s stream ended before the kill, nothing was tested");
+    }
+    let mut said = Vec::new();
+    for pair in &mut pairs {
+        said.push(pair.wait_failover());
+    }
+    for ((stream, pair), name) in streams.into_iter().zip(&pairs).zip(names) {
+        let result = stream.finish();
+        let status = pair.secondary_status();
+        assert_eq!(status["name"], name, "{name}'s new primary's status: {status}");
+        assert_eq!(status["role"], "primary", "{name}'s standby took over: {status}");
+        let other = names.iter().find(|&&n| n != name).unwrap();
+        for (node, vm) in [("primary", &pair.primary), ("secondary", &pair.secondary)] {
+            let log = vm.stderr();
+            let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("kemari")).collect();
+            assert!(!lines.is_empty(), "{name}'s {node} logged nothing");
+            let unnamed: Vec<&&str> = lines.iter().filter(|l| !l.starts_with(&format!("kemari[{name}]: "))).collect();
+            assert!(unnamed.is_empty(), "{name}'s {node} logged lines without its name: {unnamed:?}");
+            assert!(!log.contains(&format!("kemari[{other}]")), "{name}'s {node} logged as {other}:\n{log}");
+        }
+        eprintln!("{name}: sha256 {} after the host's loss", result.got_sha256);
+    }
+    eprintln!("failovers: {said:?}");
 }

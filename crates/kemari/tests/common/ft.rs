@@ -17,8 +17,12 @@
 //! in; so each host has a little bridge `hostbr` with the tap and an uplink veth to the shared `br0`. The guest
 //! MAC is the same on both taps: after a failover the new primary announces it and `br0` learns the new port.
 //!
+//! A second protected guest fits beside the first ([`SECOND_GUEST`]: tap `kmrtap1` on both hosts, its own MAC,
+//! address and standby port); pairs then share one [`Topology`].
+//!
 //! Everything is torn down on drop, also when a test panics: [`Pair`] kills its kemari processes first (field
-//! order), then removes its temporary directory (arbiter, disks, control sockets), then the namespaces.
+//! order), then removes its temporary directory (arbiter, disks, control sockets), then the namespaces (once
+//! no pair holds them any more).
 //!
 //! Timeouts here only keep a broken build from hanging the suite; nothing asserts on time.
 
@@ -50,6 +54,43 @@ pub const STANDBY_PORT: u16 = 7700;
 pub const PROXY_PORT: u16 = 7701;
 /// Name of the replication veth on both sides.
 pub const REPL_DEV: &str = "repl";
+
+/// Where one protected guest sits on the hosts: its tap (the same name on both hosts), MAC, address on the
+/// client network and standby port. Several pairs can share one [`Topology`], each with a guest of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestNet {
+    pub tap: &'static str,
+    pub mac: &'static str,
+    pub mac_bytes: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub standby_port: u16,
+}
+
+/// The guest every test has (the constants above).
+pub const FIRST_GUEST: GuestNet =
+    GuestNet { tap: TAP, mac: GUEST_MAC, mac_bytes: GUEST_MAC_BYTES, ip: GUEST_IP, standby_port: STANDBY_PORT };
+
+/// A second guest beside the first (its own tap, MAC, address and standby port).
+pub const SECOND_GUEST: GuestNet = GuestNet {
+    tap: "kmrtap1",
+    mac: "52:54:00:12:34:57",
+    mac_bytes: [0x52, 0x54, 0x00, 0x12, 0x34, 0x57],
+    ip: Ipv4Addr::new(10, 0, 3, 16),
+    standby_port: 7710,
+};
+
+impl Default for GuestNet {
+    fn default() -> GuestNet {
+        FIRST_GUEST
+    }
+}
+
+impl GuestNet {
+    /// The `--net` argument of both nodes.
+    pub fn net_arg(&self) -> String {
+        format!("tap={},mac={}", self.tap, self.mac)
+    }
+}
 
 /// Heartbeat interval given to both processes (the product default).
 pub const HEARTBEAT_MS: u64 = 50;
@@ -136,6 +177,14 @@ impl Topology {
         pri.add_addr(REPL_DEV, &format!("{PRIMARY_REPL_IP}/24"));
         sec.add_addr(REPL_DEV, &format!("{SECONDARY_REPL_IP}/24"));
         Topology { cli, pri, sec, br }
+    }
+
+    /// Gives both hosts one more administrator's tap `tap` on their `hostbr` (for a second guest).
+    pub fn add_guest_tap(&self, tap: &str) {
+        for host in [&self.pri, &self.sec] {
+            host.add_bare_tap(tap);
+            host.join_bridge(tap, "hostbr");
+        }
     }
 
     /// Partitions the two hosts: the replication link goes down on both ends (the client network stays up).
@@ -357,6 +406,10 @@ pub struct PairOptions {
     pub plaintext: bool,
     /// The `--arbiter` both nodes get (e.g. `etcd:...`) instead of a file arbiter in the pair's directory.
     pub arbiter: Option<String>,
+    /// The guest's tap, MAC, address and standby port ([`FIRST_GUEST`] unless another pair has it).
+    pub guest: GuestNet,
+    /// The VM's `--name` on both nodes.
+    pub name: Option<String>,
 }
 
 /// The VM the test certificates name.
@@ -392,6 +445,18 @@ pub fn standby_args_with(
     api: &Path,
     certs: Option<&Path>,
 ) -> Vec<String> {
+    standby_args_for(arbiter, listen, node, api, certs, &FIRST_GUEST)
+}
+
+/// [`standby_args_with`] for the guest `guest`.
+pub fn standby_args_for(
+    arbiter: &str,
+    listen: SocketAddr,
+    node: &str,
+    api: &Path,
+    certs: Option<&Path>,
+    guest: &GuestNet,
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "standby",
         "--listen",
@@ -405,7 +470,7 @@ pub fn standby_args_with(
         "--heartbeat-timeout-ms",
         &HEARTBEAT_TIMEOUT_MS.to_string(),
         "--net",
-        &format!("tap={TAP},mac={GUEST_MAC}"),
+        &guest.net_arg(),
         "--api",
         &api.display().to_string(),
     ]
@@ -431,7 +496,10 @@ pub struct Pair {
     /// The nodes' certificates (None: the pair replicates in plaintext).
     pub certs: Option<PathBuf>,
     pub dir: TempDir,
-    pub net: Topology,
+    /// The guest's place on the hosts.
+    pub guest: GuestNet,
+    /// The hosts, which other pairs may share.
+    pub net: Arc<Topology>,
 }
 
 impl Pair {
@@ -441,9 +509,15 @@ impl Pair {
         Pair::start_on(Topology::new(), opts)
     }
 
-    /// [`Pair::start`] on hosts the caller made (and may have joined to more, e.g. an etcd cluster).
-    pub fn start_on(net: Topology, opts: PairOptions) -> Pair {
+    /// [`Pair::start`] on hosts the caller made (and may have joined to more, e.g. an etcd cluster, or may share
+    /// with another pair whose `opts.guest` differs).
+    pub fn start_on(net: impl Into<Arc<Topology>>, opts: PairOptions) -> Pair {
         require_ft_cli();
+        let net: Arc<Topology> = net.into();
+        let guest = opts.guest;
+        if guest.tap != TAP {
+            net.add_guest_tap(guest.tap);
+        }
         let dir = TempDir::new("pair");
         let arbiter = dir.path("arbiter");
         std::fs::create_dir_all(&arbiter).unwrap();
@@ -468,17 +542,20 @@ impl Pair {
             }
         };
         let arbiter_arg = opts.arbiter.clone().unwrap_or_else(|| format!("file:{}", arbiter.display()));
-        let net_arg = format!("tap={TAP},mac={GUEST_MAC}");
+        let net_arg = guest.net_arg();
+        let name_args: Vec<String> = opts.name.iter().flat_map(|n| ["--name".to_string(), n.clone()]).collect();
         let hb = HEARTBEAT_MS.to_string();
         let hb_timeout = HEARTBEAT_TIMEOUT_MS.to_string();
 
-        let mut standby = standby_args_with(
+        let mut standby = standby_args_for(
             &arbiter_arg,
-            SocketAddr::from((SECONDARY_REPL_IP, STANDBY_PORT)),
+            SocketAddr::from((SECONDARY_REPL_IP, guest.standby_port)),
             "sec",
             &secondary_api,
             certs.as_deref(),
+            &guest,
         );
+        standby.extend(name_args.iter().cloned());
         if let (Some(storage), Some(disk)) = (opts.disk, &secondary_disk) {
             standby.extend(["--storage".into(), storage.flag().into(), "--disk".into(), disk.display().to_string()]);
         }
@@ -495,7 +572,7 @@ impl Pair {
         let protect = if opts.proxy {
             format!("{PRIMARY_REPL_IP}:{PROXY_PORT}")
         } else {
-            format!("{SECONDARY_REPL_IP}:{STANDBY_PORT}")
+            format!("{SECONDARY_REPL_IP}:{}", guest.standby_port)
         };
         let kernel = guest_file("Image");
         let initrd = guest_file("initramfs.cpio.gz");
@@ -523,6 +600,7 @@ impl Pair {
             hb_timeout,
         ];
         run.extend(link_args(certs.as_deref(), "pri"));
+        run.extend(name_args);
         if let (Some(storage), Some(disk)) = (opts.disk, &primary_disk) {
             run.extend(["--storage".into(), storage.flag().into(), "--disk".into(), disk.display().to_string()]);
         }
@@ -541,6 +619,7 @@ impl Pair {
             arbiter,
             certs,
             dir,
+            guest,
             net,
         };
         let started = Instant::now();
@@ -559,12 +638,13 @@ impl Pair {
 
     /// Gives eth0 the guest address (over the console of the primary) and waits until the client can ping it.
     pub fn configure_guest_network(&mut self) {
+        let ip = self.guest.ip;
         assert_eq!(
-            self.primary.sh(&format!("ip link set eth0 up && ip addr add {GUEST_IP}/24 dev eth0 && echo configured")),
+            self.primary.sh(&format!("ip link set eth0 up && ip addr add {ip}/24 dev eth0 && echo configured")),
             "configured"
         );
         assert!(
-            self.net.cli.ping(GUEST_IP, GUEST_TIMEOUT).unwrap(),
+            self.net.cli.ping(ip, GUEST_TIMEOUT).unwrap(),
             "the client cannot ping the protected guest\n--- primary stderr ---\n{}",
             self.primary.stderr()
         );
@@ -725,9 +805,14 @@ impl EchoStream {
     /// Connects from the client namespace to the guest's echo service on `port` and starts streaming `len`
     /// pseudo-random bytes.
     pub fn start(cli: &NetNs, port: u16, len: usize, seed: u64) -> EchoStream {
+        EchoStream::start_to(cli, GUEST_IP, port, len, seed)
+    }
+
+    /// [`EchoStream::start`] to the guest at `ip`.
+    pub fn start_to(cli: &NetNs, ip: Ipv4Addr, port: u16, len: usize, seed: u64) -> EchoStream {
         let data = pseudo_random(len, seed);
         let want_sha256 = sha256(&data);
-        let sock = cli.enter(|| connect(SocketAddr::from((GUEST_IP, port))));
+        let sock = cli.enter(|| connect(SocketAddr::from((ip, port))));
         let _ = sock.set_nodelay(true);
         let mut wsock = sock.try_clone().unwrap();
         let mut rsock = sock;
