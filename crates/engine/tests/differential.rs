@@ -3,7 +3,7 @@
 //! accesses they made, their dirty logs (taken at every step, as checkpoints do) and the contents of the pages
 //! written must be identical; at the end, the whole of RAM too. Programs: seeded random integer instruction
 //! streams (M-mode without translation and S-mode under Sv39; the seed is in every failure message, and
-//! `KEMARI_DIFF_SEED=N` runs that one seed), self-modifying code, code written by a device (`GuestRam::write`) and by another hart (with `fence.i`), a page fault in the middle of a compiled
+//! `KEMARI_DIFF_SEED=N` runs that one seed), a loop of one block, self-modifying code, code written by a device (`GuestRam::write`) and by another hart (with `fence.i`), a page fault in the middle of a compiled
 //! block, an interrupt raised during a long block, LR/SC across checkpoints. Besides, dirty logging under the
 //! JIT alone: a hot, compiled loop writes a known set of pages between two `take_dirty` calls.
 
@@ -569,6 +569,32 @@ fn dirty_log_under_the_jit_is_exact() {
         assert_eq!(got, want, "round {round}: the log holds exactly the pages written (table page {table_page})");
     }
     assert!(m.hart.compiled_blocks() > 0);
+}
+
+#[test]
+fn a_loop_of_one_block_goes_round_in_compiled_code() {
+    // The block at `loop` branches back to its own start: compiled, it goes round with the guest registers in
+    // host registers, and must leave them right wherever it stops (the budget, a fallback, the end).
+    let mut prog = Asm::new(CODE);
+    prog.li(S2, 300).li(A0, 0).li(A1, 1).li(S0, DATA);
+    prog.label("loop")
+        .i(add(A0, A0, A1))
+        .i(xor(A1, A1, A0))
+        .i(slli(A2, A1, 3))
+        .i(sd(A0, 0, S0))
+        .i(ld(A3, 0, S0))
+        .i(add(A4, A4, A3))
+        // A new page every other time round: its first store falls back to the interpreter in the middle of
+        // a compiled run of the loop, with registers the last time round changed.
+        .i(addi(S0, S0, 2040))
+        .i(addi(S2, S2, -1))
+        .bne(S2, ZERO, "loop")
+        .i(ecall());
+    for budget in [1, 5, 7, 8, 9, 100, 1_000_000] {
+        let mut pair = Pair::new(format!("a loop of one block, budget {budget}"), |m| m.load(&prog));
+        pair.run_to_halt(budget, 10_000);
+        assert_eq!(pair.jit.x(S2), 0, "the loop ran to its end");
+    }
 }
 
 #[test]

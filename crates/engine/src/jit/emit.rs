@@ -77,6 +77,16 @@ struct Emitter {
     fallbacks: Vec<(DynamicLabel, usize, u32)>,
     /// Byte offset of the block's first instruction in its page.
     page_off: i64,
+    /// Compiled ops (what must fit in the budget for the block to start or go round again).
+    ops: usize,
+    /// Where the body starts, guest registers loaded (a branch back to the block's start jumps here).
+    body: Option<DynamicLabel>,
+}
+
+/// Whether `op` jumps back to the first instruction of its block (a loop of one block).
+fn loops_back(op: &Op) -> bool {
+    use Kind::*;
+    matches!(op.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) && op.off as i64 + op.imm as i64 == 0
 }
 
 /// Compiles `ops` (the first ops of block `id`, `block_len` long, all of which [`super::compiles`]), whose
@@ -89,8 +99,15 @@ pub(super) fn compile(ops: &[Op], block_len: usize, base: usize, id: u32, page_o
         written: 0,
         fallbacks: Vec::new(),
         page_off: page_off as i64,
+        ops: ops.len(),
+        body: None,
     };
     e.allocate(ops);
+    if ops.iter().any(loops_back) {
+        // Going round again keeps the guest registers in host registers without storing them: so every exit
+        // stores all those the block writes anywhere (the host registers hold their current values).
+        e.written = ops.iter().filter_map(|op| operands(op).1).fold(0, |w, r| w | 1 << r) & !1;
+    }
     let chained = e.prologue(ops.len(), id);
     for (i, op) in ops.iter().enumerate() {
         if e.op(i, op) {
@@ -172,6 +189,7 @@ impl Emitter {
         );
         self.epilogue(DONE);
         dynasm!(self.a ; .arch x64 ; =>body);
+        self.body = Some(body);
         chained
     }
 
@@ -250,6 +268,10 @@ impl Emitter {
     /// Ends the block, `retired` instructions done, going on at the block's pc + `delta`: through a linkable
     /// jump if that is in the same page.
     fn exit_to(&mut self, retired: usize, delta: i64) {
+        if let (0, Some(body)) = (delta, self.body) {
+            self.loop_back(retired, body);
+            return;
+        }
         if !(0..4096).contains(&(self.page_off + delta)) {
             self.pc_plus(RAX, delta);
             self.exit(retired);
@@ -268,6 +290,33 @@ impl Emitter {
             ; mov QWORD [r15 + CTX_LINK], rax
             ; mov rax, QWORD [r15 + CTX_VPC]
             ; mov QWORD [r15 + CTX_PC], rax
+        );
+        self.epilogue(DONE);
+    }
+
+    /// Goes round the block again (`retired` instructions done), registers kept in host registers, with the
+    /// checks of the chained entry (the exit word, the budget for all of the compiled part); else returns to
+    /// the dispatcher at the block's start.
+    fn loop_back(&mut self, retired: usize, body: DynamicLabel) {
+        let stop = self.a.new_dynamic_label();
+        dynasm!(self.a
+            ; .arch x64
+            ; add QWORD [r15 + CTX_RETIRED], retired as i32
+            ; mov rax, QWORD [r15 + CTX_EXIT]
+            ; cmp BYTE [rax], 0
+            ; jne =>stop
+            ; mov rax, QWORD [r15 + CTX_LEFT]
+            ; sub rax, QWORD [r15 + CTX_RETIRED]
+            ; cmp rax, self.ops as i32
+            ; jae =>body
+            ; =>stop
+        );
+        self.write_back(self.written);
+        dynasm!(self.a
+            ; .arch x64
+            ; mov rax, QWORD [r15 + CTX_VPC]
+            ; mov QWORD [r15 + CTX_PC], rax
+            ; mov QWORD [r15 + CTX_LINK], 0
         );
         self.epilogue(DONE);
     }
