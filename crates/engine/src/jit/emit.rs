@@ -376,6 +376,68 @@ impl Emitter {
         );
     }
 
+    /// The common ALU ops in place when rd lives in a host register (most ops of hot loops): `rd = rs1;
+    /// rd op= rs2` in two host instructions instead of four through scratch registers. False if the op has
+    /// another shape (the caller then emits the general form).
+    fn alu_in_place(&mut self, op: &Op) -> bool {
+        use Kind::*;
+        let Some(d) = self.host[op.rd as usize] else { return false };
+        let (rd, rs1, rs2) = (op.rd, op.rs1, op.rs2);
+        match op.kind {
+            Add | Sub | Xor | Or | And | Mul => {
+                if rs1 == 0 || rs2 == 0 {
+                    return false;
+                }
+                // rd = rs2 first would lose rs2: swap the operands if the op allows it.
+                let (first, second) = match (rd == rs2 && rd != rs1, op.kind) {
+                    (false, _) => (rs1, rs2),
+                    (true, Add | Xor | Or | And | Mul) => (rs2, rs1),
+                    (true, _) => return false,
+                };
+                if first != rd {
+                    self.get(first, d);
+                }
+                match (self.host[second as usize], op.kind) {
+                    (Some(s), Add) => dynasm!(self.a ; .arch x64 ; add Rq(d), Rq(s)),
+                    (Some(s), Sub) => dynasm!(self.a ; .arch x64 ; sub Rq(d), Rq(s)),
+                    (Some(s), Xor) => dynasm!(self.a ; .arch x64 ; xor Rq(d), Rq(s)),
+                    (Some(s), Or) => dynasm!(self.a ; .arch x64 ; or Rq(d), Rq(s)),
+                    (Some(s), And) => dynasm!(self.a ; .arch x64 ; and Rq(d), Rq(s)),
+                    (Some(s), _) => dynasm!(self.a ; .arch x64 ; imul Rq(d), Rq(s)),
+                    (None, kind) => {
+                        let disp = 8 * second as i32;
+                        match kind {
+                            Add => dynasm!(self.a ; .arch x64 ; add Rq(d), QWORD [r14 + disp]),
+                            Sub => dynasm!(self.a ; .arch x64 ; sub Rq(d), QWORD [r14 + disp]),
+                            Xor => dynasm!(self.a ; .arch x64 ; xor Rq(d), QWORD [r14 + disp]),
+                            Or => dynasm!(self.a ; .arch x64 ; or Rq(d), QWORD [r14 + disp]),
+                            And => dynasm!(self.a ; .arch x64 ; and Rq(d), QWORD [r14 + disp]),
+                            _ => dynasm!(self.a ; .arch x64 ; imul Rq(d), QWORD [r14 + disp]),
+                        }
+                    }
+                }
+            }
+            Addi | Xori | Ori | Andi | Slli | Srli | Srai => {
+                if rs1 != rd {
+                    self.get(rs1, d);
+                }
+                let imm = op.imm;
+                match op.kind {
+                    Addi => dynasm!(self.a ; .arch x64 ; add Rq(d), imm),
+                    Xori => dynasm!(self.a ; .arch x64 ; xor Rq(d), imm),
+                    Ori => dynasm!(self.a ; .arch x64 ; or Rq(d), imm),
+                    Andi => dynasm!(self.a ; .arch x64 ; and Rq(d), imm),
+                    Slli => dynasm!(self.a ; .arch x64 ; shl Rq(d), (imm & 63) as i8),
+                    Srli => dynasm!(self.a ; .arch x64 ; shr Rq(d), (imm & 63) as i8),
+                    _ => dynasm!(self.a ; .arch x64 ; sar Rq(d), (imm & 63) as i8),
+                }
+            }
+            _ => return false,
+        }
+        self.written |= 1 << rd;
+        true
+    }
+
     /// rax = x[rs1] op x[rs2] (`f` sees rax = x[rs1], rcx = x[rs2]).
     fn binary(&mut self, op: &Op, f: impl FnOnce(&mut Assembler)) {
         self.get(op.rs2, RCX);
@@ -394,9 +456,20 @@ impl Emitter {
     /// A conditional branch: `jcc` jumps to its label when taken.
     fn branch(&mut self, i: usize, op: &Op, jcc: impl FnOnce(&mut Assembler, DynamicLabel)) {
         let taken = self.a.new_dynamic_label();
-        self.get(op.rs2, RCX);
-        self.get(op.rs1, RAX);
-        dynasm!(self.a ; .arch x64 ; cmp rax, rcx);
+        // Compare in place when rs1 lives in a host register.
+        match (self.host[op.rs1 as usize], op.rs2, self.host[op.rs2 as usize]) {
+            (Some(a), _, Some(b)) => dynasm!(self.a ; .arch x64 ; cmp Rq(a), Rq(b)),
+            (Some(a), 0, _) => dynasm!(self.a ; .arch x64 ; cmp Rq(a), 0),
+            (Some(a), rs2, None) => {
+                let disp = 8 * rs2 as i32;
+                dynasm!(self.a ; .arch x64 ; cmp Rq(a), QWORD [r14 + disp]);
+            }
+            (None, _, _) => {
+                self.get(op.rs2, RCX);
+                self.get(op.rs1, RAX);
+                dynasm!(self.a ; .arch x64 ; cmp rax, rcx);
+            }
+        }
         jcc(&mut self.a, taken);
         self.exit_to(i + 1, op.off as i64 + op.len as i64);
         dynasm!(self.a ; .arch x64 ; =>taken);
@@ -407,6 +480,9 @@ impl Emitter {
     fn op(&mut self, i: usize, op: &Op) -> bool {
         use Kind::*;
         let next = op.off as i64 + op.len as i64;
+        if self.alu_in_place(op) {
+            return false;
+        }
         match op.kind {
             Nop => {}
             Lui => {
