@@ -126,6 +126,22 @@ pub trait Arbiter: Send {
     fn release(&mut self) -> Result<(), ArbiterError>;
 }
 
+/// [`Arbiter::read`], tried up to `attempts` times while the answer is "not now" (etcd unreachable for the moment,
+/// or its records changed under the read). An etcd client connects on its first call, which on a loaded host can
+/// outlast one call's timeout: a standby checking a primary's introduction must not refuse it for that.
+pub fn read_patiently(arbiter: &mut dyn Arbiter, attempts: u32) -> Result<Lease, ArbiterError> {
+    let mut tries = 1;
+    loop {
+        match arbiter.read() {
+            Err(e @ (ArbiterError::Unreachable { .. } | ArbiterError::Raced { .. })) if tries < attempts => {
+                tracing::debug!("arbiter read, try {tries} of {attempts}: {e}");
+                tries += 1;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// Outcome of [`Arbiter::take_over`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TakeOver {
@@ -654,6 +670,51 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// An arbiter whose reads answer from a script (only `read` is used).
+    struct Scripted(Vec<Result<Lease, ArbiterError>>);
+
+    impl Arbiter for Scripted {
+        fn node(&self) -> &str {
+            "scripted"
+        }
+        fn acquire(&mut self) -> Result<u64, ArbiterError> {
+            unreachable!()
+        }
+        fn renew(&mut self) -> Result<(), ArbiterError> {
+            unreachable!()
+        }
+        fn check(&mut self) -> Result<(), ArbiterError> {
+            unreachable!()
+        }
+        fn bump_fence(&mut self) -> Result<u64, ArbiterError> {
+            unreachable!()
+        }
+        fn take_over(&mut self, _: u64) -> Result<TakeOver, ArbiterError> {
+            unreachable!()
+        }
+        fn read(&mut self) -> Result<Lease, ArbiterError> {
+            self.0.remove(0)
+        }
+        fn release(&mut self) -> Result<(), ArbiterError> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn a_patient_read_tries_again_only_while_the_answer_is_not_now() {
+        let lease = Lease { owner: "pri".into(), fence: 7, expires_unix_ms: 1, active_lock: false };
+        let unreachable = || ArbiterError::Unreachable { what: "read", reason: "no answer within 500ms".into() };
+        // Two "not now" answers, then the lease.
+        let mut a = Scripted(vec![Err(unreachable()), Err(ArbiterError::Raced { what: "read" }), Ok(lease.clone())]);
+        assert_eq!(read_patiently(&mut a, 3).unwrap().fence, 7);
+        // Out of tries: the last error.
+        let mut a = Scripted(vec![Err(unreachable()), Err(unreachable()), Ok(lease.clone())]);
+        assert!(matches!(read_patiently(&mut a, 2), Err(ArbiterError::Unreachable { .. })));
+        // A final answer is not tried again.
+        let mut a = Scripted(vec![Err(ArbiterError::BadRecord { key: "k".into(), reason: "r".into() }), Ok(lease)]);
+        assert!(matches!(read_patiently(&mut a, 5), Err(ArbiterError::BadRecord { .. })));
     }
 
     fn arb(dir: &TempDir, node: &str, ttl_ms: u64) -> FileArbiter {

@@ -41,6 +41,9 @@ const PAGE_RECORD: u64 = 8 + 4096;
 /// Connections whose HELLO is being read at once, at most; more are closed at once (one peer must not keep
 /// the standby from hearing the real primary).
 const MAX_HANDSHAKES: usize = 16;
+/// Reads of the arbiter a primary's introduction gets before "not now" becomes a refusal (each read has the
+/// arbiter's own timeout: 500 ms for etcd).
+const ARBITER_READ_ATTEMPTS: u32 = 4;
 
 /// A connection that made the link's handshake and sent a HELLO (or failed to), from a handshake thread.
 type Handshake = kemari_transport::Introduction<Hello>;
@@ -464,7 +467,8 @@ impl Standby {
                 return Err(format!("disk {i} is {size} bytes on the primary, {ours} here ({})", d.path.display()));
             }
         }
-        let lease = cfg.arbiter.read().map_err(|e| format!("cannot read the arbiter: {e}"))?;
+        let lease = crate::arbiter::read_patiently(&mut *cfg.arbiter, ARBITER_READ_ATTEMPTS)
+            .map_err(|e| format!("cannot read the arbiter: {e}"))?;
         if lease.owner != hello.node || lease.fence != hello.fence {
             return Err(format!(
                 "the primary {} claims fence {}, but the arbiter names {} with fence {}",
