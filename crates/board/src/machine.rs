@@ -632,6 +632,26 @@ impl Machine {
         taken
     }
 
+    /// Under protection: sends every frame the network interfaces receive to `sink` as it arrives, as an
+    /// [`Input`] numbered the way the gate counts the frames the guest consumes (so a frame still waiting for
+    /// the guest when the primary dies is replayed too; see `tap::RxQueue::log_arrivals`). The frames waiting
+    /// now go first. `None` stops, and the gate logs frames when they are consumed again. Between rounds only
+    /// (the consumed counts must not move meanwhile).
+    pub fn log_frames_on_arrival(&mut self, sink: Option<std::sync::mpsc::Sender<Input>>) {
+        let mut gate = self.dev.gate.lock().expect("gate lock");
+        gate.set_nics_logged_on_arrival(sink.is_some());
+        for (n, rx) in self.dev.nic_rx.iter().enumerate() {
+            let source = Source::Nic(n);
+            let report = sink.clone().map(|tx| -> kemari_devices::tap::ArrivalSink {
+                Box::new(move |seq, frame| {
+                    // The receiver gone (the session ended) loses nothing the guest needs.
+                    let _ = tx.send(Input { source, seq, bytes: frame.to_vec() });
+                })
+            });
+            rx.log_arrivals(gate.consumed(source), report);
+        }
+    }
+
     /// Takes one byte of console input for the legacy SBI getchar.
     pub(crate) fn take_input_byte(&mut self) -> Option<u8> {
         let b = self.pending_input.pop_front()?;

@@ -145,6 +145,8 @@ pub struct OutputGate {
     consumed: Vec<u64>,
     /// Under protection: copies of the inputs consumed since the driver last took them.
     input_log: Option<Vec<Input>>,
+    /// Frames are logged as they arrive, not here (see [`OutputGate::set_nics_logged_on_arrival`]).
+    nics_logged_on_arrival: bool,
 }
 
 /// What a device may do with the gate: hand it an effect, read a disk through the writes it holds, and report
@@ -185,6 +187,7 @@ impl OutputGate {
             held_bytes: 0,
             consumed: Vec::new(),
             input_log: None,
+            nics_logged_on_arrival: false,
         }
     }
 
@@ -195,9 +198,15 @@ impl OutputGate {
             self.consumed.resize(i + 1, 0);
         }
         self.consumed[i] += 1;
-        if let Some(log) = &mut self.input_log {
+        let on_arrival = self.nics_logged_on_arrival && matches!(source, Source::Nic(_));
+        if let (Some(log), false) = (&mut self.input_log, on_arrival) {
             log.push(Input { source, seq: self.consumed[i], bytes: bytes.to_vec() });
         }
+    }
+
+    /// Whether frames are logged as they arrive (`tap::RxQueue::log_arrivals`) rather than here when consumed.
+    pub fn set_nics_logged_on_arrival(&mut self, on: bool) {
+        self.nics_logged_on_arrival = on;
     }
 
     /// Inputs consumed from `source` so far.

@@ -289,22 +289,47 @@ fn reader(tap: File, stop: OwnedFd, shared: Arc<Shared>, wake: Wake, name: &str)
     }
 }
 
+/// Where a queue reports each frame it accepts, with the frame's number (the input log under protection: see
+/// [`RxQueue::log_arrivals`]). Called with the queue locked: it must not block.
+pub type ArrivalSink = Box<dyn FnMut(u64, &[u8]) + Send>;
+
+struct Arrivals {
+    /// The number of the next frame accepted.
+    next: u64,
+    sink: ArrivalSink,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Vec<u8>>,
+    arrivals: Option<Arrivals>,
+}
+
 struct Shared {
-    frames: Mutex<VecDeque<Vec<u8>>>,
+    queue: Mutex<Queue>,
     capacity: usize,
     dropped: AtomicU64,
 }
 
 impl Shared {
-    /// Queues `frame`; drops it (and counts it) when the queue is full.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `frame` (and reports it while arrivals are logged); drops it (and counts it) when the queue is
+    /// full.
     fn push(&self, frame: Vec<u8>) -> bool {
-        let mut q = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= self.capacity {
+        let mut q = self.lock();
+        if q.frames.len() >= self.capacity {
             drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        q.push_back(frame);
+        if let Some(a) = &mut q.arrivals {
+            (a.sink)(a.next, &frame);
+            a.next += 1;
+        }
+        q.frames.push_back(frame);
         true
     }
 }
@@ -335,7 +360,7 @@ impl RxQueue {
     /// A queue with no reader thread, holding at most `capacity` frames (tests, or frames from elsewhere).
     pub fn new(capacity: usize) -> RxQueue {
         RxQueue {
-            shared: Arc::new(Shared { frames: Mutex::new(VecDeque::new()), capacity, dropped: AtomicU64::new(0) }),
+            shared: Arc::new(Shared { queue: Mutex::default(), capacity, dropped: AtomicU64::new(0) }),
             _stop: None,
         }
     }
@@ -350,16 +375,35 @@ impl RxQueue {
     }
 
     /// Puts `frames` in front of what is queued, in their order (a failover's replay), whatever the capacity.
+    /// Never while arrivals are logged (they would be numbered out of order).
     pub fn push_front(&self, frames: Vec<Vec<u8>>) {
-        let mut q = self.shared.frames.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.shared.lock();
+        debug_assert!(q.arrivals.is_none(), "a replay into a queue whose arrivals are logged");
         for f in frames.into_iter().rev() {
-            q.push_front(f);
+            q.frames.push_front(f);
         }
     }
 
     /// The oldest queued frame.
     pub fn pop(&self) -> Option<Vec<u8>> {
-        self.shared.frames.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+        self.shared.lock().frames.pop_front()
+    }
+
+    /// Reports every frame the queue accepts from now on to `sink`, numbered in queue order, the frames queued
+    /// now first: frame number `consumed + 1` is the next one taken (the queue is first in, first out, and
+    /// every frame taken counts as consumed). With `None`, stops. The input log uses it so that a frame reaches
+    /// the secondary as soon as it arrives, not only once the guest took it: a request waiting here when the
+    /// primary dies is replayed too.
+    pub fn log_arrivals(&self, consumed: u64, sink: Option<ArrivalSink>) {
+        let mut q = self.shared.lock();
+        q.arrivals = sink.map(|mut sink| {
+            let mut next = consumed + 1;
+            for f in &q.frames {
+                sink(next, f);
+                next += 1;
+            }
+            Arrivals { next, sink }
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -367,7 +411,7 @@ impl RxQueue {
     }
 
     pub fn len(&self) -> usize {
-        self.shared.frames.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.shared.lock().frames.len()
     }
 
     /// Frames dropped so far because the queue was full (or too big to read).
@@ -379,6 +423,27 @@ impl RxQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_arrivals_are_numbered_in_queue_order_from_what_was_consumed() {
+        let q = RxQueue::new(3);
+        q.push(b"a".to_vec());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        // Five frames consumed before: "a", waiting, is number 6.
+        q.log_arrivals(5, Some(Box::new(move |n, f| s.lock().unwrap().push((n, f.to_vec())))));
+        q.push(b"b".to_vec());
+        assert_eq!(q.pop(), Some(b"a".to_vec()));
+        q.push(b"c".to_vec());
+        q.push(b"d".to_vec());
+        assert!(!q.push(b"e".to_vec()), "full: dropped, and not numbered");
+        q.log_arrivals(0, None);
+        q.pop();
+        q.push(b"f".to_vec());
+        let want: Vec<(u64, Vec<u8>)> =
+            [(6, "a"), (7, "b"), (8, "c"), (9, "d")].iter().map(|&(n, f)| (n, f.as_bytes().to_vec())).collect();
+        assert_eq!(*seen.lock().unwrap(), want);
+    }
 
     #[test]
     fn names_are_checked_before_anything_is_opened() {

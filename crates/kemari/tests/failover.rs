@@ -31,6 +31,8 @@
 //! - `a_request_the_last_checkpoint_had_not_seen_is_answered_after_failover_without_a_resend`: the input log;
 //!   a request the primary's guest consumed after its last acknowledged checkpoint is replayed by the new
 //!   primary, which answers it, and the client (5 s minimum RTO) sent it only once.
+//! - `a_request_waiting_for_the_guest_when_the_primary_dies_is_answered_after_failover_without_a_resend`: frames
+//!   are logged as they arrive: a request that reached the primary while its guest was paused is replayed too.
 //! - `console_input_typed_before_the_kill_is_replayed_once`: lines typed on the primary's console after its
 //!   last acknowledged checkpoint reach the new primary's guest, once each and in order.
 //! - `udp_datagrams_reach_the_guest_once_each_across_a_failover`: a guest loop numbers the datagrams it
@@ -625,11 +627,56 @@ fn a_request_is_replayed_under_interval_and_strict_policies_on_smp_guests() {
     request_is_replayed(&["--strict", "--window-us", "500", "--cpus", "2"]);
 }
 
-fn request_is_replayed(policy: &[&str]) {
-    use std::io::{Read, Write};
+/// A request that reached the primary while its guest could not take it (here: paused through the control API;
+/// in life, the machine busy taking a checkpoint) is logged as it arrives, so the new primary replays it: the
+/// client, with a 5 s minimum retransmission timeout, sends it once and gets the answer.
+#[test]
+fn a_request_waiting_for_the_guest_when_the_primary_dies_is_answered_after_failover_without_a_resend() {
+    use std::io::Write;
     let _serial = ft::serial();
-    let primary_args = policy.iter().map(|a| a.to_string()).collect();
-    let mut pair = Pair::start(PairOptions { proxy: true, primary_args, ..Default::default() });
+    let mut pair = Pair::start(PairOptions { proxy: true, ..Default::default() });
+    let mut sock = echo_with_long_rto(&mut pair);
+    let capture = pair.net.cli.capture("eth0");
+    let proxy = pair.proxy.as_ref().unwrap();
+    proxy.withhold_checkpoints();
+    let (ok, out) = common::ctl(pair.primary_api.to_str().unwrap(), &["pause"]);
+    assert!(ok, "pause: {out}");
+    const REQUEST: &[u8] = b"request-the-guest-never-took\n";
+    sock.write_all(REQUEST).unwrap();
+    proxy.wait_until("the request's INPUT while the guest is paused", |p| {
+        p.inputs_while_withholding().iter().any(|(i, _)| i.bytes.windows(REQUEST.len()).any(|w| w == REQUEST))
+    });
+    let failover = answered_after_failover_without_a_resend(&mut pair, &mut sock, &capture, REQUEST);
+    eprintln!("{failover}");
+}
+
+/// Kills the primary; the new primary answers `request` on `sock`, which the client sent only once (seen on
+/// `capture`). Returns the secondary's failover line.
+fn answered_after_failover_without_a_resend(
+    pair: &mut Pair,
+    sock: &mut std::net::TcpStream,
+    capture: &netns::PacketCapture,
+    request: &[u8],
+) -> String {
+    use std::io::Read;
+    pair.kill_primary();
+    let failover = pair.wait_failover();
+    let mut reply = vec![0u8; request.len()];
+    sock.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, request, "the new primary answered the replayed request");
+    let sent = capture
+        .frames()
+        .iter()
+        .filter(|f| !f.incoming() && f.bytes.windows(request.len()).any(|w| w == request))
+        .count();
+    assert_eq!(sent, 1, "the client sent the request once; {failover}");
+    failover
+}
+
+/// The client's route gets a 5 s minimum retransmission timeout (a resend would show as a long wait and a
+/// second request frame); the guest runs its echo service; one round trip on a new connection.
+fn echo_with_long_rto(pair: &mut Pair) -> std::net::TcpStream {
+    use std::io::{Read, Write};
     pair.net.cli.ip(&[
         "route",
         "replace",
@@ -652,7 +699,15 @@ fn request_is_replayed(policy: &[&str]) {
     sock.write_all(b"hello\n").unwrap();
     sock.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hello\n");
+    sock
+}
 
+fn request_is_replayed(policy: &[&str]) {
+    use std::io::Write;
+    let _serial = ft::serial();
+    let primary_args = policy.iter().map(|a| a.to_string()).collect();
+    let mut pair = Pair::start(PairOptions { proxy: true, primary_args, ..Default::default() });
+    let mut sock = echo_with_long_rto(&mut pair);
     let capture = pair.net.cli.capture("eth0");
     let proxy = pair.proxy.as_ref().unwrap();
     proxy.withhold_checkpoints();
@@ -667,17 +722,7 @@ fn request_is_replayed(policy: &[&str]) {
     // The reply is held in the primary's gate: no checkpoint since the proxy began to swallow them was
     // acknowledged. (Not asked over the control API: a primary with too many
     // checkpoints unacknowledged waits for acknowledgements in the machine loop, which also answers it.)
-    pair.kill_primary();
-    let failover = pair.wait_failover();
-    let mut reply = vec![0u8; REQUEST.len()];
-    sock.read_exact(&mut reply).unwrap();
-    assert_eq!(reply, REQUEST, "the new primary answered the replayed request");
-    let sent = capture
-        .frames()
-        .iter()
-        .filter(|f| !f.incoming() && f.bytes.windows(REQUEST.len()).any(|w| w == REQUEST))
-        .count();
-    assert_eq!(sent, 1, "the client sent the request once; {failover}");
+    let failover = answered_after_failover_without_a_resend(&mut pair, &mut sock, &capture, REQUEST);
     assert!(!failover.contains(" 0 inputs replayed"), "{failover}");
     eprintln!("{policy:?}: {failover}");
 }

@@ -3,23 +3,28 @@
 //!
 //! Inputs need no synchronisation for correctness (DESIGN.md): one that dies with the primary is a packet lost
 //! on a network, and TCP resends it. But the resend waits for the client's retransmission timeout (200 ms at
-//! least on Linux), a stall on every failover that hits a busy connection. So the primary sends each input its
-//! guest consumes (counted per source by the gate, see `kemari_devices::gate::Input`) to the secondary in an
-//! INPUT message, right after the guest got it: delivery to the guest never waits. Every checkpoint carries
-//! the per-source counts of its state. The secondary keeps what its committed state has not consumed and
+//! least on Linux), a stall on every failover that hits a busy connection. So the primary sends each input to
+//! the secondary in an INPUT message, numbered the way the gate counts what the guest consumes per source (see
+//! `kemari_devices::gate::Input`): a frame as soon as it arrives from the tap (`Machine::log_frames_on_arrival`,
+//! sent by the `ft-arrivals` thread; the tap's queue is first in, first out, so the n-th frame to arrive is the
+//! n-th the guest consumes), console bytes right after the guest took them. Delivery to the guest never waits.
+//! Every checkpoint carries the per-source counts of its state. The secondary keeps what its committed state has not consumed and
 //! drops the rest at each commit; on failover it delivers, per source and in order, the inputs after the
 //! committed counts, before anything new. To the guest that is a network that delivered them a little late.
 //!
 //! Ordering cases:
 //! - *An input consumed while a checkpoint is taken*: cannot happen; both run on the machine thread, inputs
-//!   between slices and checkpoints between rounds. An input is in a checkpoint's state or after it, and the
-//!   INPUT message for it leaves before the next checkpoint (the same ordered link).
+//!   between slices and checkpoints between rounds. An input is in a checkpoint's state or after it. Console
+//!   bytes leave before the next checkpoint (the same ordered link); a frame's INPUT may come after a
+//!   checkpoint that counts it consumed (another thread queues it), and is then a duplicate (below).
 //! - *Duplicates*: an input the committed state consumed has a sequence number at or below its count and is
 //!   dropped, never replayed.
 //! - *Inputs still on the wire when the primary died*: the secondary reads everything that reached it before
 //!   the connection ended, then fails over; what never reached it is lost as before (and TCP resends it).
-//! - *Inputs the primary had not consumed yet* (frames waiting for RX buffers, typed bytes waiting for FIFO
-//!   space) are not in the log: lost as before.
+//! - *Inputs the primary had not consumed yet*: a frame waiting in the tap's queue (the machine busy with a
+//!   checkpoint, no RX buffers) is in the log already and is replayed; typed bytes waiting for FIFO space are
+//!   not, and are lost as before. A frame that never reached kemari (on the wire, in the kernel's tap queue)
+//!   is lost as before.
 //! - *The console*: typed bytes are inputs like frames; replayed ones come before what is typed on the new
 //!   primary's own console.
 //! - *A gap* (the log overflowed, or an INPUT message was lost with a session): a source is replayed only

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use kemari_board::migrate::{PageSink, PreCopy};
 use kemari_board::persist::Pages;
 use kemari_board::{Event, Machine, RunOutcome};
-use kemari_devices::gate::{Effect, OutputGate};
+use kemari_devices::gate::{Effect, Input, OutputGate};
 use kemari_devices::host::Wake;
 use kemari_transport::{Channel, Security};
 
@@ -59,6 +59,8 @@ const MAX_NACKS: u32 = 3;
 /// Back-off between attempts to protect again after a lost secondary.
 const MIN_RECONNECT: Duration = Duration::from_secs(1);
 const MAX_RECONNECT: Duration = Duration::from_secs(16);
+/// Bytes of frames logged on arrival that one INPUT message carries at most (beyond one frame).
+const ARRIVALS_PER_MESSAGE: usize = 1 << 20;
 /// Messages queued for the sender thread (back-pressure on the machine loop beyond that).
 const SEND_QUEUE: usize = 16;
 /// Held effects beyond this many bytes are not left to pile up: the pre-copy ends (the first checkpoint covers
@@ -105,6 +107,30 @@ struct Outgoing {
     kind: u8,
     epoch: Option<u64>,
     body: Arc<Vec<u8>>,
+}
+
+/// A thread that sends the frames logged on arrival (`Machine::log_frames_on_arrival`) to the secondary in
+/// INPUT messages, as many as have come in per message. The tap readers hand them over without waiting (an
+/// unbounded channel: they must never block a queue the guest reads); this thread waits for room on the link.
+/// It ends when the link's queue closes or the returned sender and its clones are dropped.
+fn forward_arrivals(out: SyncSender<Outgoing>) -> std::io::Result<mpsc::Sender<Input>> {
+    let (tx, rx) = mpsc::channel::<Input>();
+    std::thread::Builder::new().name("ft-arrivals".into()).spawn(move || {
+        while let Ok(first) = rx.recv() {
+            let mut bytes = first.bytes.len();
+            let mut batch = vec![first];
+            while bytes < ARRIVALS_PER_MESSAGE {
+                let Ok(next) = rx.try_recv() else { break };
+                bytes += next.bytes.len();
+                batch.push(next);
+            }
+            let msg = Outgoing { kind: wire::INPUT, epoch: None, body: Arc::new(inputs::encode(&batch)) };
+            if out.send(msg).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(tx)
 }
 
 /// The link's queue as the pre-copy's sink: batches go out in order with everything else the link sends.
@@ -606,9 +632,17 @@ impl Primary {
                 if let Some(d) = &sync.disks {
                     self.metrics.lock().expect("metrics lock").disks = Some(d.progress.clone());
                 }
-                // From here on the secondary learns every input the guest consumes (replayed on failover).
+                // From here on the secondary learns every input (replayed on failover): frames as they arrive,
+                // console bytes as the guest consumes them.
                 g.set_input_log(self.cfg.opts.input_log);
                 drop(g);
+                if self.cfg.opts.input_log {
+                    let out = link.out.clone().expect("a new link's queue");
+                    match forward_arrivals(out) {
+                        Ok(tx) => machine.log_frames_on_arrival(Some(tx)),
+                        Err(e) => kemari_board::say!("frames are logged when consumed, not on arrival: {e}"),
+                    }
+                }
                 self.inputs_uncovered = 0;
                 self.sync_started = Instant::now();
                 // A new secondary: its first checkpoint is epoch 1 (it knows nothing of an earlier session's).
@@ -791,6 +825,7 @@ impl Primary {
         gate.set_input_log(false);
         gate.track_block_writes(None);
         drop(gate);
+        machine.log_frames_on_arrival(None);
         self.set_state("confirming");
         self.go_alone(machine)
     }
