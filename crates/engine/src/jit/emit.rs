@@ -2,9 +2,14 @@
 //!
 //! Register use: r15 holds the [`JitCtx`], r14 the guest register file; rax, rcx, rdx, rsi and rdi are
 //! scratch; up to eight guest registers (the ones the block uses most) live in rbx, rbp, r8-r13 from the
-//! prologue to each exit, where those the block wrote so far are stored back. Every op is compiled as "load
-//! the operands into scratch registers, compute, write the result": simple, and the moves are nearly free.
-//! The code calls nothing, so it needs no stack alignment and no caller-saved spills.
+//! prologue to each exit, where those the block wrote so far are stored back. The common ALU ops work in place
+//! on rd's host register (`rd = rs1; rd op= rs2`) and branches compare host registers directly; every other op
+//! is compiled as "load the operands into scratch registers, compute, write the result": simple, and the
+//! moves are nearly free. The code calls nothing, so it needs no stack alignment and no caller-saved spills.
+//!
+//! A block that branches back to its own start goes round without leaving host code: its registers stay in
+//! host registers (so each of its exits stores every register the block writes anywhere), and the exit word
+//! and the budget are checked each time round, as at the chained entry.
 //!
 //! A load or store computes its address, looks the page up in the load or store TLB the way `mmu.rs` does
 //! (tag = virtual page number | context bits), checks that the access stays inside the page, and on any
