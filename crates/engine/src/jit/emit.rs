@@ -166,17 +166,8 @@ impl Emitter {
             ; mov r14, QWORD [r15 + CTX_X]
         );
         let chained = self.a.offset().0;
-        dynasm!(self.a
-            ; .arch x64
-            ; mov rax, QWORD [r15 + CTX_EXIT]
-            ; cmp BYTE [rax], 0
-            ; jne =>bail
-            ; mov rax, QWORD [r15 + CTX_LEFT]
-            ; sub rax, QWORD [r15 + CTX_RETIRED]
-            ; cmp rax, n as i32
-            ; jb =>bail
-            ; mov QWORD [r15 + CTX_BLOCK], id as i32
-        );
+        self.stop_unless_it_fits(n, bail);
+        dynasm!(self.a ; .arch x64 ; mov QWORD [r15 + CTX_BLOCK], id as i32);
         for g in 1..32 {
             if let Some(h) = self.host[g] {
                 let disp = 8 * g as i32;
@@ -196,6 +187,21 @@ impl Emitter {
         dynasm!(self.a ; .arch x64 ; =>body);
         self.body = Some(body);
         chained
+    }
+
+    /// Jumps to `stop` if the exit word is set or fewer than `n` instructions of the budget are left (checked
+    /// before a block starts or goes round again: all of its compiled part must fit).
+    fn stop_unless_it_fits(&mut self, n: usize, stop: DynamicLabel) {
+        dynasm!(self.a
+            ; .arch x64
+            ; mov rax, QWORD [r15 + CTX_EXIT]
+            ; cmp BYTE [rax], 0
+            ; jne =>stop
+            ; mov rax, QWORD [r15 + CTX_LEFT]
+            ; sub rax, QWORD [r15 + CTX_RETIRED]
+            ; cmp rax, n as i32
+            ; jb =>stop
+        );
     }
 
     /// `reg` = guest register `g`.
@@ -304,18 +310,9 @@ impl Emitter {
     /// the dispatcher at the block's start.
     fn loop_back(&mut self, retired: usize, body: DynamicLabel) {
         let stop = self.a.new_dynamic_label();
-        dynasm!(self.a
-            ; .arch x64
-            ; add QWORD [r15 + CTX_RETIRED], retired as i32
-            ; mov rax, QWORD [r15 + CTX_EXIT]
-            ; cmp BYTE [rax], 0
-            ; jne =>stop
-            ; mov rax, QWORD [r15 + CTX_LEFT]
-            ; sub rax, QWORD [r15 + CTX_RETIRED]
-            ; cmp rax, self.ops as i32
-            ; jae =>body
-            ; =>stop
-        );
+        dynasm!(self.a ; .arch x64 ; add QWORD [r15 + CTX_RETIRED], retired as i32);
+        self.stop_unless_it_fits(self.ops, stop);
+        dynasm!(self.a ; .arch x64 ; jmp =>body ; =>stop);
         self.write_back(self.written);
         dynasm!(self.a
             ; .arch x64
