@@ -3,7 +3,7 @@
 //!
 //! Oracles, for every input:
 //! - nothing panics, hangs, or touches memory outside the guest (run under AddressSanitizer to see the last);
-//! - `apply_checkpoint` (which is `restore_into` plus its undo) either refuses the input and leaves the machine's
+//! - `apply_checkpoint` (which decodes every section before it changes anything) either refuses the input and leaves the machine's
 //!   state exactly as it was, or accepts it, and then the accepted state saves and restores to identical bytes;
 //! - `restore_pages` (a live-migration round) refuses it or writes its pages; `peek_shape` answers.
 
@@ -39,6 +39,7 @@ pub fn config() -> MachineConfig {
         nets: vec![],
         rng: false,
         prealloc: false,
+        engine: Default::default(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! Only M-mode firmware (the `--firmware` path) programs it; with the built-in SBI the kernel reaches the timer
 //! and IPIs through SBI calls instead, and the board drives STIP/SSIP directly.
 
+use kemari_state::{Reader, StateError, Writer};
+
 pub const BASE: u64 = 0x0200_0000;
 pub const SIZE: u64 = 0x1_0000;
 const MSIP: u64 = 0x0;
@@ -46,6 +48,26 @@ impl Clint {
             _ => {}
         }
         true
+    }
+}
+
+impl Clint {
+    /// Writes each hart's `msip` and `mtimecmp` (the CLNT section).
+    pub fn save(&self, w: &mut Writer) {
+        for (msip, cmp) in self.msip.iter().zip(&self.mtimecmp) {
+            w.bool(*msip);
+            w.u64(*cmp);
+        }
+    }
+
+    /// Decodes what `save` wrote for a CLINT of this one's harts; applying it is assigning it.
+    pub fn decode_state(&self, r: &mut Reader) -> Result<Clint, StateError> {
+        let mut c = Clint::new(self.msip.len());
+        for h in 0..c.msip.len() {
+            c.msip[h] = r.bool()?;
+            c.mtimecmp[h] = r.u64()?;
+        }
+        Ok(c)
     }
 }
 

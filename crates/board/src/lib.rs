@@ -20,6 +20,7 @@ pub mod migrate;
 pub mod persist;
 pub mod plic;
 pub mod sbi;
+pub mod uart;
 
 pub use kemari_engine::Engine;
 pub use machine::{

@@ -8,22 +8,20 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kemari_engine::{irq, Bus, Engine, Exit, GuestRam, Hart};
-use vm_superio::{Serial, Trigger};
 
 use crate::clint::Clint;
-use crate::console::ConsoleOut;
 use crate::layout::{self, RAM_BASE};
 use crate::loader::{self, LoadError};
 use crate::plic::Plic;
 use crate::sbi::{self, SbiOutcome};
+use crate::uart::{self, Uart, UartIrq};
 use crate::{clint, fdt, plic};
-use kemari_devices::gate::{Effect, Input, Outlets, OutputGate, Source};
+use kemari_devices::gate::{Input, Outlets, OutputGate, Source};
 use kemari_devices::host::{HostBackend, Wake};
 use kemari_devices::memory::{device_view, GuestMemory};
 use kemari_devices::tap::{RxQueue, Tap};
@@ -174,18 +172,6 @@ pub enum RunOutcome {
     Migrated,
 }
 
-/// UART interrupt trigger: vm-superio calls it; the board forwards it to the PLIC between accesses.
-#[derive(Clone, Default)]
-pub struct UartIrq(Arc<AtomicBool>);
-
-impl Trigger for UartIrq {
-    type E = std::convert::Infallible;
-    fn trigger(&self) -> Result<(), Self::E> {
-        self.0.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 /// Guest time: a monotonic host clock in timebase ticks, plus an offset so that a restored guest continues.
 #[derive(Clone, Debug)]
 pub struct GuestClock {
@@ -257,7 +243,7 @@ pub struct Devices {
     pub clock: GuestClock,
     pub clint: Clint,
     pub plic: Plic,
-    pub uart: Serial<UartIrq, vm_superio::serial::NoEvents, ConsoleOut>,
+    pub uart: Uart,
     pub(crate) uart_irq: UartIrq,
     /// With the built-in SBI: each hart's supervisor timer deadline (SBI set_timer).
     pub stimecmp: Vec<u64>,
@@ -286,7 +272,7 @@ impl Devices {
     }
 
     fn sync_uart_irq(&mut self) {
-        if self.uart_irq.0.swap(false, Ordering::Relaxed) {
+        if self.uart_irq.take() {
             self.plic.raise(layout::UART_IRQ);
         }
     }
@@ -554,7 +540,7 @@ impl Machine {
             clock: GuestClock::new(0),
             clint: Clint::new(cfg.harts),
             plic: Plic::new(cfg.harts),
-            uart: Serial::new(uart_irq.clone(), ConsoleOut::new(Box::new(GateConsole(gate.clone())))),
+            uart: uart::new(uart_irq.clone(), gate.clone()),
             uart_irq,
             stimecmp: vec![u64::MAX; cfg.harts],
             reset_request: None,
@@ -844,20 +830,6 @@ impl Machine {
             }
             _ => outcome,
         }
-    }
-}
-
-/// Console output as an effect: the UART's bytes leave through the gate like every other effect.
-pub(crate) struct GateConsole(pub(crate) Arc<Mutex<OutputGate>>);
-
-impl Write for GateConsole {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("gate lock").submit(Effect::Console(buf.to_vec()))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -9,14 +9,16 @@
 
 use std::io::Write;
 
+use kemari_devices::gate::{GateState, InputCounts, OutputGate};
 use kemari_devices::host::Wake;
+use kemari_devices::virtio::mmio::TransportState;
 use kemari_engine::{Engine, GuestRam, Hart, PAGE_SIZE};
 use kemari_state::{hart, Encoder, Reader, Section, StateError, StateFile, Writer};
-use vm_superio::serial::SerialState;
-use vm_superio::Serial;
 
-use crate::console::ConsoleOut;
-use crate::machine::{BuildError, GateConsole, GuestClock, Machine, MachineConfig};
+use crate::clint::Clint;
+use crate::machine::{BuildError, GuestClock, Machine, MachineConfig};
+use crate::plic::Plic;
+use crate::uart::{self, Uart};
 
 const BORD: Section = Section { tag: *b"BORD", version: 1, cap: 1024 };
 const CLNT: Section = Section { tag: *b"CLNT", version: 1, cap: 1024 };
@@ -99,41 +101,13 @@ impl Machine {
             f.push(&hart::SECTION, &hart::encode(h.state()));
         }
         let mut w = Writer::default();
-        for (msip, cmp) in self.dev.clint.msip.iter().zip(&self.dev.clint.mtimecmp) {
-            w.bool(*msip);
-            w.u64(*cmp);
-        }
+        self.dev.clint.save(&mut w);
         f.push(&CLNT, &w.0);
-
-        let p = &self.dev.plic;
         let mut w = Writer::default();
-        for v in &p.priority {
-            w.u32(*v);
-        }
-        w.u32(p.pending);
-        w.u32(p.in_service);
-        for (e, t) in p.enable.iter().zip(&p.threshold) {
-            w.u32(*e);
-            w.u32(*t);
-        }
+        self.dev.plic.save(&mut w);
         f.push(&PLIC, &w.0);
-
-        let u = self.dev.uart.state();
         let mut w = Writer::default();
-        for v in [
-            u.baud_divisor_low,
-            u.baud_divisor_high,
-            u.interrupt_enable,
-            u.interrupt_identification,
-            u.line_control,
-            u.line_status,
-            u.modem_control,
-            u.modem_status,
-            u.scratch,
-        ] {
-            w.u8(v);
-        }
-        w.bytes(&u.in_buffer);
+        uart::save(&self.dev.uart, &mut w);
         f.push(&UART, &w.0);
 
         for t in &self.dev.virtio {
@@ -171,17 +145,9 @@ impl Machine {
     }
 
     /// Applies a checkpoint atomically: all of it, or on any error nothing (the machine keeps the state it had).
-    /// Every check of [`Machine::restore_into`] runs before RAM is touched; should a device section fail half-way,
-    /// the device state saved just before is put back.
+    /// The same as [`Machine::restore_into`], which decodes and checks everything before it changes anything.
     pub fn apply_checkpoint(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
-        // The state this machine holds was accepted by a restore, so it encodes.
-        let undo = self.save(Pages::Only(&[]))?;
-        let clock = self.dev.clock.clone();
-        self.restore_into(bytes).inspect_err(|_| {
-            self.restore_into(&undo).expect("a state this machine just saved restores");
-            // The clock as it was (running or not), not the stopped copy the undo state holds.
-            self.dev.clock = clock;
-        })
+        self.restore_into(bytes)
     }
 
     pub fn page_is_zero(&self, page: u64) -> bool {
@@ -215,13 +181,20 @@ impl Machine {
     }
 
     /// Applies a saved state to this machine (built with the same shape and devices). Pages in the stream
-    /// overwrite RAM; pages not in it keep their contents (live migration sends them earlier). On error the
-    /// machine must not run.
+    /// overwrite RAM; pages not in it keep their contents (live migration sends them earlier). Atomic: every
+    /// section is decoded and checked against this machine first, and on error nothing has changed.
     pub fn restore_into(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
-        let m = self;
         let f = StateFile::decode(bytes, &known())?;
-        // Pages are checked first and written last, so that a failing check leaves RAM untouched.
-        let pages = checked_pages(&f, m.ram.size() / PAGE_SIZE)?;
+        let state = self.decode_state(&f)?;
+        self.apply_state(state);
+        Ok(())
+    }
+
+    /// Decodes a state stream's sections into each component's typed state, checking it against this machine's shape and
+    /// devices; changes nothing.
+    fn decode_state<'a>(&self, f: &'a StateFile) -> Result<Decoded<'a>, RestoreError> {
+        let m = self;
+        let pages = checked_pages(f, m.ram.size() / PAGE_SIZE)?;
         let mut r = Reader::new(f.one(&BORD)?, "BORD");
         let harts = r.u32()? as u64;
         let ram_size = r.u64()?;
@@ -253,17 +226,6 @@ impl Machine {
                 StateError::Invalid { tag: "BORD".into(), why: format!("impossible guest time {mtime}") }.into()
             );
         }
-        m.builtin_sbi = builtin_sbi;
-        let virt = f.all(&VIRT)?;
-        if virt.len() != m.dev.virtio.len() {
-            return Err(StateError::Invalid {
-                tag: "VIRT".into(),
-                why: format!("{} virtio sections for {} devices", virt.len(), m.dev.virtio.len()),
-            }
-            .into());
-        }
-        m.dev.clock = GuestClock::paused(mtime);
-        m.dev.stimecmp = stimecmp;
 
         let hart_payloads = f.all(&hart::SECTION)?;
         if hart_payloads.len() as u64 != harts {
@@ -282,78 +244,98 @@ impl Machine {
             h.set_state(st);
             restored.push(h);
         }
-        m.harts = restored;
 
-        let mut r = Reader::new(f.one(&CLNT)?, "CLNT");
-        for h in 0..harts as usize {
-            m.dev.clint.msip[h] = r.bool()?;
-            m.dev.clint.mtimecmp[h] = r.u64()?;
-        }
+        let section =
+            |s: &Section, tag: &'static str| -> Result<Reader<'a>, StateError> { Ok(Reader::new(f.one(s)?, tag)) };
+        let mut r = section(&CLNT, "CLNT")?;
+        let clint = m.dev.clint.decode_state(&mut r)?;
+        r.finish()?;
+        let mut r = section(&PLIC, "PLIC")?;
+        let plic = m.dev.plic.decode_state(&mut r)?;
+        r.finish()?;
+        let mut r = section(&UART, "UART")?;
+        let uart = uart::decode_state(&mut r, m.dev.uart_irq.clone(), m.dev.gate.clone())?;
         r.finish()?;
 
-        let mut r = Reader::new(f.one(&PLIC)?, "PLIC");
-        let p = &mut m.dev.plic;
-        for v in p.priority.iter_mut() {
-            *v = r.u32()? & 7;
+        let virt = f.all(&VIRT)?;
+        if virt.len() != m.dev.virtio.len() {
+            return Err(StateError::Invalid {
+                tag: "VIRT".into(),
+                why: format!("{} virtio sections for {} devices", virt.len(), m.dev.virtio.len()),
+            }
+            .into());
         }
-        p.pending = r.u32()? & !1;
-        p.in_service = r.u32()? & !1;
-        for ctx in 0..p.enable.len() {
-            p.enable[ctx] = r.u32()? & !1;
-            p.threshold[ctx] = r.u32()? & 7;
-        }
-        r.finish()?;
-
-        let mut r = Reader::new(f.one(&UART)?, "UART");
-        let mut u = SerialState::default();
-        for v in [
-            &mut u.baud_divisor_low,
-            &mut u.baud_divisor_high,
-            &mut u.interrupt_enable,
-            &mut u.interrupt_identification,
-            &mut u.line_control,
-            &mut u.line_status,
-            &mut u.modem_control,
-            &mut u.modem_status,
-            &mut u.scratch,
-        ] {
-            *v = r.u8()?;
-        }
-        u.in_buffer = r.bytes(64)?.to_vec();
-        r.finish()?;
-        let gate = m.dev.gate.clone();
-        m.dev.uart = Serial::from_state(
-            &u,
-            m.dev.uart_irq.clone(),
-            vm_superio::serial::NoEvents,
-            ConsoleOut::new(Box::new(GateConsole(gate))),
-        )
-        .map_err(|e| StateError::Invalid { tag: "UART".into(), why: format!("{e:?}") })?;
-
-        for (t, payload) in m.dev.virtio.iter_mut().zip(virt) {
+        let mut virtio = Vec::with_capacity(virt.len());
+        for (t, payload) in m.dev.virtio.iter().zip(virt) {
             let mut r = Reader::new(payload, "VIRT");
-            t.restore(&mut r, &m.dev.mem)?;
+            virtio.push(t.decode_state(&mut r, &m.dev.mem)?);
             r.finish()?;
         }
 
-        let mut r = Reader::new(f.one(&GATE)?, "GATE");
-        let mut gate = m.dev.gate.lock().expect("gate lock");
-        gate.restore(&mut r)?;
+        let gate = m.dev.gate.lock().expect("gate lock");
+        let mut r = section(&GATE, "GATE")?;
+        let held = gate.decode_state(&mut r)?;
         r.finish()?;
+        drop(gate);
         let inputs = f.all(&INPT)?;
         if inputs.len() > 1 {
             return Err(StateError::Duplicate("INPT".into()).into());
         }
         let mut r = Reader::new(inputs.first().copied().unwrap_or(&[0, 0, 0, 0]), "INPT");
-        gate.restore_inputs(&mut r)?;
+        let inputs = OutputGate::decode_inputs(&mut r)?;
         r.finish()?;
-        drop(gate);
 
-        for (p, data) in &pages {
-            m.ram.write(m.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
-        }
-        Ok(())
+        Ok(Decoded {
+            builtin_sbi,
+            mtime,
+            stimecmp,
+            harts: restored,
+            clint,
+            plic,
+            uart,
+            virtio,
+            gate: held,
+            inputs,
+            pages,
+        })
     }
+
+    /// Applies what [`Machine::decode_state`] returned; cannot fail.
+    fn apply_state(&mut self, s: Decoded) {
+        self.builtin_sbi = s.builtin_sbi;
+        self.dev.clock = GuestClock::paused(s.mtime);
+        self.dev.stimecmp = s.stimecmp;
+        self.harts = s.harts;
+        self.dev.clint = s.clint;
+        self.dev.plic = s.plic;
+        self.dev.uart = s.uart;
+        for (t, st) in self.dev.virtio.iter_mut().zip(s.virtio) {
+            t.apply_state(st);
+        }
+        let mut gate = self.dev.gate.lock().expect("gate lock");
+        gate.apply_state(s.gate);
+        gate.apply_inputs(s.inputs);
+        drop(gate);
+        for (p, data) in &s.pages {
+            self.ram.write(self.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
+        }
+    }
+}
+
+/// A state stream decoded into each component's state and checked against the machine it is for.
+struct Decoded<'a> {
+    builtin_sbi: bool,
+    mtime: u64,
+    stimecmp: Vec<u64>,
+    harts: Vec<Hart>,
+    clint: Clint,
+    plic: Plic,
+    uart: Uart,
+    virtio: Vec<TransportState>,
+    gate: GateState,
+    inputs: InputCounts,
+    /// Guest pages, by index inside RAM.
+    pages: Vec<(u64, &'a [u8])>,
 }
 
 /// A stream of just these guest pages (indices inside RAM), as [`Machine::restore_pages`] takes it. Reads RAM

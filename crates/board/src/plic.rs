@@ -4,6 +4,8 @@
 //! in service until completion, so a source re-raised while being served is delivered again afterwards.
 //! Context `2h` is hart `h` in M-mode, `2h + 1` hart `h` in S-mode.
 
+use kemari_state::{Reader, StateError, Writer};
+
 pub const BASE: u64 = 0x0c00_0000;
 pub const SIZE: u64 = 0x60_0000;
 /// Sources 1..NUM_SOURCES-1 exist (0 is "no interrupt").
@@ -138,6 +140,38 @@ impl Plic {
             _ => {}
         }
         true
+    }
+}
+
+impl Plic {
+    /// Writes priorities, pending and in-service sources, each context's enables and threshold (the PLIC
+    /// section).
+    pub fn save(&self, w: &mut Writer) {
+        for v in &self.priority {
+            w.u32(*v);
+        }
+        w.u32(self.pending);
+        w.u32(self.in_service);
+        for (e, t) in self.enable.iter().zip(&self.threshold) {
+            w.u32(*e);
+            w.u32(*t);
+        }
+    }
+
+    /// Decodes what `save` wrote for a PLIC of this one's contexts, masked to what the registers can hold
+    /// (source 0 never exists); applying it is assigning it.
+    pub fn decode_state(&self, r: &mut Reader) -> Result<Plic, StateError> {
+        let mut p = Plic::new(self.enable.len() / 2);
+        for v in p.priority.iter_mut() {
+            *v = r.u32()? & 7;
+        }
+        p.pending = r.u32()? & !1;
+        p.in_service = r.u32()? & !1;
+        for ctx in 0..p.enable.len() {
+            p.enable[ctx] = r.u32()? & !1;
+            p.threshold[ctx] = r.u32()? & 7;
+        }
+        Ok(p)
     }
 }
 

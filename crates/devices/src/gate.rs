@@ -381,14 +381,17 @@ impl OutputGate {
         }
     }
 
-    /// Restores what `save_inputs` wrote (untrusted: the number of sources is capped).
-    pub fn restore_inputs(&mut self, r: &mut Reader) -> Result<(), StateError> {
+    /// Decodes what `save_inputs` wrote (untrusted: the number of sources is capped).
+    pub fn decode_inputs(r: &mut Reader) -> Result<InputCounts, StateError> {
         let n = r.u32()? as usize;
         if n > MAX_SOURCES {
             return Err(r.invalid(format!("{n} input sources (at most {MAX_SOURCES})")));
         }
-        self.consumed = (0..n).map(|_| r.u64()).collect::<Result<_, _>>()?;
-        Ok(())
+        Ok(InputCounts((0..n).map(|_| r.u64()).collect::<Result<_, _>>()?))
+    }
+
+    pub fn apply_inputs(&mut self, counts: InputCounts) {
+        self.consumed = counts.0;
     }
 
     /// Writes the held effects and the sequence counter (part of every checkpoint).
@@ -422,8 +425,9 @@ impl OutputGate {
         }
     }
 
-    /// Restores held effects (untrusted: kinds, sizes and order are checked).
-    pub fn restore(&mut self, r: &mut Reader) -> Result<(), StateError> {
+    /// Checks and decodes what `save` wrote (untrusted: kinds, sizes, order, and each effect against this
+    /// gate's outlets) without changing the gate.
+    pub fn decode_state(&self, r: &mut Reader) -> Result<GateState, StateError> {
         let holding = r.bool()?;
         let next_seq = r.u64()?;
         let n = r.u32()?;
@@ -451,13 +455,28 @@ impl OutputGate {
             }
             held.push_back((seq, effect));
         }
-        self.holding = holding;
-        self.next_seq = next_seq.max(1);
-        self.held_bytes = held.iter().map(|(_, e)| e.payload_len()).sum();
-        self.held = held;
-        Ok(())
+        Ok(GateState { holding, next_seq: next_seq.max(1), held })
+    }
+
+    /// Applies what [`OutputGate::decode_state`] returned: the held effects it carries replace this gate's.
+    pub fn apply_state(&mut self, st: GateState) {
+        self.holding = st.holding;
+        self.next_seq = st.next_seq;
+        self.held_bytes = st.held.iter().map(|(_, e)| e.payload_len()).sum();
+        self.held = st.held;
     }
 }
+
+/// The gate's part of a checkpoint, decoded and checked: whether it holds, its sequence counter, the held
+/// effects.
+pub struct GateState {
+    holding: bool,
+    next_seq: u64,
+    held: VecDeque<(u64, Effect)>,
+}
+
+/// How many inputs the guest had consumed from each source (a checkpoint's input mark), decoded.
+pub struct InputCounts(Vec<u64>);
 
 fn check_outlet(o: &Outlets, effect: &Effect) -> Result<(), String> {
     let disk = |d: usize| o.disk_bytes.get(d).copied().ok_or(format!("disk {d} does not exist"));
@@ -529,7 +548,8 @@ mod tests {
         g.save(&mut w);
         let rec = Recorder::default();
         let mut back = OutputGate::new(Box::new(rec.clone()));
-        back.restore(&mut Reader::new(&w.0, "GATE")).unwrap();
+        let st = back.decode_state(&mut Reader::new(&w.0, "GATE")).unwrap();
+        back.apply_state(st);
         assert!(back.is_holding());
         assert_eq!(back.next_seq(), 5);
         back.release_through(4).unwrap();
@@ -540,7 +560,7 @@ mod tests {
         // Out-of-order sequence numbers are refused.
         let mut bad = w.0.clone();
         bad[13] = 9; // first held seq := 9, beyond next_seq
-        assert!(OutputGate::new(Box::new(Recorder::default())).restore(&mut Reader::new(&bad, "GATE")).is_err());
+        assert!(OutputGate::new(Box::new(Recorder::default())).decode_state(&mut Reader::new(&bad, "GATE")).is_err());
     }
 
     #[test]

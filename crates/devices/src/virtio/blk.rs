@@ -27,7 +27,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, Permissions};
 
-use super::{device_type, Ctx, Processed, VirtioDevice};
+use super::{device_type, Ctx, DeviceState, Processed, VirtioDevice};
 use crate::gate::{Effect, Effects};
 use crate::memory::GuestMemory;
 
@@ -330,15 +330,15 @@ impl VirtioDevice for Block {
         vec![self.write_through as u8, self.broken as u8]
     }
 
-    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+    fn decode_state(&self, state: &[u8]) -> Result<DeviceState, String> {
         match *state {
-            [write_through @ (0 | 1), broken @ (0 | 1)] => {
-                self.write_through = write_through == 1;
-                self.broken = broken == 1;
-                Ok(())
-            }
+            [write_through @ (0 | 1), broken @ (0 | 1)] => Ok(DeviceState::new((write_through == 1, broken == 1))),
             _ => Err(format!("virtio-blk state must be two flag bytes, got {state:?}")),
         }
+    }
+
+    fn apply_state(&mut self, state: DeviceState) {
+        (self.write_through, self.broken) = state.take();
     }
 }
 
@@ -1247,14 +1247,14 @@ mod tests {
         // Negotiated FLUSH (write-back) survives save/restore into a fresh device: no extra flush effects.
         let saved = rig.dev.save();
         rig.dev = Block::new(0, rig.image.reader(), false, "kemari-disk0").unwrap();
-        rig.dev.restore(&saved).unwrap();
+        rig.dev.apply_state(rig.dev.decode_state(&saved).unwrap());
         assert_eq!(rig.write(0, &[1u8; 512]), OK);
         assert_eq!(rig.recorded(), vec![Effect::BlockWrite { disk: 0, offset: 0, data: vec![1u8; 512] }]);
         for bad in [&[][..], &[1][..], &[2, 0][..], &[0, 0, 0][..]] {
-            assert!(rig.dev.restore(bad).is_err(), "{bad:?} accepted");
+            assert!(rig.dev.decode_state(bad).is_err(), "{bad:?} accepted");
         }
         // A broken device stays broken across restore.
-        rig.dev.restore(&[0, 1]).unwrap();
+        rig.dev.apply_state(rig.dev.decode_state(&[0, 1]).unwrap());
         let hdr = rig.header(VIRTIO_BLK_T_FLUSH, 0);
         let st = rig.status();
         rig.offer(&[hdr, st]);

@@ -301,8 +301,9 @@ impl MmioTransport {
         w.bytes(&self.device.save());
     }
 
-    /// Restores what `save` wrote, validating it against this transport's device and guest memory.
-    pub fn restore(&mut self, r: &mut Reader, mem: &GuestMemory) -> Result<(), StateError> {
+    /// Checks and decodes what `save` wrote against this transport's device and guest memory (the bytes are
+    /// untrusted), without changing anything; [`MmioTransport::apply_state`] then cannot fail.
+    pub fn decode_state(&self, r: &mut Reader, mem: &GuestMemory) -> Result<TransportState, StateError> {
         let kind = r.u32()?;
         if kind != self.device.device_type() {
             return Err(r.invalid(format!(
@@ -310,21 +311,19 @@ impl MmioTransport {
                 self.device.device_type()
             )));
         }
-        self.queue_sel = r.u32()?;
-        self.device_features_sel = r.u32()?;
-        self.driver_features_sel = r.u32()?;
-        self.status = r.u32()?;
-        self.driver_features = r.u64()?;
-        if self.driver_features & !self.offered_features() != 0 {
+        let (queue_sel, device_features_sel, driver_features_sel, status) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+        let driver_features = r.u64()?;
+        if driver_features & !self.offered_features() != 0 {
             return Err(r.invalid("negotiated features the device does not offer"));
         }
-        self.interrupt_status = r.u32()? & (INT_USED_RING | INT_CONFIG);
-        self.config_generation = r.u32()?;
+        let interrupt_status = r.u32()? & (INT_USED_RING | INT_CONFIG);
+        let config_generation = r.u32()?;
         let n = r.u32()? as usize;
         if n != self.queues.len() {
             return Err(r.invalid(format!("{n} queues in the state, the device has {}", self.queues.len())));
         }
-        for q in self.queues.iter_mut() {
+        let mut queues = Vec::with_capacity(n);
+        for q in &self.queues {
             let st = QueueState {
                 max_size: r.u16()?,
                 next_avail: r.u16()?,
@@ -344,12 +343,47 @@ impl MmioTransport {
             if restored.ready() && !restored.is_valid(mem) {
                 return Err(r.invalid("a ready queue lies outside guest memory"));
             }
-            *q = restored;
+            queues.push(restored);
         }
-        let dev = r.bytes(1 << 20)?;
-        self.device.restore(dev).map_err(|why| r.invalid(why))?;
-        Ok(())
+        let device = self.device.decode_state(r.bytes(1 << 20)?).map_err(|why| r.invalid(why))?;
+        Ok(TransportState {
+            queue_sel,
+            device_features_sel,
+            driver_features_sel,
+            status,
+            driver_features,
+            interrupt_status,
+            config_generation,
+            queues,
+            device,
+        })
     }
+
+    /// Applies what this transport's [`MmioTransport::decode_state`] returned.
+    pub fn apply_state(&mut self, st: TransportState) {
+        self.queue_sel = st.queue_sel;
+        self.device_features_sel = st.device_features_sel;
+        self.driver_features_sel = st.driver_features_sel;
+        self.status = st.status;
+        self.driver_features = st.driver_features;
+        self.interrupt_status = st.interrupt_status;
+        self.config_generation = st.config_generation;
+        self.queues = st.queues;
+        self.device.apply_state(st.device);
+    }
+}
+
+/// A transport's state, checked against it: registers, queues and the device's own state.
+pub struct TransportState {
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    status: u32,
+    driver_features: u64,
+    interrupt_status: u32,
+    config_generation: u32,
+    queues: Vec<Queue>,
+    device: super::DeviceState,
 }
 
 #[cfg(test)]

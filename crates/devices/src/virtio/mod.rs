@@ -67,12 +67,30 @@ pub trait VirtioDevice: Send {
     fn save(&self) -> Vec<u8> {
         Vec::new()
     }
-    /// Restores what `save` produced; the bytes are untrusted.
-    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+    /// Checks and decodes what `save` produced (the bytes are untrusted) without changing the device.
+    fn decode_state(&self, state: &[u8]) -> Result<DeviceState, String> {
         if state.is_empty() {
-            Ok(())
+            Ok(DeviceState::new(()))
         } else {
             Err(format!("{} unexpected bytes of device state", state.len()))
         }
+    }
+    /// Applies what this device's `decode_state` returned; cannot fail.
+    fn apply_state(&mut self, _state: DeviceState) {}
+}
+
+/// A device's own state as its [`VirtioDevice::decode_state`] decoded it, for its `apply_state`. Opaque to the
+/// transport, which keeps each device's state with the device that decoded it.
+pub struct DeviceState(Box<dyn std::any::Any + Send>);
+
+impl DeviceState {
+    pub fn new<T: std::any::Any + Send>(state: T) -> DeviceState {
+        DeviceState(Box::new(state))
+    }
+
+    /// The state a device decoded; panics on another type, which only a device applying another device's
+    /// state could cause (the transport never does).
+    pub fn take<T: std::any::Any>(self) -> T {
+        *self.0.downcast::<T>().expect("a device's own decoded state")
     }
 }
