@@ -907,6 +907,9 @@ impl Primary {
             None => outcome,
         };
         if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Unprotected) {
+            // The ft-arrivals thread holds a clone of the link's queue: stop it first, or closing the link
+            // waits out the heartbeat timeout for that queue to close.
+            machine.log_frames_on_arrival(None);
             link.send(wire::SHUTDOWN, None, Arc::default(), self.cfg.opts.heartbeat_timeout);
             link.close(self.cfg.opts.heartbeat_timeout);
         }

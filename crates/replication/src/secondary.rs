@@ -491,6 +491,10 @@ impl Standby {
         kemari_board::say!("primary {} lost ({why}): failing over", hello.node);
         self.metrics.lock().expect("metrics lock").state = "failing-over";
         let mut told = false;
+        // Polls the arbiter quickly at first: a killed primary's active lock frees within milliseconds of
+        // its link closing, and every millisecond here is one in which the guest's peers reach no one. Then
+        // more slowly, for a lease that must run out (seconds) or an arbiter across the network.
+        let mut pause = Duration::from_micros(200);
         let fence = loop {
             match arbiter.take_over(hello.fence) {
                 Ok(TakeOver::Won { fence }) => break fence,
@@ -509,7 +513,8 @@ impl Standby {
                 kemari_board::say!("standby: quit during failover; the guest runs nowhere now");
                 return Ok(StandbyEnd::Quit);
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
         };
         {
             // Re-issue: what the committed checkpoint still held may never have left the old primary.
