@@ -96,7 +96,7 @@ pub fn tag_of(selector: u8) -> [u8; 4] {
 /// `selector u8, len u16 LE, payload[len]` (the last payload may be short). The selector's low 3 bits pick the
 /// tag from [`KNOWN`]; bit 7 set writes section version 2 (a version from the future).
 pub fn framed(mut data: &[u8]) -> Vec<u8> {
-    let mut f = StateFile::new();
+    let mut f = StateFile::new(kemari_state::Arch::Riscv64);
     while data.len() >= 3 {
         let sel = data[0];
         let len = u16::from_le_bytes([data[1], data[2]]) as usize;

@@ -13,7 +13,7 @@ use kemari_devices::gate::{GateState, InputCounts, OutputGate};
 use kemari_devices::host::Wake;
 use kemari_devices::virtio::mmio::TransportState;
 use kemari_engine::{Engine, GuestRam, Hart, PAGE_SIZE};
-use kemari_state::{hart, Encoder, Reader, Section, StateError, StateFile, Writer};
+use kemari_state::{hart, Arch, Encoder, Reader, Section, StateError, StateFile, Writer};
 
 use crate::clint::Clint;
 use crate::machine::{BuildError, GuestClock, Machine, MachineConfig};
@@ -40,12 +40,22 @@ const _: () = {
 /// at its cap, as many hart sections as the board has harts at most. Receivers cap what they read by it
 /// before a byte of it arrives.
 pub fn max_state_len(memory: u64) -> u64 {
-    const FRAMING: u64 = 16 + 4;
+    const FRAMING: u64 = 20 + 4;
     let section = |s: &Section| 10 + s.cap as u64 + 4;
     let pages = memory / PAGE_SIZE;
     let fixed: u64 = [BORD, CLNT, PLIC, UART, VIRT, GATE, INPT].iter().map(section).sum();
     let harts = crate::layout::MAX_HARTS as u64 * section(&hart::SECTION);
     FRAMING + fixed + harts + pages.div_ceil(PAGES_PER_SECTION as u64) * section(&PAGS)
+}
+
+/// The machines this board builds, as state streams name them.
+const ARCH: Arch = Arch::Riscv64;
+
+/// Decodes a stream's framing and refuses one of another architecture's machine.
+fn decode<'a>(bytes: &'a [u8], known: &[Section]) -> Result<StateFile<'a>, StateError> {
+    let f = StateFile::decode(bytes, known)?;
+    f.expect_arch(ARCH)?;
+    Ok(f)
 }
 
 fn known() -> [Section; 9] {
@@ -85,7 +95,7 @@ impl Machine {
                 &all
             }
         };
-        let mut f = Encoder::with_capacity((64 << 10) + list.len() * (8 + PAGE_SIZE as usize));
+        let mut f = Encoder::new(ARCH, (64 << 10) + list.len() * (8 + PAGE_SIZE as usize));
         let mut w = Writer::default();
         w.u32(self.harts.len() as u32);
         w.u64(self.ram.size());
@@ -136,7 +146,7 @@ impl Machine {
     /// Applies a stream of pages made by `save_pages` (validated like any state stream, before any page is
     /// written).
     pub fn restore_pages(&mut self, bytes: &[u8]) -> Result<u64, StateError> {
-        let f = StateFile::decode(bytes, &[PAGS])?;
+        let f = decode(bytes, &[PAGS])?;
         let pages = checked_pages(&f, self.ram.size() / PAGE_SIZE)?;
         for (p, data) in &pages {
             self.ram.write(self.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
@@ -184,7 +194,7 @@ impl Machine {
     /// overwrite RAM; pages not in it keep their contents (live migration sends them earlier). Atomic: every
     /// section is decoded and checked against this machine first, and on error nothing has changed.
     pub fn restore_into(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
-        let f = StateFile::decode(bytes, &known())?;
+        let f = decode(bytes, &known())?;
         let state = self.decode_state(&f)?;
         self.apply_state(state);
         Ok(())
@@ -348,7 +358,7 @@ pub fn encode_pages(ram: &GuestRam, list: &[u64]) -> Vec<u8> {
 /// [`encode_pages`] into the allocation of `buf`.
 pub fn encode_pages_into(ram: &GuestRam, list: &[u64], buf: Vec<u8>) -> Vec<u8> {
     let bytes = list.len() * (8 + PAGE_SIZE as usize) + list.len().div_ceil(PAGES_PER_SECTION) * 18;
-    let mut f = Encoder::reusing(buf, bytes);
+    let mut f = Encoder::reusing(buf, ARCH, bytes);
     push_pages(ram, &mut f, list);
     // Page sections are full-size at most, and RAM is small enough that all of them fit in a stream.
     f.finish().expect("a page stream of this RAM is within the format's limits")
@@ -391,7 +401,7 @@ fn checked_pages<'a>(f: &'a StateFile<'_>, pages: u64) -> Result<Vec<(u64, &'a [
 /// Reads the machine shape (harts, MiB of memory) from a state stream, so `kemari restore` can build the
 /// machine before restoring into it. The stream is fully checked later by [`Machine::restore`].
 pub fn peek_shape(bytes: &[u8]) -> Result<(usize, u64), StateError> {
-    let f = StateFile::decode(bytes, &known())?;
+    let f = decode(bytes, &known())?;
     let mut r = Reader::new(f.one(&BORD)?, "BORD");
     let harts = r.u32()? as usize;
     let ram = r.u64()?;

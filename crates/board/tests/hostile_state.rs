@@ -19,7 +19,7 @@ use std::time::Instant;
 use kemari_board::control::{Reply, Request};
 use kemari_board::persist::{peek_shape, Pages};
 use kemari_board::{Event, Machine, MachineConfig};
-use kemari_state::{Section, StateFile, Writer, FORMAT_VERSION, MAGIC};
+use kemari_state::{Arch, Section, StateFile, Writer, FORMAT_VERSION, MAGIC};
 
 mod common;
 use common::{guest_config, run_until, Capture};
@@ -123,7 +123,7 @@ fn fresh() -> Machine {
 // ---------------------------------------------------------------------------------------------------------------
 // The framing, parsed independently of the codec
 
-const HEADER: usize = 16;
+const HEADER: usize = 20;
 const SECTION_HEAD: usize = 10;
 
 #[derive(Clone, Debug)]
@@ -171,7 +171,8 @@ fn le32(b: &[u8]) -> u32 {
 fn parse(bytes: &[u8]) -> Vec<Sec> {
     assert_eq!(&bytes[..8], MAGIC);
     assert_eq!(le32(&bytes[8..]), FORMAT_VERSION);
-    let count = le32(&bytes[12..]) as usize;
+    assert_eq!(&bytes[12..16], b"RV64");
+    let count = le32(&bytes[16..]) as usize;
     let mut pos = HEADER;
     let mut out = Vec::new();
     for _ in 0..count {
@@ -204,7 +205,7 @@ impl Stream {
 
 /// Encodes sections with the state crate's own writer: valid framing and checksums whatever the payloads say.
 fn frame(secs: &[Sec]) -> Vec<u8> {
-    let mut f = StateFile::new();
+    let mut f = StateFile::new(Arch::Riscv64);
     for s in secs {
         f.push(&Section { tag: s.tag, version: s.version, cap: u32::MAX }, s.payload.clone());
     }
@@ -273,7 +274,7 @@ fn case(what: impl Into<String>, bytes: Vec<u8>, says: &[&str]) -> Case {
 fn truncations(st: &Stream) -> Vec<Case> {
     let (b, secs) = (&st.bytes, &st.secs);
     let mut cases = Vec::new();
-    for len in [0, 4, 8, 12, 15, HEADER] {
+    for len in [0, 4, 8, 12, 15, 16, 19, HEADER] {
         let says: &[&str] = if len < 8 { &["bad magic"] } else { &["truncated"] };
         cases.push(case(format!("cut to {len} bytes (header)"), b[..len].to_vec(), says));
     }
@@ -309,10 +310,11 @@ fn flips(st: &Stream) -> Vec<Case> {
     };
     let mut cases = vec![
         case("flip in the magic", flip(3, 2), &["bad magic"]),
-        case("flip in the format version", flip(8, 1), &["version 3 is not supported"]),
-        case("flip in the section count (more)", flip(12, 4), &[]),
-        case("flip in the section count (fewer)", flip(12, 0), &[]),
-        case("flip in the section count (huge)", flip(15, 7), &["sections is more than the format allows"]),
+        case("flip in the format version", flip(8, 2), &["version 6 is not supported"]),
+        case("flip in the architecture", flip(12, 0), &["unknown machine architecture \"SV64\""]),
+        case("flip in the section count (more)", flip(16, 4), &[]),
+        case("flip in the section count (fewer)", flip(16, 0), &[]),
+        case("flip in the section count (huge)", flip(19, 7), &["sections is more than the format allows"]),
     ];
     for (i, s) in st.secs.iter().enumerate() {
         let n = s.name();
@@ -348,6 +350,14 @@ fn future_versions(st: &Stream) -> Vec<Case> {
         let crc = crc32(&c[..n]);
         c[n..].copy_from_slice(&crc.to_le_bytes());
         cases.push(case(format!("format version {v}"), c, &[&format!("state format version {v} is not supported")]));
+    }
+    for (arch, says) in [(b"X64_", "the state is of a x86-64 machine, this one is riscv64"), (b"Z80?", "\"Z80?\"")] {
+        let mut c = b.to_vec();
+        c[12..16].copy_from_slice(arch);
+        let n = c.len() - 4;
+        let crc = crc32(&c[..n]);
+        c[n..].copy_from_slice(&crc.to_le_bytes());
+        cases.push(case(format!("architecture {}", String::from_utf8_lossy(arch)), c, &[says]));
     }
     let secs = &st.secs;
     let mut kinds: Vec<[u8; 4]> = secs.iter().map(|s| s.tag).collect();
@@ -596,7 +606,7 @@ fn out_of_range(b: &Stream) -> Vec<Case> {
     cases.push(case("bytes after the trailer", c, &["4 trailing bytes after the stream"]));
     let mut c = b.bytes.to_vec();
     let too_many = kemari_state::MAX_SECTIONS + 1;
-    c[12..16].copy_from_slice(&too_many.to_le_bytes());
+    c[16..20].copy_from_slice(&too_many.to_le_bytes());
     cases.push(case("too many sections", c, &[&format!("{too_many} sections")]));
     cases
 }
@@ -718,6 +728,21 @@ fn one_flipped_bit_in_each_section_is_rejected_and_named() {
 #[test]
 fn versions_from_the_future_are_rejected_and_named() {
     refused_everywhere("future versions", &future_versions(&saved().b));
+}
+
+/// A stream of format version 1 (written before the header named the architecture) still restores, to the
+/// same machine state.
+#[test]
+fn a_version_1_stream_still_restores() {
+    let s = saved();
+    let body = &s.b.bytes[..s.b.bytes.len() - 4];
+    let mut v1 = body[..8].to_vec();
+    v1.extend_from_slice(&1u32.to_le_bytes());
+    v1.extend_from_slice(&body[16..]);
+    v1.extend_from_slice(&crc32(&v1).to_le_bytes());
+    let mut m = fresh();
+    m.restore_into(&v1).expect("a version 1 stream");
+    assert!(m.save(Pages::AllNonZero).unwrap() == s.b.bytes, "the version 1 stream restored another state");
 }
 
 #[test]

@@ -6,9 +6,44 @@ use std::collections::BTreeMap;
 use crc32fast::Hasher;
 
 pub const MAGIC: &[u8; 8] = b"KEMARIST";
-/// Version of the framing. A reader accepts only versions it knows.
-pub const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 16;
+/// Version of the framing written. A reader accepts only versions it knows: this one, and version 1 (no
+/// architecture in the header; every such stream is of a RISC-V machine).
+pub const FORMAT_VERSION: u32 = 2;
+/// Magic, version, architecture, section count.
+const HEADER_LEN: usize = 20;
+/// Version 1's header: no architecture.
+const HEADER_LEN_V1: usize = 16;
+
+/// The architecture of the machine a stream describes, in the header: a stream is only ever applied to a
+/// machine of its own architecture.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Arch {
+    #[default]
+    Riscv64,
+    X86_64,
+}
+
+impl Arch {
+    fn tag(self) -> [u8; 4] {
+        match self {
+            Arch::Riscv64 => *b"RV64",
+            Arch::X86_64 => *b"X64_",
+        }
+    }
+
+    fn from_tag(tag: [u8; 4]) -> Option<Arch> {
+        [Arch::Riscv64, Arch::X86_64].into_iter().find(|a| a.tag() == tag)
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Riscv64 => "riscv64",
+            Arch::X86_64 => "x86-64",
+        })
+    }
+}
 const SECTION_HEADER_LEN: usize = 10;
 /// No stream has more sections than this (enough for every page of the largest machine: 64 GiB in 4 MiB
 /// sections, and the rest).
@@ -18,8 +53,12 @@ pub const MAX_SECTIONS: u32 = 1 << 15;
 pub enum StateError {
     #[error("not a kemari state stream (bad magic)")]
     BadMagic,
-    #[error("state format version {0} is not supported (this kemari reads version {FORMAT_VERSION})")]
+    #[error("state format version {0} is not supported (this kemari reads versions 1 to {FORMAT_VERSION})")]
     UnsupportedVersion(u32),
+    #[error("unknown machine architecture {0:?} in the state header")]
+    UnknownArch(String),
+    #[error("the state is of a {saved} machine, this one is {ours}")]
+    WrongArch { saved: Arch, ours: Arch },
     #[error("state stream truncated: {0}")]
     Truncated(String),
     #[error("state stream checksum mismatch over the whole stream")]
@@ -72,23 +111,19 @@ pub struct Encoder {
     refused: Option<StateError>,
 }
 
-impl Default for Encoder {
-    fn default() -> Encoder {
-        Encoder::with_capacity(0)
-    }
-}
-
 impl Encoder {
-    pub fn with_capacity(bytes: usize) -> Encoder {
-        Encoder::reusing(Vec::new(), bytes)
+    /// A stream of a machine of `arch`, with room for `bytes` of sections.
+    pub fn new(arch: Arch, bytes: usize) -> Encoder {
+        Encoder::reusing(Vec::new(), arch, bytes)
     }
 
     /// Writes into `out` (cleared; its allocation reused: no fresh pages to fault in for every batch).
-    pub fn reusing(mut out: Vec<u8>, bytes: usize) -> Encoder {
+    pub fn reusing(mut out: Vec<u8>, arch: Arch, bytes: usize) -> Encoder {
         out.clear();
         out.reserve(HEADER_LEN + bytes + 4);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&arch.tag());
         out.extend_from_slice(&0u32.to_le_bytes()); // section count, set by `finish`
         Encoder { out, count: 0, body: Hasher::new(), refused: None }
     }
@@ -137,7 +172,7 @@ impl Encoder {
 
     /// The finished stream, whatever it holds.
     fn finish_unchecked(mut self) -> Vec<u8> {
-        self.out[12..HEADER_LEN].copy_from_slice(&self.count.to_le_bytes());
+        self.out[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&self.count.to_le_bytes());
         let mut h = Hasher::new();
         h.update(&self.out[..HEADER_LEN]);
         h.combine(&self.body);
@@ -151,16 +186,31 @@ impl Encoder {
 /// from the stream), for section codecs to parse.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct StateFile<'a> {
+    arch: Arch,
     sections: Vec<([u8; 4], u16, Cow<'a, [u8]>)>,
 }
 
 impl StateFile<'static> {
-    pub fn new() -> StateFile<'static> {
-        StateFile::default()
+    /// An empty stream of a machine of `arch`.
+    pub fn new(arch: Arch) -> StateFile<'static> {
+        StateFile { arch, sections: Vec::new() }
     }
 }
 
 impl<'a> StateFile<'a> {
+    /// The architecture of the machine the stream describes.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// Fails unless the stream describes a machine of `ours`.
+    pub fn expect_arch(&self, ours: Arch) -> Result<(), StateError> {
+        match self.arch {
+            saved if saved == ours => Ok(()),
+            saved => Err(StateError::WrongArch { saved, ours }),
+        }
+    }
+
     /// Adds a section (sections are written in insertion order).
     pub fn push(&mut self, section: &Section, payload: Vec<u8>) {
         self.sections.push((section.tag, section.version, Cow::Owned(payload)));
@@ -193,7 +243,7 @@ impl<'a> StateFile<'a> {
 
     /// Encodes the sections as they are, also what a decoder would refuse (tests make such streams).
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::with_capacity(self.sections.iter().map(|s| s.2.len() + 14).sum());
+        let mut e = Encoder::new(self.arch, self.sections.iter().map(|s| s.2.len() + 14).sum());
         for (tag, version, payload) in &self.sections {
             // The section's own version, which may differ from what this kemari writes (tests make such
             // streams).
@@ -209,19 +259,26 @@ impl<'a> StateFile<'a> {
             return Err(StateError::BadMagic);
         }
         let mut r = Reader::new(&bytes[8..], "header");
-        let version = r.u32().map_err(|_| StateError::Truncated("in the header".into()))?;
-        if version != FORMAT_VERSION {
-            return Err(StateError::UnsupportedVersion(version));
-        }
-        let count = r.u32().map_err(|_| StateError::Truncated("in the header".into()))?;
+        let truncated = |_| StateError::Truncated("in the header".into());
+        let version = r.u32().map_err(truncated)?;
+        let (arch, header_len) = match version {
+            1 => (Arch::Riscv64, HEADER_LEN_V1),
+            FORMAT_VERSION => {
+                let tag: [u8; 4] = r.raw(4).map_err(truncated)?.try_into().expect("4 bytes");
+                let arch = Arch::from_tag(tag).ok_or_else(|| StateError::UnknownArch(tag_name(&tag)))?;
+                (arch, HEADER_LEN)
+            }
+            v => return Err(StateError::UnsupportedVersion(v)),
+        };
+        let count = r.u32().map_err(truncated)?;
         if count > MAX_SECTIONS {
             return Err(StateError::TooManySections(count));
         }
         let caps: BTreeMap<[u8; 4], u32> = known.iter().map(|s| (s.tag, s.cap)).collect();
-        let mut pos = HEADER_LEN;
+        let mut pos = header_len;
         let mut sections = Vec::with_capacity(count as usize);
         let mut stream = Hasher::new();
-        stream.update(&bytes[..HEADER_LEN]);
+        stream.update(&bytes[..header_len]);
         for i in 0..count {
             let head = bytes
                 .get(pos..pos + SECTION_HEADER_LEN)
@@ -256,7 +313,7 @@ impl<'a> StateFile<'a> {
         if bytes.len() > pos + 4 {
             return Err(StateError::TrailingBytes(bytes.len() - pos - 4));
         }
-        Ok(StateFile { sections })
+        Ok(StateFile { arch, sections })
     }
 }
 
@@ -361,20 +418,52 @@ mod tests {
     /// The encoder refuses what the decoder would refuse, with the decoder's own error.
     #[test]
     fn the_encoder_refuses_what_the_decoder_refuses() {
-        let mut e = Encoder::default();
+        let mut e = Encoder::new(Arch::Riscv64, 0);
         e.push(&TINY, &[0; 5]);
         assert_eq!(e.finish(), Err(StateError::TooLong { tag: "TINY".into(), len: 5, cap: 4 }));
-        let mut e = Encoder::default();
+        let mut e = Encoder::new(Arch::Riscv64, 0);
         for _ in 0..=MAX_SECTIONS {
             e.push(&TINY, &[]);
         }
         assert_eq!(e.finish(), Err(StateError::TooManySections(MAX_SECTIONS + 1)));
     }
 
+    /// A version 1 stream (no architecture in the header) reads as a RISC-V machine's; a stream names its
+    /// architecture, and an unknown one is refused by name.
+    #[test]
+    fn the_header_names_the_architecture_and_version_1_streams_still_read() {
+        let mut e = Encoder::new(Arch::X86_64, 0);
+        e.push(&TINY, &[7]);
+        let v2 = e.finish().unwrap();
+        let f = StateFile::decode(&v2, &[TINY]).unwrap();
+        assert_eq!(f.arch(), Arch::X86_64);
+        assert_eq!(
+            f.expect_arch(Arch::Riscv64),
+            Err(StateError::WrongArch { saved: Arch::X86_64, ours: Arch::Riscv64 })
+        );
+        assert_eq!(f.encode(), v2, "encode keeps the architecture");
+
+        let with_trailer = |mut body: Vec<u8>| {
+            body.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            body
+        };
+        let body = &v2[..v2.len() - 4];
+        let mut v1 = body[..8].to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&body[16..]);
+        let v1 = with_trailer(v1);
+        let f = StateFile::decode(&v1, &[TINY]).unwrap();
+        assert_eq!((f.arch(), f.one(&TINY).unwrap()), (Arch::Riscv64, &[7u8][..]));
+
+        let mut unknown = body.to_vec();
+        unknown[12..16].copy_from_slice(b"Z80?");
+        assert_eq!(StateFile::decode(&with_trailer(unknown), &[TINY]), Err(StateError::UnknownArch("Z80?".into())));
+    }
+
     /// As many sections as the format allows are written and read back.
     #[test]
     fn a_stream_of_the_most_sections_reads_back() {
-        let mut e = Encoder::default();
+        let mut e = Encoder::new(Arch::Riscv64, 0);
         for _ in 0..MAX_SECTIONS {
             e.push(&TINY, &[1, 2]);
         }

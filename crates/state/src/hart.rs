@@ -148,7 +148,7 @@ mod tests {
     }
 
     fn file(harts: &[HartState]) -> Vec<u8> {
-        let mut f = StateFile::new();
+        let mut f = StateFile::new(crate::Arch::Riscv64);
         for h in harts {
             f.push(&SECTION, encode(h));
         }
@@ -192,9 +192,9 @@ mod tests {
     #[test]
     fn future_versions_are_named() {
         let mut bytes = file(&[sample(0)]);
-        bytes[8] = 2;
-        assert_eq!(decode_all(&bytes), Err(StateError::UnsupportedVersion(2)));
-        let mut f = StateFile::new();
+        bytes[8] = crate::FORMAT_VERSION as u8 + 1;
+        assert_eq!(decode_all(&bytes), Err(StateError::UnsupportedVersion(crate::FORMAT_VERSION + 1)));
+        let mut f = StateFile::new(crate::Arch::Riscv64);
         f.push(&Section { version: 7, ..SECTION }, encode(&sample(0)));
         assert_eq!(decode_all(&f.encode()), Err(StateError::SectionVersion { tag: "HART".into(), version: 7 }));
     }
@@ -211,7 +211,7 @@ mod tests {
         for (at, value, why) in cases {
             let mut payload = encode(&sample(0));
             payload[at] = value;
-            let mut f = StateFile::new();
+            let mut f = StateFile::new(crate::Arch::Riscv64);
             f.push(&SECTION, payload);
             let err = decode_all(&f.encode()).unwrap_err().to_string();
             assert!(err.contains(why), "{err:?} does not say {why:?}");
@@ -220,10 +220,10 @@ mod tests {
 
     #[test]
     fn oversized_sections_and_unknown_tags_are_refused_before_allocation() {
-        let mut f = StateFile::new();
+        let mut f = StateFile::new(crate::Arch::Riscv64);
         f.push(&SECTION, vec![0; 2000]);
         assert!(matches!(decode_all(&f.encode()), Err(StateError::TooLong { .. })));
-        let mut f = StateFile::new();
+        let mut f = StateFile::new(crate::Arch::Riscv64);
         f.push(&Section { tag: *b"ZZZZ", version: 1, cap: 10 }, vec![1]);
         assert!(decode_all(&f.encode()).unwrap_err().to_string().contains("unknown section"));
     }
