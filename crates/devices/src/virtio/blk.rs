@@ -16,7 +16,6 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_ID_BYTES,
@@ -27,6 +26,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, Permissions};
 
+use super::chain::{self, Buffers, ChainError, Segment, WarnLimit};
 use super::{device_type, Ctx, DeviceState, Processed, VirtioDevice};
 use crate::gate::{Effect, Effects};
 use crate::memory::GuestMemory;
@@ -48,8 +48,6 @@ const MAX_CHAIN_DESCRIPTORS: usize = 1024;
 const HEADER_BYTES: u64 = 16;
 /// Length of the device-specific config space we describe (`struct virtio_blk_config` up to `blk_size`).
 const CONFIG_BYTES: usize = 24;
-/// Guest-caused warnings: at most one per this interval per disk.
-const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 fn bit(b: u32) -> u64 {
     1u64 << b
@@ -105,7 +103,7 @@ impl Block {
             id: id_bytes,
             write_through: true,
             broken: false,
-            warn: WarnLimit::default(),
+            warn: WarnLimit::new("virtio-blk", disk),
         })
     }
 
@@ -133,15 +131,15 @@ impl Block {
         let (status, data_written) = match self.execute(&req, ctx) {
             Ok(n) => (VIRTIO_BLK_S_OK, n),
             Err(Fail::Unsupported(t)) => {
-                self.warn.warn(self.disk, format_args!("unsupported request type {t}"));
+                self.warn.warn(format_args!("unsupported request type {t}"));
                 (VIRTIO_BLK_S_UNSUPP, 0)
             }
             Err(Fail::Guest(why)) => {
-                self.warn.warn(self.disk, format_args!("bad request: {why}"));
+                self.warn.warn(format_args!("bad request: {why}"));
                 (VIRTIO_BLK_S_IOERR, 0)
             }
             Err(Fail::Host(e)) => {
-                self.warn.warn(self.disk, format_args!("I/O error: {e}"));
+                self.warn.warn(format_args!("I/O error: {e}"));
                 (VIRTIO_BLK_S_IOERR, 0)
             }
         };
@@ -152,18 +150,18 @@ impl Block {
     /// Performs a parsed request; returns the number of data bytes written into guest memory.
     fn execute(&mut self, req: &Layout, ctx: &mut Ctx) -> Result<u32, Fail> {
         let mut header = [0u8; HEADER_BYTES as usize];
-        gather(ctx.mem, &req.readable, 0, &mut header).map_err(|()| Fail::Guest("request header unreadable"))?;
+        chain::gather(ctx.mem, &req.readable, 0, &mut header).map_err(|()| Fail::Guest("request header unreadable"))?;
         let kind = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
         let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         match kind {
             VIRTIO_BLK_T_IN => {
                 let len = req.data_in_len();
                 let offset = self.range(sector, len)?;
-                check_segments(ctx.mem, &req.writable, 0, len)?;
+                check_data(ctx.mem, &req.writable, len)?;
                 let mut buf = vec![0u8; len as usize];
                 self.pread(offset, &mut buf).map_err(Fail::Host)?;
                 ctx.gate.overlay_read(self.disk, offset, &mut buf);
-                scatter(ctx.mem, &req.writable, &buf).map_err(|()| Fail::Guest("data buffer not writable"))?;
+                scatter_all(ctx.mem, &req.writable, &buf).map_err(|()| Fail::Guest("data buffer not writable"))?;
                 Ok(len as u32)
             }
             VIRTIO_BLK_T_OUT => {
@@ -173,7 +171,7 @@ impl Block {
                 let len = req.readable_len - HEADER_BYTES;
                 let offset = self.range(sector, len)?;
                 let mut data = vec![0u8; len as usize];
-                gather(ctx.mem, &req.readable, HEADER_BYTES, &mut data)
+                chain::gather(ctx.mem, &req.readable, HEADER_BYTES, &mut data)
                     .map_err(|()| Fail::Guest("data buffer not readable"))?;
                 if len > 0 {
                     submit(&mut ctx.gate, Effect::BlockWrite { disk: self.disk, offset, data })?;
@@ -192,8 +190,8 @@ impl Block {
             }
             VIRTIO_BLK_T_GET_ID => {
                 let len = req.data_in_len().min(self.id.len() as u64);
-                check_segments(ctx.mem, &req.writable, 0, len)?;
-                scatter(ctx.mem, &req.writable, &self.id[..len as usize])
+                check_data(ctx.mem, &req.writable, len)?;
+                scatter_all(ctx.mem, &req.writable, &self.id[..len as usize])
                     .map_err(|()| Fail::Guest("id buffer not writable"))?;
                 Ok(len as u32)
             }
@@ -231,6 +229,23 @@ impl Block {
             }
         }
         Ok(())
+    }
+}
+
+/// Checks that the first `len` bytes of the data buffers lie in guest memory, before anything is read from the
+/// image or written to the guest.
+fn check_data(mem: &GuestMemory, segments: &[Segment], len: u64) -> Result<(), Fail> {
+    chain::check(mem, segments, 0, len).map_err(|outside| match outside {
+        Some(_) => Fail::Guest("data buffer outside guest memory"),
+        None => Fail::Guest("data buffers too short"),
+    })
+}
+
+/// Writes all of `data` into the segments.
+fn scatter_all(mem: &GuestMemory, segments: &[Segment], data: &[u8]) -> Result<(), ()> {
+    match chain::scatter(mem, segments, &[data]) {
+        Ok(n) if n == data.len() => Ok(()),
+        _ => Err(()),
     }
 }
 
@@ -284,7 +299,7 @@ impl VirtioDevice for Block {
                 Ok(mut avail) => avail.next(),
                 Err(virtio_queue::Error::QueueNotReady) => None,
                 Err(e) => {
-                    self.warn.warn(self.disk, format_args!("request queue unusable: {e}"));
+                    self.warn.warn(format_args!("request queue unusable: {e}"));
                     self.broken = true;
                     out.failed = true;
                     return out;
@@ -296,10 +311,7 @@ impl VirtioDevice for Block {
             let len = match result {
                 Ok(len) => len,
                 Err(Broken(why)) => {
-                    self.warn.warn(
-                        self.disk,
-                        format_args!("descriptor chain {head} unusable ({why}); device needs a reset"),
-                    );
+                    self.warn.warn(format_args!("descriptor chain {head} unusable ({why}); device needs a reset"));
                     // Hand the buffers back (nothing written) if the ring allows it, then stop.
                     if ctx.queues[0].add_used(ctx.mem, head, 0).is_ok() {
                         out.used = true;
@@ -310,7 +322,7 @@ impl VirtioDevice for Block {
                 }
             };
             if let Err(e) = ctx.queues[0].add_used(ctx.mem, head, len) {
-                self.warn.warn(self.disk, format_args!("used ring unusable: {e}"));
+                self.warn.warn(format_args!("used ring unusable: {e}"));
                 self.broken = true;
                 out.failed = true;
                 return out;
@@ -353,9 +365,6 @@ enum Fail {
     Host(io::Error),
 }
 
-/// A guest memory range `(address, length)`.
-type Segment = (GuestAddress, u64);
-
 /// The buffers of one request: device-readable ones (header, then data for OUT), device-writable ones (data for
 /// IN / GET_ID, then the status byte, which is the last writable byte and not part of `writable`).
 struct Layout {
@@ -371,34 +380,13 @@ impl Layout {
         chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
         mem: &GuestMemory,
     ) -> Result<Layout, Broken> {
-        let mut readable = Vec::new();
-        let mut writable = Vec::new();
-        let (mut readable_len, mut writable_len) = (0u64, 0u64);
-        let mut count = 0usize;
-        let mut last_has_next = false;
-        let mut out_of_order = false;
-        for d in chain {
-            count += 1;
-            if count > MAX_CHAIN_DESCRIPTORS {
-                return Err(Broken("too many descriptors"));
-            }
-            last_has_next = d.has_next();
-            let seg = (GuestAddress(d.addr().0), u64::from(d.len()));
-            if d.is_write_only() {
-                writable_len += seg.1;
-                writable.push(seg);
-            } else {
-                // The spec puts every device-readable buffer before the writable ones.
-                out_of_order |= !writable.is_empty();
-                readable_len += seg.1;
-                readable.push(seg);
-            }
-        }
-        // virtio-queue ends a chain silently when a descriptor is unreadable, its `next` is out of range or the
-        // chain loops; the last descriptor we saw then still points onward.
-        if count == 0 || last_has_next {
-            return Err(Broken("chain is truncated, loops or points outside the table"));
-        }
+        let Buffers { readable, mut writable, out_of_order } =
+            chain::walk(chain, MAX_CHAIN_DESCRIPTORS).map_err(|e| match e {
+                ChainError::TooLong => Broken("too many descriptors"),
+                ChainError::Broken => Broken("chain is truncated, loops or points outside the table"),
+            })?;
+        let readable_len = readable.iter().map(|s| s.1).sum();
+        let mut writable_len: u64 = writable.iter().map(|s| s.1).sum();
         // The status byte is the last writable byte.
         while writable.last().is_some_and(|s| s.1 == 0) {
             writable.pop();
@@ -424,96 +412,6 @@ impl Layout {
     /// Bytes the device may write before the status byte.
     fn data_in_len(&self) -> u64 {
         self.writable_len
-    }
-}
-
-/// Fills `buf` from the segments, starting `skip` bytes into them.
-fn gather(mem: &GuestMemory, segments: &[Segment], mut skip: u64, buf: &mut [u8]) -> Result<(), ()> {
-    let mut done = 0usize;
-    for &(addr, len) in segments {
-        if done == buf.len() {
-            break;
-        }
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = ((len - skip) as usize).min(buf.len() - done);
-        let at = addr.checked_add(skip).ok_or(())?;
-        mem.read_slice(&mut buf[done..done + n], at).map_err(|_| ())?;
-        done += n;
-        skip = 0;
-    }
-    if done == buf.len() {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
-/// Writes `data` into the segments, in order.
-fn scatter(mem: &GuestMemory, segments: &[Segment], data: &[u8]) -> Result<(), ()> {
-    let mut done = 0usize;
-    for &(addr, len) in segments {
-        if done == data.len() {
-            break;
-        }
-        let n = (len.min((data.len() - done) as u64)) as usize;
-        mem.write_slice(&data[done..done + n], addr).map_err(|_| ())?;
-        done += n;
-    }
-    if done == data.len() {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
-/// Checks that the first `len` bytes of the segments (after `skip`) lie in guest memory, before anything is read
-/// from the image or written to the guest.
-fn check_segments(mem: &GuestMemory, segments: &[Segment], skip: u64, len: u64) -> Result<(), Fail> {
-    let mut skip = skip;
-    let mut left = len;
-    for &(addr, seg_len) in segments {
-        if left == 0 {
-            break;
-        }
-        if skip >= seg_len {
-            skip -= seg_len;
-            continue;
-        }
-        let n = (seg_len - skip).min(left);
-        let at = addr.checked_add(skip).ok_or(Fail::Guest("buffer address overflows"))?;
-        if !mem.check_range(at, n as usize, Permissions::Write) {
-            return Err(Fail::Guest("data buffer outside guest memory"));
-        }
-        left -= n;
-        skip = 0;
-    }
-    if left == 0 {
-        Ok(())
-    } else {
-        Err(Fail::Guest("data buffers too short"))
-    }
-}
-
-/// At most one warning per [`WARN_INTERVAL`]; the rest are counted and reported with the next one.
-#[derive(Default)]
-struct WarnLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl WarnLimit {
-    fn warn(&mut self, disk: usize, msg: std::fmt::Arguments) {
-        let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < WARN_INTERVAL) {
-            self.suppressed += 1;
-            return;
-        }
-        tracing::warn!(disk, suppressed = self.suppressed, "virtio-blk: {msg}");
-        self.last = Some(now);
-        self.suppressed = 0;
     }
 }
 

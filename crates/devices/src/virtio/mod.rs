@@ -7,6 +7,7 @@
 //! writes to the outside world, and cannot hold or release effects.
 
 pub mod blk;
+pub(crate) mod chain;
 pub mod mmio;
 pub mod net;
 pub mod rng;

@@ -20,12 +20,11 @@
 //! ([`Processed::failed`]), and the transport asks the driver to reset it.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_net::{virtio_net_hdr_v1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::chain::{self, Segment, WarnLimit};
 use super::{device_type, Ctx, Processed, VirtioDevice};
 use crate::gate::{Effect, Effects, Source};
 use crate::memory::GuestMemory;
@@ -43,9 +42,6 @@ const HDR_LEN: usize = std::mem::size_of::<virtio_net_hdr_v1>();
 /// Ethernet header: shorter frames are dropped (the tap would refuse them anyway).
 const ETH_HLEN: usize = 14;
 
-/// Warnings about guest misbehaviour are limited to one per this interval per device.
-const WARN_INTERVAL: Duration = Duration::from_secs(1);
-
 const _: () = assert!(HDR_LEN == 12);
 
 /// One NIC.
@@ -61,7 +57,7 @@ pub struct Net {
 impl Net {
     /// A NIC whose frames leave as `Effect::NetTx { nic, .. }` and arrive through `rx`.
     pub fn new(nic: usize, mac: [u8; 6], rx: RxQueue) -> Net {
-        Net { nic, mac, rx, warn: WarnLimit::default(), tx_dropped: 0, rx_dropped: 0 }
+        Net { nic, mac, rx, warn: WarnLimit::new("virtio-net", nic), tx_dropped: 0, rx_dropped: 0 }
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -97,12 +93,12 @@ impl Net {
                     if let Err(e) = ctx.gate.submit(Effect::NetTx { nic: self.nic, frame }) {
                         // Lost like a frame on a broken wire; the guest's protocols recover.
                         self.tx_dropped += 1;
-                        self.warn.warn(self.nic, format_args!("frame not sent: {e}"));
+                        self.warn.warn(format_args!("frame not sent: {e}"));
                     }
                 }
                 Err(bad) => {
                     self.tx_dropped += 1;
-                    self.warn.warn(self.nic, format_args!("TX chain {head} dropped: {bad}"));
+                    self.warn.warn(format_args!("TX chain {head} dropped: {bad}"));
                 }
             }
             match give_back(q, ctx.mem, head, 0) {
@@ -128,9 +124,9 @@ impl Net {
         while !self.rx.is_empty() {
             let Some(chain) = q.pop_descriptor_chain(ctx.mem) else { break };
             let head = chain.head_index();
-            let written = match rx_buffer(chain, ctx.mem) {
+            let written = match walk(chain, ctx.mem, true) {
                 Err(bad) => {
-                    self.warn.warn(self.nic, format_args!("RX chain {head} dropped: {bad}"));
+                    self.warn.warn(format_args!("RX chain {head} dropped: {bad}"));
                     0
                 }
                 Ok(segs) => {
@@ -141,16 +137,13 @@ impl Net {
                     };
                     // Taken from the host's queue: consumed by the guest, delivered or dropped below.
                     ctx.gate.consume(Source::Nic(self.nic), &frame);
-                    let capacity: u64 = segs.iter().map(|&(_, len)| u64::from(len)).sum();
+                    let capacity: u64 = segs.iter().map(|&(_, len)| len).sum();
                     if (HDR_LEN + frame.len()) as u64 > capacity {
                         self.rx_dropped += 1;
-                        self.warn.warn(
-                            self.nic,
-                            format_args!(
-                                "received frame of {} bytes dropped: the guest's RX buffer holds {capacity} bytes",
-                                frame.len()
-                            ),
-                        );
+                        self.warn.warn(format_args!(
+                            "received frame of {} bytes dropped: the guest's RX buffer holds {capacity} bytes",
+                            frame.len()
+                        ));
                         // The buffer stays available for the next frame.
                         q.go_to_previous_position();
                         continue;
@@ -158,11 +151,11 @@ impl Net {
                     // All zero (no offloads) but num_buffers: the whole frame is in this one chain.
                     let mut hdr = [0u8; HDR_LEN];
                     hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-                    match scatter(ctx.mem, &segs, &[&hdr, &frame]) {
+                    match chain::scatter(ctx.mem, &segs, &[&hdr, &frame]) {
                         Ok(n) => n as u32,
-                        Err(e) => {
+                        Err(()) => {
                             self.rx_dropped += 1;
-                            self.warn.warn(self.nic, format_args!("RX chain {head} unwritable: {e}"));
+                            self.warn.warn(format_args!("RX chain {head} unwritable"));
                             0
                         }
                     }
@@ -278,7 +271,7 @@ enum BadChain {
     Broken,
     OutsideRam {
         addr: u64,
-        len: u32,
+        len: u64,
     },
     /// A descriptor the device may only read in an RX chain, or may only write in a TX chain.
     WrongDirection,
@@ -300,30 +293,15 @@ impl std::fmt::Display for BadChain {
 
 /// Walks a chain and checks it: it must end properly, and every buffer must lie in guest RAM and go in the
 /// direction `write` (true: device writes). Returns the buffers.
-fn walk(
-    chain: DescriptorChain<&GuestMemory>,
-    mem: &GuestMemory,
-    write: bool,
-) -> Result<Vec<(GuestAddress, u32)>, BadChain> {
-    let mut segs = Vec::new();
-    let mut ended = false;
-    // The iterator stops after at most queue-size descriptors (or an indirect table's length), and early on a
-    // descriptor it cannot read or follow: a chain is whole only if its last descriptor has no successor.
-    for desc in chain {
-        ended = !desc.has_next();
-        if desc.is_write_only() != write {
-            return Err(BadChain::WrongDirection);
-        }
-        if desc.len() == 0 {
-            continue;
-        }
-        if !GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize) {
-            return Err(BadChain::OutsideRam { addr: desc.addr().0, len: desc.len() });
-        }
-        segs.push((desc.addr(), desc.len()));
+fn walk(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory, write: bool) -> Result<Vec<Segment>, BadChain> {
+    // The iterator stops after at most queue-size descriptors (or an indirect table's length).
+    let b = chain::walk(chain, usize::MAX).map_err(|_| BadChain::Broken)?;
+    let (segs, wrong) = if write { (b.writable, b.readable) } else { (b.readable, b.writable) };
+    if !wrong.is_empty() {
+        return Err(BadChain::WrongDirection);
     }
-    if !ended {
-        return Err(BadChain::Broken);
+    for &(addr, len) in &segs {
+        chain::check(mem, &[(addr, len)], 0, len).map_err(|_| BadChain::OutsideRam { addr: addr.0, len })?;
     }
     Ok(segs)
 }
@@ -331,7 +309,7 @@ fn walk(
 /// Collects a TX chain's frame (without the virtio-net header).
 fn gather_tx(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> Result<Vec<u8>, BadChain> {
     let segs = walk(chain, mem, false)?;
-    let total: u64 = segs.iter().map(|&(_, len)| u64::from(len)).sum();
+    let total: u64 = segs.iter().map(|&(_, len)| len).sum();
     if total > MAX_TX_CHAIN as u64 {
         return Err(BadChain::TooLong(total));
     }
@@ -339,86 +317,9 @@ fn gather_tx(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> Result<
         return Err(BadChain::TooShort(total));
     }
     let mut frame = vec![0u8; total as usize - HDR_LEN];
-    let mut skip = HDR_LEN as u64;
-    let mut at = 0usize;
-    for (addr, len) in segs {
-        let len = u64::from(len);
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip) as usize;
-        // Cannot fail: `walk` checked the range. Treat a failure like a range outside RAM anyway.
-        mem.read_slice(&mut frame[at..at + n], addr.unchecked_add_raw(skip))
-            .map_err(|_| BadChain::OutsideRam { addr: addr.0, len: len as u32 })?;
-        at += n;
-        skip = 0;
-    }
+    // Cannot fail: `walk` checked the ranges. Treat a failure like a range outside RAM anyway.
+    chain::gather(mem, &segs, HDR_LEN as u64, &mut frame).map_err(|()| BadChain::OutsideRam { addr: 0, len: 0 })?;
     Ok(frame)
-}
-
-/// Checks an RX chain: writable buffers in guest RAM.
-fn rx_buffer(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> Result<Vec<(GuestAddress, u32)>, BadChain> {
-    walk(chain, mem, true)
-}
-
-/// Writes `parts` one after the other across the buffers `segs`; returns the bytes written.
-fn scatter(
-    mem: &GuestMemory,
-    segs: &[(GuestAddress, u32)],
-    parts: &[&[u8]],
-) -> Result<usize, vm_memory::GuestMemoryError> {
-    let mut segs = segs.iter().map(|&(a, l)| (a, l as usize));
-    let mut cur: Option<(GuestAddress, usize)> = None;
-    let mut written = 0;
-    for part in parts {
-        let mut data: &[u8] = part;
-        while !data.is_empty() {
-            let (addr, room) = match cur.take() {
-                Some(c) if c.1 > 0 => c,
-                _ => match segs.next() {
-                    Some(s) => s,
-                    None => return Ok(written),
-                },
-            };
-            let n = room.min(data.len());
-            mem.write_slice(&data[..n], addr)?;
-            written += n;
-            data = &data[n..];
-            cur = Some((addr.unchecked_add_raw(n as u64), room - n));
-        }
-    }
-    Ok(written)
-}
-
-trait AddRaw {
-    fn unchecked_add_raw(self, n: u64) -> GuestAddress;
-}
-
-impl AddRaw for GuestAddress {
-    fn unchecked_add_raw(self, n: u64) -> GuestAddress {
-        GuestAddress(self.0.wrapping_add(n))
-    }
-}
-
-/// At most one warning per [`WARN_INTERVAL`]; the rest are counted and reported with the next one.
-#[derive(Default)]
-struct WarnLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl WarnLimit {
-    fn warn(&mut self, nic: usize, msg: std::fmt::Arguments) {
-        let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < WARN_INTERVAL) {
-            self.suppressed += 1;
-            return;
-        }
-        tracing::warn!(nic, suppressed = self.suppressed, "virtio-net: {msg}");
-        self.last = Some(now);
-        self.suppressed = 0;
-    }
 }
 
 #[cfg(test)]
@@ -430,6 +331,8 @@ mod tests {
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+
+    use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
     use crate::gate::{OutputGate, Recorder};
