@@ -380,13 +380,12 @@ impl Layout {
         chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
         mem: &GuestMemory,
     ) -> Result<Layout, Broken> {
-        let Buffers { readable, mut writable, out_of_order } =
-            chain::walk(chain, MAX_CHAIN_DESCRIPTORS).map_err(|e| match e {
-                ChainError::TooLong => Broken("too many descriptors"),
-                ChainError::Broken => Broken("chain is truncated, loops or points outside the table"),
-            })?;
-        let readable_len = readable.iter().map(|s| s.1).sum();
-        let mut writable_len: u64 = writable.iter().map(|s| s.1).sum();
+        let buffers = chain::walk(chain, MAX_CHAIN_DESCRIPTORS).map_err(|e| match e {
+            ChainError::TooLong => Broken("too many descriptors"),
+            ChainError::Broken => Broken("chain is truncated, loops or points outside the table"),
+        })?;
+        let (readable_len, mut writable_len) = (buffers.readable_len(), buffers.writable_len());
+        let Buffers { readable, mut writable, out_of_order } = buffers;
         // The status byte is the last writable byte.
         while writable.last().is_some_and(|s| s.1 == 0) {
             writable.pop();
