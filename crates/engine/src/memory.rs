@@ -82,7 +82,7 @@ impl GuestRam {
         Ok(GuestRam {
             base,
             size,
-            host: host as *mut u8,
+            host,
             dirty: zeros(words as u64),
             touched: zeros(words as u64),
             generation: AtomicU64::new(0),
