@@ -27,6 +27,14 @@ pub fn prefix() -> String {
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
-        eprintln!("{}{}", $crate::log::prefix(), format_args!($($arg)*))
+        $crate::log::line(format_args!($($arg)*))
     };
+}
+
+/// Writes `msg` as one line in one write: stderr is unbuffered, and a line written in pieces can interleave
+/// with another thread's, or be read half-written by whoever watches the log.
+pub fn line(msg: std::fmt::Arguments) {
+    use std::io::Write;
+    let line = format!("{}{msg}\n", prefix());
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

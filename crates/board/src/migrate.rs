@@ -7,13 +7,15 @@
 //!                                       ──►  builds an empty machine of that shape
 //!  PAGES  state stream of PAGS sections ──► writes the pages (repeated: pre-copy, then dirty rounds)
 //!  SYNC   (empty)                       ──► once everything before it is applied:
-//!                                      ◄──  SYNCED (one byte)
+//!                                      ◄──  SYNCED (empty)
 //!  FINAL  full state stream (dirty pages) ► restores everything on top
-//!                                      ◄──  ACK (one byte); the receiver runs, announces MACs, the sender exits
+//!                                      ◄──  ACK (empty); the receiver runs, announces MACs, the sender exits
+//!                                      ◄──  REFUSE (reason) instead, for whatever the receiver will not take
 //! ```
 //!
-//! Every message is `kind u8, length u64, payload`; the receiver caps lengths and validates payloads like any
-//! state stream. The sender stays the active copy until the ACK: any failure before it leaves the guest
+//! Messages use the framing both kemari protocols share (`kemari_transport::frame`); the receiver caps lengths
+//! and validates payloads like any state stream. Version 2 frames the answers; a receiver still takes a
+//! version 1 sender, answering it as version 1 did (SYNCED and ACK as bare bytes, no REFUSE). The sender stays the active copy until the ACK: any failure before it leaves the guest
 //! running where it was. The stream runs inside the link [`Security`] gives (mutual TLS unless the operator
 //! asked for plaintext): with TLS, a receiver reads nothing from, and a sender sends nothing to, a peer that
 //! is not a node of the same VM.
@@ -27,6 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kemari_engine::{GuestRam, PAGE_SIZE};
+use kemari_transport::frame::{self, FrameError, Protocol};
 pub use kemari_transport::Deadline;
 use kemari_transport::{Channel, Introduction, Security};
 
@@ -40,10 +43,9 @@ const FINAL: u8 = 3;
 const ACK: u8 = 4;
 const SYNC: u8 = 5;
 const SYNCED: u8 = 5;
-/// HELLO starts with these, then the protocol version: a receiver refuses what it does not speak.
-const PROTOCOL_MAGIC: &[u8; 4] = b"KMIG";
-/// Version 1: HELLO, PAGES, SYNC/SYNCED, FINAL/ACK as drawn above.
-const PROTOCOL_VERSION: u32 = 1;
+/// The migration protocol's HELLO preamble and version window. 1: as drawn above, answers as bare bytes.
+/// 2: answers framed, REFUSE.
+const PROTOCOL: Protocol = Protocol { name: "migration", magic: *b"KMIG", versions: 1..=2 };
 /// Pages per batch of the full pass (4 MiB at most: one PAGS section).
 const BATCH_PAGES: u64 = 1024;
 /// Batches queued for the pre-copy thread (it encodes the next while the kernel sends the last).
@@ -60,8 +62,6 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 const HELLO_WITHIN: Duration = Duration::from_secs(5);
 /// Silence after which the receiver gives up on a sender (the sender streams without pause while it sends).
 const SENDER_SILENCE: Duration = Duration::from_secs(30);
-/// Memory reserved for a message before its bytes arrive (it grows as they do).
-const RESERVE_AHEAD: u64 = 1 << 20;
 /// How long the sender waits for the TCP connection and for the TLS handshake, each.
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 
@@ -81,35 +81,42 @@ pub enum MigrateError {
     Save(kemari_state::StateError),
     #[error(transparent)]
     Link(#[from] kemari_transport::TlsError),
+    #[error("network: {0}")]
+    Frame(FrameError),
+    #[error("the receiver refused: {0}")]
+    Refused(String),
+}
+
+impl From<FrameError> for MigrateError {
+    fn from(e: FrameError) -> MigrateError {
+        match e {
+            FrameError::Refused(why) => MigrateError::Refused(why),
+            e => MigrateError::Frame(e),
+        }
+    }
 }
 
 fn send(stream: &mut dyn Write, kind: u8, payload: &[u8]) -> std::io::Result<()> {
-    let mut head = [0u8; 9];
-    head[0] = kind;
-    head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    stream.write_all(&head)?;
-    stream.write_all(payload)
+    frame::send(stream, kind, &[payload])
 }
 
-/// Reads one message of at most `max` bytes into `payload` (reused: no allocation per batch; it grows only as
-/// bytes arrive, so a header claiming gigabytes costs nothing). Returns its kind.
+/// Reads one message of at most `max` bytes into `payload` (reused: no allocation per batch). Returns its kind.
 fn receive_into(stream: &mut dyn Read, payload: &mut Vec<u8>, max: u64) -> Result<u8, MigrateError> {
-    let mut head = [0u8; 9];
-    stream.read_exact(&mut head)?;
-    let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
-    if len > max {
-        return Err(MigrateError::Protocol(format!(
-            "message of {len} bytes is too large (at most {max} for this machine)"
-        )));
+    frame::receive_into(stream, payload, max).map_err(|e| match e {
+        FrameError::Truncated(len) => {
+            let why = format!("the sender vanished inside a message of {len} bytes");
+            MigrateError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, why))
+        }
+        e => e.into(),
+    })
+}
+
+/// Waits for the receiver's answer `kind` (empty), or its refusal.
+fn answer(stream: &mut dyn Read, kind: u8, to: &str) -> Result<(), MigrateError> {
+    match frame::receive(stream, 0)? {
+        (k, _) if k == kind => Ok(()),
+        (k, _) => Err(MigrateError::Protocol(format!("unexpected answer {k} to {to}"))),
     }
-    payload.clear();
-    payload.reserve(len.min(RESERVE_AHEAD) as usize);
-    let got = stream.take(len).read_to_end(payload)?;
-    if got as u64 != len {
-        let why = format!("the sender vanished inside a message of {len} bytes");
-        return Err(MigrateError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
-    }
-    Ok(head[0])
 }
 
 /// Progress, reported by `status` while a migration runs.
@@ -378,12 +385,7 @@ impl PageSink for StreamSink {
     fn sync(&mut self) -> Result<(), String> {
         let mut link = lock(&self.0);
         send(&mut link.writer, SYNC, &[]).map_err(|e| format!("network: {e}"))?;
-        let mut reply = [0u8; 1];
-        link.reader.read_exact(&mut reply).map_err(|e| format!("network: {e}"))?;
-        match reply[0] {
-            SYNCED => Ok(()),
-            k => Err(format!("protocol: unexpected reply {k} to a sync")),
-        }
+        answer(&mut link.reader, SYNCED, "a sync").map_err(|e| e.to_string())
     }
 }
 
@@ -416,9 +418,7 @@ impl Migration {
         })?;
         let (tx, connecting) = mpsc::channel();
         let (addr, wake) = (to.to_string(), m.wake.clone());
-        let mut hello = Vec::new();
-        hello.extend_from_slice(PROTOCOL_MAGIC);
-        hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        let mut hello = PROTOCOL.preamble();
         hello.extend_from_slice(&(m.harts.len() as u32).to_le_bytes());
         hello.extend_from_slice(&m.ram.size().to_le_bytes());
         std::thread::Builder::new().name("mig-connect".into()).spawn(move || {
@@ -553,13 +553,13 @@ impl Machine {
         }
         let acked = (|| {
             stream.socket.set_read_timeout(Some(ACK_TIMEOUT))?;
-            let mut ack = [0u8; 1];
-            stream.reader.read_exact(&mut ack)?;
-            if ack[0] != ACK {
-                return Err(MigrateError::Protocol(format!("unexpected reply {} to the final state", ack[0])));
-            }
-            Ok(())
+            answer(&mut stream.reader, ACK, "the final state")
         })();
+        if let Err(MigrateError::Refused(why)) = acked {
+            // The receiver said it will not run this state: the guest carries on here.
+            let _ = reply.send(Reply::Error(format!("migration failed: the receiver refused the final state: {why}")));
+            return Switch::Failed(MigrateError::Refused(why));
+        }
         if let Err(e) = acked {
             let _ = reply.send(Reply::Error(format!(
                 "migration outcome unknown: the final state was sent but not acknowledged ({e}). The receiver \
@@ -604,6 +604,8 @@ const MAX_INTRODUCTIONS: usize = 16;
 pub struct Shape {
     pub harts: usize,
     pub memory: u64,
+    /// The migration protocol version the sender speaks.
+    version: u32,
 }
 
 /// What [`Incoming::next`] brings.
@@ -701,6 +703,33 @@ impl IncomingSender {
         wake: kemari_devices::host::Wake,
     ) -> Result<Machine, MigrateError> {
         let IncomingSender { link: Channel { mut reader, mut writer, socket }, shape, .. } = self;
+        let answer = |w: &mut dyn Write, kind: u8| match shape.version {
+            1 => w.write_all(&[kind]),
+            _ => send(w, kind, &[]),
+        };
+        let received = Self::stream(&mut reader, &mut *writer, &socket, shape, ram, cfg, console, wake, answer);
+        if let Err(e) = &received {
+            if shape.version >= 2 {
+                let _ = socket.set_write_timeout(Some(Duration::from_secs(1)));
+                frame::refuse(&mut writer, &e.to_string());
+            }
+        }
+        received
+    }
+
+    /// The stream after the HELLO, up to the acknowledgement of the final state.
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        reader: &mut dyn Read,
+        writer: &mut dyn Write,
+        socket: &TcpStream,
+        shape: Shape,
+        ram: Option<Arc<GuestRam>>,
+        cfg: &MachineConfig,
+        console: Box<dyn Write + Send>,
+        wake: kemari_devices::host::Wake,
+        answer: impl Fn(&mut dyn Write, u8) -> io::Result<()>,
+    ) -> Result<Machine, MigrateError> {
         socket.set_read_timeout(Some(SENDER_SILENCE))?;
         let max = crate::persist::max_state_len(shape.memory);
         let cfg = MachineConfig { harts: shape.harts, memory_mib: shape.memory >> 20, ..cfg.clone() };
@@ -710,17 +739,17 @@ impl IncomingSender {
         };
         let mut payload = Vec::new();
         loop {
-            let kind = receive_into(&mut reader, &mut payload, max)?;
+            let kind = receive_into(reader, &mut payload, max)?;
             match kind {
                 PAGES => {
                     m.restore_pages(&payload).map_err(RestoreError::from)?;
                 }
-                SYNC if payload.is_empty() => writer.write_all(&[SYNCED])?,
+                SYNC if payload.is_empty() => answer(writer, SYNCED)?,
                 FINAL => {
                     m.restore_into(&payload)?;
                     // From here on this copy runs. Should the acknowledgement not reach the sender, the sender
                     // keeps its guest paused (it cannot tell whether we run), so there is still one active copy.
-                    if let Err(e) = writer.write_all(&[ACK]) {
+                    if let Err(e) = answer(writer, ACK) {
                         tracing::warn!("could not acknowledge the final state ({e}); running here anyway");
                     }
                     break;
@@ -736,28 +765,22 @@ impl IncomingSender {
 /// Reads and checks a sender's HELLO: protocol, machine shape (the memory size `expect_memory_mib` when given).
 fn read_hello(stream: &mut dyn Read, expect_memory_mib: Option<u64>) -> Result<Shape, MigrateError> {
     let not_kemari = || MigrateError::Protocol("not a kemari migration stream (no HELLO first)".into());
-    let mut head = [0u8; 9];
-    stream.read_exact(&mut head)?;
-    let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
-    if head[0] != HELLO || !(8..=64).contains(&len) {
+    let (kind, hello) = match frame::receive(stream, 64) {
+        Ok(m) => m,
+        Err(FrameError::TooLarge { .. }) => return Err(not_kemari()),
+        Err(FrameError::Io(e)) => return Err(MigrateError::Io(e)),
+        Err(e) => return Err(e.into()),
+    };
+    if kind != HELLO {
         return Err(not_kemari());
     }
-    let mut hello = vec![0u8; len as usize];
-    stream.read_exact(&mut hello)?;
-    if &hello[..4] != PROTOCOL_MAGIC {
-        return Err(not_kemari());
-    }
-    let version = u32::from_le_bytes(hello[4..8].try_into().expect("4 bytes"));
-    if version != PROTOCOL_VERSION {
-        return Err(MigrateError::Protocol(format!(
-            "the sender speaks migration protocol version {version}, this kemari speaks {PROTOCOL_VERSION}"
-        )));
-    }
-    if hello.len() != 20 {
+    let (version, mut rest) = PROTOCOL.accept(&hello).map_err(|why| match why.contains("bad magic") {
+        true => not_kemari(),
+        false => MigrateError::Protocol(why),
+    })?;
+    let (Some(harts), Some(memory), []) = (rest.u32(), rest.u64(), rest.rest()) else {
         return Err(MigrateError::Protocol(format!("HELLO of {} bytes, expected 20", hello.len())));
-    }
-    let harts = u32::from_le_bytes(hello[8..12].try_into().expect("4 bytes")) as usize;
-    let memory = u64::from_le_bytes(hello[12..].try_into().expect("8 bytes"));
+    };
     if memory % (1 << 20) != 0 {
         return Err(MigrateError::Protocol(format!("memory size {memory} is not whole MiB")));
     }
@@ -767,5 +790,5 @@ fn read_hello(stream: &mut dyn Read, expect_memory_mib: Option<u64>) -> Result<S
             memory >> 20
         )));
     }
-    Ok(Shape { harts, memory })
+    Ok(Shape { harts: harts as usize, memory, version })
 }

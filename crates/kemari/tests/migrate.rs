@@ -135,31 +135,43 @@ fn a_receiver_refuses_hostile_streams_then_takes_a_real_migration() {
         "--insecure-plaintext",
     ]);
 
-    let mut bad_pages = hello(1, 256);
     // A PAGS section claiming page 5, whose section checksum is wrong.
     let mut stream = b"KEMARIST\x01\0\0\0\x01\0\0\0PAGS\x01\0\x0c\0\0\0\x01\0\0\0\x05\0\0\0\0\0\0\0".to_vec();
     stream.extend_from_slice(b"\xde\xad\xbe\xef\0\0\0\0");
-    bad_pages.extend(message(2, &stream));
-    let mut cut = hello(1, 256);
+    let bad_pages = |version| [hello(version, 256), message(2, &stream)].concat();
+    let mut cut = hello(2, 256);
     cut.extend_from_slice(&message(2, &[0u8; 4096])[..2000]);
-    let cases: [(&str, Vec<u8>, &str); 5] = [
-        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec(), "not a kemari migration stream"),
-        ("future version", hello(99, 256), "protocol version 99"),
-        ("other size", hello(1, 64), "has 64 MiB of RAM, this receiver was given --memory 256"),
-        ("bad checksum", bad_pages, "checksum"),
-        ("cut mid-message", cut, "network"),
+    // Each is refused, and the sender is told why (REFUSE and the reason), except a sender of protocol version
+    // 1, which knows no REFUSE: the receiver still takes such senders, and answers them as version 1 did.
+    let cases: [(&str, Vec<u8>, &str, bool); 6] = [
+        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec(), "not a kemari migration stream", true),
+        ("future version", hello(99, 256), "protocol version 99, this kemari speaks 1 to 2", true),
+        ("other size", hello(2, 64), "has 64 MiB of RAM, this receiver was given --memory 256", true),
+        ("bad checksum", bad_pages(2), "checksum", true),
+        ("bad checksum, version 1", bad_pages(1), "checksum", false),
+        ("cut mid-message", cut, "network", true),
     ];
-    for (what, bytes, why) in cases {
+    for (what, bytes, why, told) in cases {
         let mark = receiver.stderr_lines();
         let mut conn = connect_when_listening(&to);
         conn.write_all(&bytes).unwrap();
-        drop(conn);
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
         let line = receiver.expect_stderr_after("incoming migration refused", mark);
         assert!(line.contains(why), "{what}: the refusal does not say {why:?}: {line}");
         assert!(receiver.try_status().is_none(), "{what}: the receiver exited: {}", receiver.stderr());
+        let mut answer = Vec::new();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let _ = std::io::Read::read_to_end(&mut conn, &mut answer);
+        match kemari_transport::frame::receive(&mut answer.as_slice(), 0) {
+            Err(kemari_transport::frame::FrameError::Refused(reason)) if told => {
+                assert!(reason.contains(why), "{what}: the sender was told {reason:?}, not {why:?}")
+            }
+            Err(kemari_transport::frame::FrameError::Closed) if !told => {}
+            other => panic!("{what}: the sender got {other:?} ({answer:?})"),
+        }
     }
     let (ok, status) = ctl(&receiver_api, &["status"]);
-    assert!(ok && status.contains("\"role\":\"incoming\"") && status.contains("\"refused\":5"), "{status}");
+    assert!(ok && status.contains("\"role\":\"incoming\"") && status.contains("\"refused\":6"), "{status}");
     assert!(status.contains("\"last_refusal\":\"network"), "{status}");
     let (ok, said) = ctl(&receiver_api, &["pause"]);
     assert!(!ok && said.contains("no guest runs here yet"), "{said}");

@@ -405,7 +405,7 @@ fn tls_a_standby_hears_only_a_node_of_its_cluster_and_vm() {
     plain.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut answer = Vec::new();
     let _ = plain.read_to_end(&mut answer);
-    assert!(!answer.windows(8).any(|w| w == b"KEMARIFT"), "the standby answered in the protocol");
+    assert!(!answer.windows(6).any(|w| w == b"refuse"), "the standby answered in the protocol");
 
     for (what, dir, node) in [("another cluster", &other, "pri"), ("another VM", &certs, "intruder")] {
         let mark = s.vm.stderr_lines();
@@ -415,10 +415,15 @@ fn tls_a_standby_hears_only_a_node_of_its_cluster_and_vm() {
     }
 
     let mark = s.vm.stderr_lines();
-    let (_r, mut w) = tls_connect(&certs, "pri", s.listen).expect("a node of the cluster is let in");
+    let (mut r, mut w) = tls_connect(&certs, "pri", s.listen).expect("a node of the cluster is let in");
     w.write_all(b"GET / HTTP/1.1\r\nHost: standby\r\n\r\n").unwrap();
     let line = s.vm.expect_stderr_after("refused a connection", mark);
     assert!(!line.contains("TLS"), "the garbage is refused by the protocol, after the handshake: {line}");
+    // A node of the cluster is told why.
+    match kemari_transport::frame::receive(&mut r, 0) {
+        Err(kemari_transport::frame::FrameError::Refused(why)) => assert!(why.contains("too large"), "{why}"),
+        other => panic!("the node was not told why it was refused: {other:?}"),
+    }
     assert!(s.vm.try_status().is_none(), "the standby exited: {}", s.vm.stderr());
     let st = status(&s.api);
     assert_eq!((st["protection"].as_str(), st["peer"].as_str()), (Some("standby"), Some("")), "{st}");
@@ -452,10 +457,14 @@ fn tls_a_migration_receiver_takes_nothing_from_a_peer_without_credentials() {
     assert!(line.contains("TLS handshake"), "{line}");
 
     let mark = receiver.stderr_lines();
-    let (_r, mut w) = tls_connect(&dir.join("certs"), "pri", to).expect("a node of the cluster is let in");
+    let (mut r, mut w) = tls_connect(&dir.join("certs"), "pri", to).expect("a node of the cluster is let in");
     w.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let line = receiver.expect_stderr_after("incoming migration refused", mark);
     assert!(line.contains("not a kemari migration stream"), "{line}");
+    match kemari_transport::frame::receive(&mut r, 0) {
+        Err(kemari_transport::frame::FrameError::Refused(why)) => assert!(why.contains("not a kemari"), "{why}"),
+        other => panic!("the node was not told why it was refused: {other:?}"),
+    }
     let st = status(&api);
     assert_eq!(st["refused"], 3, "{st}");
     assert!(receiver.try_status().is_none(), "the receiver exited: {}", receiver.stderr());

@@ -27,7 +27,7 @@ use kemari_board::control::{Reply, Request};
 use kemari_board::{Event, Machine, MachineConfig};
 use kemari_devices::host::Wake;
 use kemari_engine::GuestRam;
-use kemari_transport::{Channel, Security};
+use kemari_transport::{frame, Channel, Security};
 
 use crate::arbiter::{Arbiter, TakeOver};
 use crate::disks::{self, Replica};
@@ -229,9 +229,10 @@ impl Standby {
         wake: Wake,
         input: &Receiver<Event>,
     ) -> Result<SessionEnd, StandbyError> {
-        let Offer { channel, peer, hello } = offer;
+        let Offer { mut channel, peer, hello } = offer;
         if let Err(why) = self.check_hello(cfg, &hello) {
             kemari_board::say!("standby: refused the primary at {peer}: {why}");
+            frame::refuse(&mut channel.writer, &why);
             return Ok(SessionEnd::Retry(why));
         }
         let shape =
@@ -308,6 +309,11 @@ impl Standby {
                     "standby: refused a second primary connection from {} while protecting {peer}",
                     other.peer
                 );
+                if let Ok((mut channel, _)) = other.outcome {
+                    // A few bytes into a fresh connection's buffer; never long on this loop's time.
+                    let _ = channel.socket.set_write_timeout(Some(Duration::from_millis(100)));
+                    frame::refuse(&mut channel.writer, &format!("this standby already protects the primary at {peer}"));
+                }
             }
             if last_beat.elapsed() >= cfg.opts.heartbeat {
                 let _ = wire::send(&mut out, wire::HEARTBEAT, &[]);

@@ -17,16 +17,19 @@
 //!  SHUTDOWN    the guest powered off            ──►  the secondary ends too
 //! ```
 //!
-//! Every message is `kind u8, length u64 (little-endian), payload`. The receiver treats every payload as
-//! untrusted (state streams are validated by the one decoder of `kemari-state`) and caps lengths by what the
-//! message may be: a HELLO or an answer is small ([`SMALL_MESSAGE`]); after the HELLO, nothing is longer than
-//! the longest state a machine of the announced size has ([`session_cap`]). Memory grows only as bytes
-//! actually arrive, so a header that claims gigabytes costs nothing until they come.
+//! Messages use the framing both kemari protocols share (`kemari_transport::frame`: kind, length, payload; a
+//! REFUSE with a reason for whatever a node turns away). The receiver treats every payload as untrusted (state
+//! streams are validated by the one decoder of `kemari-state`) and caps lengths by what the message may be: a
+//! HELLO or an answer is small ([`SMALL_MESSAGE`]); after the HELLO, nothing is longer than the longest state
+//! a machine of the announced size has ([`session_cap`]).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use kemari_transport::frame::Protocol;
+pub use kemari_transport::frame::{receive, send, FrameError as WireError};
 
 use crate::Storage;
 
@@ -43,52 +46,9 @@ pub const DISK: u8 = 12;
 
 /// Largest HELLO, ACK, NACK or heartbeat accepted.
 pub const SMALL_MESSAGE: u64 = 64 << 10;
-/// Memory reserved for a message before its bytes arrive (it grows as they do).
-const RESERVE_AHEAD: u64 = 1 << 20;
-/// Version of this protocol; HELLO carries it. 2: INPUT. 3: DIGESTS and DISK.
-pub const PROTOCOL_VERSION: u32 = 3;
-const MAGIC: &[u8; 8] = b"KEMARIFT";
-
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    #[error("connection closed by the peer")]
-    Closed,
-    #[error("protocol: {0}")]
-    Protocol(String),
-}
-
-/// Writes one message made of `parts` (sent back to back, so a large state needs no extra copy).
-pub fn send(w: &mut impl Write, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut head = [0u8; 9];
-    head[0] = kind;
-    head[1..].copy_from_slice(&(len as u64).to_le_bytes());
-    w.write_all(&head)?;
-    for p in parts {
-        w.write_all(p)?;
-    }
-    w.flush()
-}
-
-/// Reads one message, refusing lengths above `max`.
-pub fn receive(r: &mut (impl Read + ?Sized), max: u64) -> Result<(u8, Vec<u8>), WireError> {
-    let mut head = [0u8; 9];
-    if let Err(e) = r.read_exact(&mut head) {
-        return Err(if e.kind() == io::ErrorKind::UnexpectedEof { WireError::Closed } else { e.into() });
-    }
-    let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
-    if len > max {
-        return Err(WireError::Protocol(format!("message of {len} bytes is too large (at most {max} here)")));
-    }
-    let mut payload = Vec::with_capacity(len.min(RESERVE_AHEAD) as usize);
-    let got = r.take(len).read_to_end(&mut payload)?;
-    if got as u64 != len {
-        return Err(WireError::Protocol(format!("connection closed inside a message of {len} bytes")));
-    }
-    Ok((head[0], payload))
-}
+/// The replication protocol's HELLO preamble and version window. 2: INPUT. 3: DIGESTS and DISK. 4: the
+/// shared framing (a 4-byte magic; REFUSE).
+pub const PROTOCOL: Protocol = Protocol { name: "replication", magic: *b"KMFT", versions: 4..=4 };
 
 /// The longest message a session with a machine of `memory` bytes may carry: a checkpoint's epoch and the
 /// longest state stream of such a machine.
@@ -175,9 +135,7 @@ pub struct Hello {
 
 impl Hello {
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(MAGIC);
-        v.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        let mut v = PROTOCOL.preamble();
         v.extend_from_slice(&self.harts.to_le_bytes());
         v.extend_from_slice(&self.memory.to_le_bytes());
         v.push(match self.storage {
@@ -197,17 +155,10 @@ impl Hello {
     /// Decodes and checks a HELLO (untrusted).
     pub fn decode(b: &[u8]) -> Result<Hello, WireError> {
         let bad = |why: &str| WireError::Protocol(format!("bad HELLO: {why}"));
-        let mut r = Cursor(b);
-        if r.take(8).ok_or_else(|| bad("truncated"))? != MAGIC {
-            return Err(bad("not a kemari primary (bad magic)"));
-        }
-        let version = r.u32().ok_or_else(|| bad("truncated"))?;
-        if version != PROTOCOL_VERSION {
-            return Err(bad(&format!("protocol version {version}, this kemari speaks {PROTOCOL_VERSION}")));
-        }
+        let (_, mut r) = PROTOCOL.accept(b).map_err(WireError::Protocol)?;
         let harts = r.u32().ok_or_else(|| bad("truncated"))?;
         let memory = r.u64().ok_or_else(|| bad("truncated"))?;
-        let storage = match r.take(1).ok_or_else(|| bad("truncated"))?[0] {
+        let storage = match r.u8().ok_or_else(|| bad("truncated"))? {
             0 => Storage::Shared,
             1 => Storage::Replicated,
             k => return Err(bad(&format!("unknown storage mode {k}"))),
@@ -224,32 +175,13 @@ impl Hello {
         }
         let node = String::from_utf8(r.take(len).ok_or_else(|| bad("truncated"))?.to_vec())
             .map_err(|_| bad("node name is not UTF-8"))?;
-        if !r.0.is_empty() {
+        if !r.rest().is_empty() {
             return Err(bad("trailing bytes"));
         }
         if harts == 0 || memory == 0 || memory % (1 << 20) != 0 {
             return Err(bad(&format!("impossible machine shape: {harts} harts, {memory} bytes")));
         }
         Ok(Hello { harts, memory, storage, disks, node, fence })
-    }
-}
-
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 }
 
@@ -295,7 +227,7 @@ mod tests {
         h.memory = 12345;
         assert!(Hello::decode(&h.encode()).is_err());
         let mut b = hello().encode();
-        b[8] = 9; // protocol version 9
+        b[4] = 9; // protocol version 9
         assert!(matches!(Hello::decode(&b), Err(WireError::Protocol(m)) if m.contains("version 9")));
         b = hello().encode();
         b[0] = b'X';
@@ -303,26 +235,14 @@ mod tests {
     }
 
     #[test]
-    fn messages_round_trip_and_oversized_lengths_are_refused() {
+    fn a_checkpoint_longer_than_the_machine_could_have_is_refused_unread() {
         let mut buf = Vec::new();
         send(&mut buf, CHECKPOINT, &[&5u64.to_le_bytes(), b"state"]).unwrap();
         let (kind, payload) = receive(&mut buf.as_slice(), SMALL_MESSAGE).unwrap();
-        assert_eq!(kind, CHECKPOINT);
-        assert_eq!(split_epoch(&payload).unwrap(), (5, &b"state"[..]));
-        let mut huge = vec![CHECKPOINT];
-        huge.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(receive(&mut huge.as_slice(), u64::MAX - 1), Err(WireError::Protocol(_))));
-        assert!(matches!(receive(&mut &buf[..5], SMALL_MESSAGE), Err(WireError::Closed)));
-        assert!(matches!(receive(&mut &buf[..12], SMALL_MESSAGE), Err(WireError::Protocol(_))));
-        // The cap is the caller's: a checkpoint longer than a machine of 16 MiB could have is refused unread.
+        assert_eq!((kind, split_epoch(&payload).unwrap()), (CHECKPOINT, (5, &b"state"[..])));
         let mut big = vec![CHECKPOINT];
         big.extend_from_slice(&(session_cap(16 << 20) + 1).to_le_bytes());
         let err = receive(&mut big.as_slice(), session_cap(16 << 20)).unwrap_err();
         assert!(err.to_string().contains("too large"), "{err}");
-        // A header that claims more than arrives costs only what arrived.
-        let mut short = vec![CHECKPOINT];
-        short.extend_from_slice(&(4u64 << 30).to_le_bytes());
-        short.extend_from_slice(b"abc");
-        assert!(matches!(receive(&mut short.as_slice(), u64::MAX), Err(WireError::Protocol(_))));
     }
 }

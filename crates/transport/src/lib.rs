@@ -32,6 +32,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod frame;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -202,8 +204,12 @@ fn introduced<T>(
 ) -> Result<(Channel, T), String> {
     let _ = stream.set_nodelay(true);
     let mut channel = security.accept(stream, within).map_err(|e| e.to_string())?;
-    let Channel { reader, socket, .. } = &mut channel;
-    let hello = introduce(&mut Deadline::new(reader, socket, within))?;
+    let Channel { reader, writer, socket } = &mut channel;
+    let hello = introduce(&mut Deadline::new(reader, socket, within)).inspect_err(|why| {
+        // The peer passed the handshake: it is a node of this VM, and it learns why it is turned away.
+        let _ = socket.set_write_timeout(Some(within));
+        frame::refuse(writer, why);
+    })?;
     channel.socket.set_read_timeout(None).map_err(|e| e.to_string())?;
     Ok((channel, hello))
 }

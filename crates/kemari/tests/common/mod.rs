@@ -183,7 +183,12 @@ impl Vm {
 
     /// Like [`Vm::expect_stderr`], looking only at lines after the first `mark` ones (see [`Vm::stderr_lines`]).
     pub fn expect_stderr_after(&mut self, needle: &str, mark: usize) -> String {
-        let find = |vm: &Vm| vm.stderr().lines().skip(mark).find(|l| l.contains(needle)).map(str::to_string);
+        // Whole lines only: the last one may still be arriving.
+        let find = |vm: &Vm| {
+            let err = vm.stderr();
+            let whole = &err[..err.rfind('\n').map_or(0, |i| i + 1)];
+            whole.lines().skip(mark).find(|l| l.contains(needle)).map(str::to_string)
+        };
         let start = Instant::now();
         loop {
             if let Some(line) = find(self) {
