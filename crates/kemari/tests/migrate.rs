@@ -190,6 +190,40 @@ fn a_receiver_refuses_hostile_streams_then_takes_a_real_migration() {
     assert!(ok && status.contains("\"paused\":false") && !status.contains("incoming"), "{status}");
 }
 
+/// A receiver that cannot run the final state (it was given other devices than the sender has: no disk) says
+/// so to the sender, which then knows the guest runs nowhere else: it carries on at the sender (not paused, as
+/// when the outcome is unknown), `kemari migrate` fails with the receiver's reason, and the receiver waits for
+/// the next sender.
+#[test]
+fn a_receiver_that_refuses_the_final_state_leaves_the_guest_running_at_the_sender() {
+    let dir = TempDir::new("mig-refused-final");
+    let api = dir.path("api.sock").display().to_string();
+    let disk = dir.path("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(16 << 20).unwrap();
+    let to = format!("127.0.0.1:{}", free_port());
+    let mut receiver = Vm::start(&["run", "--incoming", &to, "--insecure-plaintext"]);
+    connect_when_listening(&to); // (refused: an empty connection; the receiver waits for the next)
+    let mut sender = start(&guest_run(&["--api", &api, "--insecure-plaintext", "--disk", &disk.display().to_string()]));
+    sender.expect("KEMARI-GUEST-READY");
+    sender.send("i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.05; done &");
+    sender.expect("tick-10");
+
+    let mark = receiver.stderr_lines();
+    let out = Command::new(kemari_bin()).args(["migrate", "--api", &api, "--to", &to]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "migrate reported success: {said}");
+    assert!(said.contains("the receiver refused the final state") && said.contains("virtio devices"), "{said}");
+    let line = receiver.expect_stderr_after("incoming migration refused", mark);
+    assert!(line.contains("virtio devices"), "{line}");
+
+    let (_, status) = ctl(&api, &["status"]);
+    assert!(status.contains("\"paused\":false"), "the sender's guest does not run on: {status}");
+    let last = *ticks(&sender.output()).last().unwrap();
+    sender.expect(&format!("tick-{}", last + 10));
+    assert!(ticks(&receiver.output()).is_empty(), "the receiver ran the guest too: {}", receiver.output());
+    assert!(receiver.try_status().is_none(), "the receiver exited: {}", receiver.stderr());
+}
+
 /// Between a real sender and a real receiver, a proxy passes everything but the receiver's acknowledgement of
 /// the final state, and closes the sender's connection instead. The receiver runs the guest; the sender cannot
 /// tell, so it keeps its copy paused (one active copy) and says so: `kemari migrate` fails with "outcome
