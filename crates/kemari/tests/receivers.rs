@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::Vm;
 use kemari_replication::arbiter::{Arbiter, FileArbiter};
-use kemari_replication::wire::{self, Hello};
+use kemari_replication::wire::{self, Hello, WireError};
 use kemari_replication::Storage;
 
 /// Only guards against a hang; nothing asserts on time.
@@ -189,6 +189,38 @@ fn a_trickling_connection_neither_blocks_a_standby_nor_its_api_nor_a_real_primar
     s.wait_status("the primary's session", |st| st["protection"] == "syncing");
     assert!(!trickler.is_finished(), "the standby answered only after the trickler gave up");
     assert!(trickler.join().unwrap(), "the standby never closed the trickling connection");
+}
+
+/// A primary the standby will not protect is told why, in a REFUSE the primary prints: one whose HELLO claims a
+/// fence the arbiter does not name, one of another storage mode, and a second primary while the standby
+/// protects a first.
+#[test]
+fn a_refused_primary_is_told_why() {
+    let mut s = Standby::start("refusals");
+    let (mut lease, _) = s.lease_and_hello();
+    let fence = lease.read().unwrap().fence;
+    let told = |hello: Hello| {
+        let mut conn = TcpStream::connect(s.listen).unwrap();
+        wire::send(&mut conn, wire::HELLO, &[&hello.encode()]).unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        match wire::receive(&mut conn, 0) {
+            Err(WireError::Refused(why)) => why,
+            other => panic!("the primary was not told why: {other:?}"),
+        }
+    };
+    let hello =
+        Hello { harts: 1, memory: 16 << 20, storage: Storage::Shared, disks: vec![], node: "fake".into(), fence };
+    let why = told(Hello { fence: fence + 5, ..hello.clone() });
+    assert!(why.contains(&format!("claims fence {}", fence + 5)), "{why}");
+    let why = told(Hello { storage: Storage::Replicated, ..hello.clone() });
+    assert!(why.contains("Replicated storage"), "{why}");
+
+    let mut first = TcpStream::connect(s.listen).unwrap();
+    wire::send(&mut first, wire::HELLO, &[&hello.encode()]).unwrap();
+    s.wait_status("the first primary's session", |st| st["protection"] == "syncing");
+    let why = told(hello);
+    assert!(why.contains("already protects the primary at"), "{why}");
+    s.vm.expect_stderr("refused a second primary connection");
 }
 
 #[test]
