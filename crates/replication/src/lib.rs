@@ -7,7 +7,7 @@
 //! commit). When the primary dies, the secondary takes the active role through the [`arbiter`], re-issues the
 //! effects recorded in its last committed checkpoint, announces the guest's MAC and runs the guest on.
 //!
-//! Owns: the wire protocol ([`wire`]), synchronisation policies, failure detection (connection loss, heartbeat
+//! Owns: the wire protocol ([`wire`]) and its rules without I/O ([`protocol`]), synchronisation policies, failure detection (connection loss, heartbeat
 //! silence), failover, the storage modes, and the replication metrics ([`metrics`]).
 //!
 //! Never does: special cases inside devices. Devices hand effects to the gate; the board saves and restores.
@@ -24,6 +24,7 @@ pub mod disks;
 pub mod inputs;
 pub mod metrics;
 pub mod primary;
+pub mod protocol;
 pub mod secondary;
 pub mod wire;
 

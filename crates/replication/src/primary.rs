@@ -30,7 +30,6 @@
 //! bounded). Any other pending effect (a frame, a block write) triggers as before, taking the console bytes
 //! along.
 
-use std::collections::VecDeque;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError};
@@ -47,6 +46,7 @@ use kemari_transport::{Channel, Security};
 use crate::arbiter::{Arbiter, ArbiterError};
 use crate::disks::{self, Comparison};
 use crate::metrics::{Metrics, SharedMetrics};
+use crate::protocol::Outbound;
 use crate::wire::{self, Hello, LastHeard, Tracked};
 use crate::{inputs, Options, Storage, SyncPolicy};
 
@@ -54,8 +54,6 @@ use crate::{inputs, Options, Storage, SyncPolicy};
 const MAX_IN_FLIGHT: usize = 8;
 /// Downtime budget of the pre-copy's last round: the first checkpoint carries what is dirty after it.
 const PRECOPY_BUDGET: Duration = Duration::from_millis(10);
-/// Refusals of one checkpoint before the link counts as broken.
-const MAX_NACKS: u32 = 3;
 /// Back-off between attempts to protect again after a lost secondary.
 const MIN_RECONNECT: Duration = Duration::from_secs(1);
 const MAX_RECONNECT: Duration = Duration::from_secs(16);
@@ -264,14 +262,6 @@ impl Drop for Link {
     }
 }
 
-struct InFlight {
-    epoch: u64,
-    /// Highest gate sequence number the checkpoint covers.
-    covered: u64,
-    body: Arc<Vec<u8>>,
-    nacks: u32,
-}
-
 enum Phase {
     /// Waiting for a connection to the secondary (the guest runs unprotected).
     Connecting(Receiver<Channel>),
@@ -304,7 +294,8 @@ pub struct Primary {
     cfg: PrimaryConfig,
     metrics: SharedMetrics,
     phase: Phase,
-    epoch: u64,
+    /// The checkpoints of this session sent and not yet acknowledged (epochs, what they cover, resends).
+    flight: Outbound<Arc<Vec<u8>>>,
     /// Highest gate sequence number some checkpoint covers.
     covered: u64,
     /// Highest gate sequence number an acknowledged checkpoint covers (released once the arbiter confirms us).
@@ -317,7 +308,6 @@ pub struct Primary {
     newest_at: Instant,
     last_checkpoint: Instant,
     last_renew: Instant,
-    in_flight: VecDeque<InFlight>,
     sync_started: Instant,
     /// Bytes the pre-copy sent (reported when protection is established).
     sync_bytes: u64,
@@ -405,7 +395,7 @@ impl Primary {
             cfg,
             metrics,
             phase,
-            epoch: 0,
+            flight: Outbound::default(),
             covered: 0,
             acked: 0,
             pending_since: None,
@@ -414,7 +404,6 @@ impl Primary {
             newest_at: now,
             last_checkpoint: now,
             last_renew: now,
-            in_flight: VecDeque::new(),
             sync_started: now,
             sync_bytes: 0,
             reconnect_delay: MIN_RECONNECT,
@@ -497,18 +486,14 @@ impl Primary {
             Incoming::Nack(epoch) => {
                 // The secondary refused `epoch` and drops what follows it: send it and everything after again,
                 // in order (each is a delta on the one before).
-                let Some(f) = self.in_flight.iter_mut().find(|f| f.epoch == epoch) else {
-                    return self.lost(machine, &format!("refusal of checkpoint {epoch}, which is not in flight"));
+                let again = match self.flight.nack(epoch) {
+                    Ok(again) => again,
+                    Err(why) => return self.lost(machine, &why),
                 };
-                f.nacks += 1;
-                let nacks = f.nacks;
-                if nacks > MAX_NACKS {
-                    return self.lost(machine, &format!("checkpoint {epoch} refused {nacks} times"));
-                }
                 tracing::warn!("the secondary refused checkpoint {epoch}; sending it and its successors again");
                 if let Phase::Linked { link, .. } = &self.phase {
-                    for f in self.in_flight.iter().filter(|f| f.epoch >= epoch) {
-                        link.send(wire::CHECKPOINT, Some(f.epoch), f.body.clone(), self.cfg.opts.heartbeat_timeout);
+                    for (epoch, body) in again {
+                        link.send(wire::CHECKPOINT, Some(epoch), body, self.cfg.opts.heartbeat_timeout);
                     }
                 }
                 Ok(())
@@ -520,11 +505,7 @@ impl Primary {
     /// The secondary committed `epoch`: release what it covers (after making sure this node is still the
     /// active one).
     fn acknowledged(&mut self, machine: &mut Machine, epoch: u64) -> Result<(), String> {
-        let mut covered = None;
-        while self.in_flight.front().is_some_and(|f| f.epoch <= epoch) {
-            covered = self.in_flight.pop_front().map(|f| f.covered);
-        }
-        let Some(covered) = covered else { return Ok(()) };
+        let Some(covered) = self.flight.ack(epoch) else { return Ok(()) };
         self.acked = self.acked.max(covered);
         self.release_acknowledged(machine)?;
         if let Phase::Linked { established: established @ false, .. } = &mut self.phase {
@@ -646,8 +627,7 @@ impl Primary {
                 self.inputs_uncovered = 0;
                 self.sync_started = Instant::now();
                 // A new secondary: its first checkpoint is epoch 1 (it knows nothing of an earlier session's).
-                self.epoch = 0;
-                self.in_flight.clear();
+                self.flight = Outbound::default();
                 self.phase = Phase::Linked { link, copy: Some(Box::new(sync)), established: false };
                 self.set_state("syncing");
                 kemari_board::say!("synchronising with the secondary at {}", self.peer());
@@ -775,12 +755,11 @@ impl Primary {
             // The dirty log is gone with it: the next secondary gets a full pre-copy, which sends every page.
             Err(e) => return self.lost(machine, &format!("a checkpoint cannot be encoded ({e})")),
         };
-        self.epoch += 1;
-        if let Phase::Linked { link, .. } = &self.phase {
-            link.send(wire::CHECKPOINT, Some(self.epoch), body.clone(), self.cfg.opts.heartbeat_timeout);
-        }
         let bytes = body.len() as u64;
-        self.in_flight.push_back(InFlight { epoch: self.epoch, covered, body, nacks: 0 });
+        let epoch = self.flight.send(covered, body.clone());
+        if let Phase::Linked { link, .. } = &self.phase {
+            link.send(wire::CHECKPOINT, Some(epoch), body, self.cfg.opts.heartbeat_timeout);
+        }
         self.covered = covered;
         self.inputs_uncovered = 0;
         self.pending_since = None;
@@ -796,7 +775,7 @@ impl Primary {
 
     /// Waits (guest paused) until at most `max` checkpoints are unacknowledged, or the link is gone.
     fn wait_in_flight(&mut self, machine: &mut Machine, max: usize) -> Result<(), String> {
-        while self.in_flight.len() > max {
+        while self.flight.in_flight() > max {
             let Phase::Linked { link, .. } = &self.phase else { return Ok(()) };
             let ev = match link.events.recv_timeout(self.cfg.opts.heartbeat.min(Duration::from_millis(10))) {
                 Ok(ev) => Some(ev),
@@ -819,7 +798,7 @@ impl Primary {
             drop(link);
         }
         // What was in flight will never be acknowledged; everything held waits for the confirmation.
-        self.in_flight.clear();
+        self.flight = Outbound::default();
         let mut gate = machine.dev.gate.lock().expect("gate lock");
         gate.set_holding(true);
         gate.set_input_log(false);

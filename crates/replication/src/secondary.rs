@@ -33,6 +33,7 @@ use crate::arbiter::{Arbiter, TakeOver};
 use crate::disks::{self, Replica};
 use crate::inputs::InputLog;
 use crate::metrics::{Metrics, SharedMetrics};
+use crate::protocol::{Inbound, Offered};
 use crate::wire::{self, Hello, LastHeard, Tracked, WireError};
 use crate::{Options, Storage};
 
@@ -269,10 +270,8 @@ impl Standby {
         });
         // Ends the connection when the session ends, so that the reader thread finishes too.
         let _closer = Closer(socket);
-        let mut committed = 0u64;
-        // After a refusal the checkpoints already on the wire behind the refused one are dropped until the
-        // primary's resend of it arrives.
-        let mut resyncing = false;
+        // The epochs committed, and after a refusal, the wait for its resend (`protocol.rs`).
+        let mut epochs = Inbound::default();
         let mut applied_seq = 0u64;
         let mut last_beat = Instant::now();
         let mut inputs = InputLog::default();
@@ -299,6 +298,7 @@ impl Standby {
             }
         };
         loop {
+            let committed = epochs.committed_epoch();
             if self.serve_events(input).is_break() {
                 kemari_board::say!("standby: quit; the primary at {peer} goes on unprotected");
                 return Ok(SessionEnd::Quit);
@@ -373,19 +373,15 @@ impl Standby {
                         Ok(x) => x,
                         Err(e) => return Ok(lost(e.to_string(), machine, committed, &mut inputs)),
                     };
-                    if epoch <= committed {
+                    match epochs.offered(epoch) {
+                        Offered::Apply => {}
                         // A resend of what we hold: acknowledge the newest again.
-                        if epoch == committed {
+                        Offered::AckAgain => {
                             let _ = wire::send(&mut out, wire::ACK, &[&epoch.to_le_bytes()]);
+                            continue;
                         }
-                        continue;
-                    }
-                    if resyncing && epoch != committed + 1 {
-                        continue;
-                    }
-                    if epoch != committed + 1 {
-                        let why = format!("checkpoint {epoch} out of sequence (committed {committed})");
-                        return Ok(lost(why, machine, committed, &mut inputs));
+                        Offered::Ignore => continue,
+                        Offered::OutOfSequence(why) => return Ok(lost(why, machine, committed, &mut inputs)),
                     }
                     if committed == 0 {
                         if let Some(r) = replica.take() {
@@ -407,8 +403,7 @@ impl Standby {
                                 let mut gate = machine.dev.gate.lock().expect("gate lock");
                                 applied_seq = gate.perform_held_blocks(applied_seq).map_err(StandbyError::Disk)?;
                             }
-                            committed = epoch;
-                            resyncing = false;
+                            epochs.committed(epoch);
                             let gate = machine.dev.gate.lock().expect("gate lock");
                             inputs.prune(|s| gate.consumed(s));
                             drop(gate);
@@ -420,7 +415,7 @@ impl Standby {
                                 m.state = "protected";
                             }
                             let _ = wire::send(&mut out, wire::ACK, &[&epoch.to_le_bytes()]);
-                            if committed == 1 {
+                            if epoch == 1 {
                                 kemari_board::say!(
                                     "protection established: standing by for the primary {} at {peer}",
                                     hello.node
@@ -433,7 +428,7 @@ impl Standby {
                                 "standby: rejected checkpoint {epoch} from {peer}: {e}; keeping checkpoint {committed}"
                             );
                             let _ = wire::send(&mut out, wire::NACK, &[&epoch.to_le_bytes()]);
-                            resyncing = true;
+                            epochs.refused();
                         }
                     }
                 }
