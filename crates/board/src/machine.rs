@@ -618,6 +618,14 @@ impl Machine {
         taken
     }
 
+    /// Drops the frames waiting on the network interfaces; returns how many. A standby's taps see what the
+    /// network floods to every host (broadcasts, multicast, unknown destinations): its primary's guest got
+    /// those frames too, and what it got reaches a new primary through the input log. So at takeover the
+    /// frames that waited here are not inputs of this guest, and delivering them would give it some twice.
+    pub fn discard_received_frames(&mut self) -> usize {
+        self.dev.nic_rx.iter().map(RxQueue::clear).sum()
+    }
+
     /// Under protection: sends every frame the network interfaces receive to `sink` as it arrives, as an
     /// [`Input`] numbered the way the gate counts the frames the guest consumes (so a frame still waiting for
     /// the guest when the primary dies is replayed too; see `tap::RxQueue::log_arrivals`). The frames waiting

@@ -384,6 +384,15 @@ impl RxQueue {
         }
     }
 
+    /// Drops every queued frame; returns how many. Never while arrivals are logged.
+    pub fn clear(&self) -> usize {
+        let mut q = self.shared.lock();
+        debug_assert!(q.arrivals.is_none(), "frames dropped from a queue whose arrivals are logged");
+        let n = q.frames.len();
+        q.frames.clear();
+        n
+    }
+
     /// The oldest queued frame.
     pub fn pop(&self) -> Option<Vec<u8>> {
         self.shared.lock().frames.pop_front()

@@ -525,6 +525,9 @@ impl Standby {
                 tracing::warn!("re-issuing effects: {e}");
             }
         }
+        // What this node's taps received while it stood by, the old primary's guest received too (floods and
+        // broadcasts); what it consumed comes from the input log. Frames from now on are the guest's.
+        let stale = machine.discard_received_frames();
         // Replay: what the old primary's guest consumed after the committed state, before anything new.
         let replay = {
             let gate = machine.dev.gate.lock().expect("gate lock");
@@ -542,7 +545,8 @@ impl Standby {
             m.state = "unprotected";
         }
         kemari_board::say!(
-            "failover complete in {took} ms; this node is now active (fence {fence}); {replayed} inputs replayed"
+            "failover complete in {took} ms; this node is now active (fence {fence}); {replayed} inputs replayed, \
+             {stale} frames received while standing by dropped"
         );
         Ok(StandbyEnd::TookOver { machine: Box::new(machine), arbiter, metrics: self.metrics })
     }
