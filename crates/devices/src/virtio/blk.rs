@@ -421,19 +421,14 @@ mod tests {
 
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    use kemari_engine::GuestRam;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
-    use crate::gate::{OutputGate, Recorder};
+    use crate::gate::OutputGate;
     use crate::host::HostBackend;
-    use crate::memory::device_view;
+    use crate::virtio::testing::{rig_derefs_to_driver, Buf, Driver, RAM};
 
-    const RAM: u64 = 0x8000_0000;
     const RAM_SIZE: u64 = 16 << 20;
     /// Guest buffers are allocated from here on (the queue sits at the start of RAM).
     const HEAP: u64 = RAM + 0x10_0000;
@@ -485,74 +480,39 @@ mod tests {
     }
 
     enum Backing {
-        Recorder(Recorder),
+        Recorder,
         Host,
     }
 
+    /// The shared driver with a block device behind it.
     struct Rig {
-        ram: Arc<GuestRam>,
-        mem: GuestMemory,
-        gate: OutputGate,
-        rec: Option<Recorder>,
-        queues: Vec<Queue>,
+        drv: Driver,
         dev: Block,
         image: Image,
-        /// Next free descriptor table slot and heap address.
-        next_desc: u16,
+        /// Next free heap address.
         heap: u64,
-        /// Used ring entries consumed so far.
-        seen_used: u16,
-        /// Where the mock driver put the rings.
-        desc_table: u64,
-        avail: u64,
-        used_ring: u64,
     }
 
-    /// A buffer of a request as the driver lays it out.
-    struct Buf {
-        addr: u64,
-        len: u32,
-        flags: u16,
-    }
+    rig_derefs_to_driver!(Rig);
 
     impl Rig {
         fn new(backing: Backing, readonly: bool) -> Rig {
             let image = Image::new(DISK_SECTORS * SECTOR_SIZE);
-            let (gate, rec) = match backing {
-                Backing::Recorder(r) => (OutputGate::new(Box::new(r.clone())), Some(r)),
+            let drv = match backing {
+                Backing::Recorder => Driver::new(RAM_SIZE, &[QUEUE_SIZE]),
                 Backing::Host => {
                     let mut host = HostBackend::new(Box::new(io::sink()));
                     assert_eq!(host.add_disk(image.writer()), 0);
-                    (OutputGate::new(Box::new(host)), None)
+                    Driver::with_gate(RAM_SIZE, &[QUEUE_SIZE], OutputGate::new(Box::new(host)))
                 }
             };
-            let ram = Arc::new(GuestRam::new(RAM, RAM_SIZE).unwrap());
-            let mem = device_view(&ram);
-            let mock = MockSplitQueue::create(&mem, GuestAddress(RAM), QUEUE_SIZE);
-            let queue: Queue = mock.create_queue().unwrap();
-            let (desc_table, avail, used_ring) = (mock.desc_table_addr().0, mock.avail_addr().0, mock.used_addr().0);
-            assert!(mock.end().0 <= HEAP);
             let mut dev = Block::new(0, image.reader(), readonly, "kemari-disk0").unwrap();
             dev.activate(dev.features() | crate::virtio::VIRTIO_F_VERSION_1);
-            Rig {
-                ram,
-                mem,
-                gate,
-                rec,
-                queues: vec![queue],
-                dev,
-                image,
-                next_desc: 0,
-                heap: HEAP,
-                seen_used: 0,
-                desc_table,
-                avail,
-                used_ring,
-            }
+            Rig { drv, dev, image, heap: HEAP }
         }
 
         fn recorded(&self) -> Vec<Effect> {
-            self.rec.as_ref().expect("recorder rig").0.lock().unwrap().clone()
+            self.drv.effects()
         }
 
         fn alloc(&mut self, len: u64) -> u64 {
@@ -591,68 +551,21 @@ mod tests {
 
         /// Publishes a chain of the buffers (linked in order) and returns its head.
         fn offer(&mut self, bufs: &[Buf]) -> u16 {
-            let head = self.next_desc;
-            let descs: Vec<RawDescriptor> = bufs
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    let last = i + 1 == bufs.len();
-                    let flags = b.flags | if last { 0 } else { NEXT };
-                    let next = if last { 0 } else { head + i as u16 + 1 };
-                    RawDescriptor::from(SplitDescriptor::new(b.addr, b.len, flags, next))
-                })
-                .collect();
-            self.offer_raw(&descs);
-            head
+            self.drv.offer(0, bufs)
         }
 
-        /// Publishes raw descriptors at the next table slots (a new chain starts after each one without NEXT),
-        /// as the driver does: descriptors first, then the available ring entries, then its index.
         fn offer_raw(&mut self, descs: &[RawDescriptor]) {
-            let mut idx = [0u8; 2];
-            self.ram.read(self.avail + 2, &mut idx).unwrap();
-            let mut idx = u16::from_le_bytes(idx);
-            let mut starts_chain = true;
-            for d in descs {
-                let slot = self.next_desc;
-                self.next_desc += 1;
-                let d = SplitDescriptor::from(*d);
-                let mut raw = [0u8; 16];
-                raw[0..8].copy_from_slice(&d.addr().0.to_le_bytes());
-                raw[8..12].copy_from_slice(&d.len().to_le_bytes());
-                raw[12..14].copy_from_slice(&d.flags().to_le_bytes());
-                raw[14..16].copy_from_slice(&d.next().to_le_bytes());
-                self.ram.write(self.desc_table + 16 * slot as u64, &raw).unwrap();
-                if starts_chain {
-                    self.ram.write(self.avail + 4 + 2 * (idx % QUEUE_SIZE) as u64, &slot.to_le_bytes()).unwrap();
-                    idx = idx.wrapping_add(1);
-                }
-                starts_chain = !d.has_next();
-            }
-            self.ram.write(self.avail + 2, &idx.to_le_bytes()).unwrap();
+            self.drv.offer_raw(0, descs)
         }
 
         fn process(&mut self) -> Processed {
-            self.dev.process_queue(0, &mut Ctx { queues: &mut self.queues, mem: &self.mem, gate: self.gate.effects() })
+            let Rig { drv, dev, .. } = self;
+            dev.process_queue(0, &mut drv.ctx())
         }
 
         /// The used ring entries added since the last call: (head, len).
         fn used(&mut self) -> Vec<(u32, u32)> {
-            let used = self.used_ring;
-            let mut idx = [0u8; 2];
-            self.ram.read(used + 2, &mut idx).unwrap();
-            let idx = u16::from_le_bytes(idx);
-            let mut out = Vec::new();
-            while self.seen_used != idx {
-                let mut e = [0u8; 8];
-                self.ram.read(used + 4 + 8 * (self.seen_used % QUEUE_SIZE) as u64, &mut e).unwrap();
-                out.push((
-                    u32::from_le_bytes(e[0..4].try_into().unwrap()),
-                    u32::from_le_bytes(e[4..8].try_into().unwrap()),
-                ));
-                self.seen_used = self.seen_used.wrapping_add(1);
-            }
-            out
+            self.drv.used(0)
         }
 
         fn read_byte(&self, addr: u64) -> u8 {
@@ -712,7 +625,7 @@ mod tests {
 
     #[test]
     fn describes_itself() {
-        let rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let rig = Rig::new(Backing::Recorder, false);
         assert_eq!(rig.dev.device_type(), 2);
         assert_eq!(rig.dev.queue_max_sizes(), &[256]);
         let f = rig.dev.features();
@@ -732,13 +645,13 @@ mod tests {
         assert_eq!(w, [0; 4]);
         rig.dev.read_config(u64::MAX - 1, &mut w);
         assert_eq!(w, [0; 4]);
-        let ro = Rig::new(Backing::Recorder(Recorder::default()), true);
+        let ro = Rig::new(Backing::Recorder, true);
         assert_ne!(ro.dev.features() & bit(VIRTIO_BLK_F_RO), 0);
     }
 
     #[test]
     fn reads_the_image() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let (st, data) = rig.read(3, 4096);
         assert_eq!(st, OK);
         assert_eq!(data, pattern_at(3 * 512, 4096));
@@ -751,7 +664,7 @@ mod tests {
 
     #[test]
     fn reads_into_guest_memory_mark_the_dirty_log() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         rig.ram.take_dirty();
         rig.read(0, 8192);
         let dirty = rig.ram.take_dirty();
@@ -801,8 +714,7 @@ mod tests {
 
     #[test]
     fn every_write_and_flush_goes_through_the_gate() {
-        let rec = Recorder::default();
-        let mut rig = Rig::new(Backing::Recorder(rec.clone()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let before = rig.image.bytes();
         let data = vec![0x5au8; 1536];
         assert_eq!(rig.write(100, &data), OK);
@@ -821,7 +733,7 @@ mod tests {
 
     #[test]
     fn held_effects_carry_a_copy_of_the_data() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         rig.gate.set_holding(true);
         let data = vec![0x11u8; 512];
         let hdr = rig.header(VIRTIO_BLK_T_OUT, 7);
@@ -838,7 +750,7 @@ mod tests {
 
     #[test]
     fn flush_is_an_effect() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let (st, len, _) = rig.request(VIRTIO_BLK_T_FLUSH, 0, None, 0);
         assert_eq!((st, len), (OK, 1));
         assert_eq!(rig.recorded(), vec![Effect::BlockFlush { disk: 0 }]);
@@ -846,7 +758,7 @@ mod tests {
 
     #[test]
     fn without_negotiated_flush_every_write_is_made_durable() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         rig.dev.activate(crate::virtio::VIRTIO_F_VERSION_1);
         assert_eq!(rig.write(1, &[3u8; 512]), OK);
         assert_eq!(
@@ -857,7 +769,7 @@ mod tests {
 
     #[test]
     fn get_id() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let (st, len, id) = rig.request(VIRTIO_BLK_T_GET_ID, 0, None, 20);
         assert_eq!((st, len), (OK, 21));
         let mut want = b"kemari-disk0".to_vec();
@@ -889,7 +801,7 @@ mod tests {
 
     #[test]
     fn unsupported_requests_say_so() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         for kind in [2 /* SCSI */, 11 /* DISCARD */, 13 /* WRITE_ZEROES */, 0xdead_beef] {
             let (st, len, _) = rig.request(kind, 0, Some(&[0u8; 16]), 0);
             assert_eq!((st, len), (UNSUPP, 1), "type {kind}");
@@ -899,7 +811,7 @@ mod tests {
 
     #[test]
     fn out_of_range_and_malformed_transfers_fail_with_ioerr() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let before = rig.image.bytes();
         // Past the end, straddling the end, and sector numbers that overflow.
         assert_eq!(rig.read(DISK_SECTORS, 512).0, IOERR);
@@ -922,7 +834,7 @@ mod tests {
 
     #[test]
     fn requests_above_the_size_cap_fail_with_ioerr() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         // Make the disk big enough that only the cap can refuse it.
         rig.image.writer().set_len(64 << 20).unwrap();
         rig.dev = Block::new(0, rig.image.reader(), false, "big").unwrap();
@@ -933,7 +845,7 @@ mod tests {
 
     #[test]
     fn read_only_disk_refuses_writes() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), true);
+        let mut rig = Rig::new(Backing::Recorder, true);
         let before = rig.image.bytes();
         assert_eq!(rig.write(0, &[9u8; 512]), IOERR);
         let (st, data) = rig.read(0, 512);
@@ -946,7 +858,7 @@ mod tests {
 
     #[test]
     fn any_layout_header_data_and_status_may_share_and_split_descriptors() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         // OUT: header and the first half of the data in one descriptor, the rest in a second one.
         let a = rig.alloc(16 + 256);
         let mut hdr = [0u8; 16];
@@ -981,7 +893,7 @@ mod tests {
 
     #[test]
     fn indirect_chains_work() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let hdr = rig.header(VIRTIO_BLK_T_IN, 0);
         let d = rig.data_in(1024);
         let st = rig.status();
@@ -1005,7 +917,7 @@ mod tests {
 
     #[test]
     fn buffers_outside_ram_fail_the_request_not_the_host() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let outside = RAM + RAM_SIZE;
         for (addr, len) in [(outside, 512u32), (outside - 256, 512), (0x1000, 512), (u64::MAX - 100, 512)] {
             // IN into memory that is not RAM.
@@ -1049,7 +961,7 @@ mod tests {
 
     #[test]
     fn readable_after_writable_fails_the_request() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let d = rig.data_in(512);
         let hdr = rig.header(VIRTIO_BLK_T_OUT, 0);
         let st = rig.status();
@@ -1080,7 +992,7 @@ mod tests {
 
     #[test]
     fn status_outside_ram_fails_the_device() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let hdr = rig.header(VIRTIO_BLK_T_FLUSH, 0);
         rig.offer(&[hdr, Buf { addr: RAM + RAM_SIZE, len: 1, flags: W }]);
         assert_fails_device(&mut rig);
@@ -1088,7 +1000,7 @@ mod tests {
 
     #[test]
     fn chain_without_writable_status_fails_the_device() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let hdr = rig.header(VIRTIO_BLK_T_OUT, 0);
         let d = rig.data_out(&[1u8; 512]);
         rig.offer(&[hdr, d]);
@@ -1097,10 +1009,10 @@ mod tests {
 
     #[test]
     fn looping_chain_fails_the_device_without_hanging() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let hdr = rig.header(VIRTIO_BLK_T_FLUSH, 0);
         let st = rig.status();
-        let base = rig.next_desc;
+        let base = rig.next_desc(0);
         rig.offer_raw(&[
             RawDescriptor::from(SplitDescriptor::new(hdr.addr, 16, NEXT, base + 1)),
             RawDescriptor::from(SplitDescriptor::new(st.addr, 1, W | NEXT, base)),
@@ -1110,10 +1022,10 @@ mod tests {
 
     #[test]
     fn next_index_outside_the_table_fails_the_device() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let hdr = rig.header(VIRTIO_BLK_T_FLUSH, 0);
         let st = rig.status();
-        let base = rig.next_desc;
+        let base = rig.next_desc(0);
         rig.offer_raw(&[
             RawDescriptor::from(SplitDescriptor::new(hdr.addr, 16, NEXT, base + 1)),
             RawDescriptor::from(SplitDescriptor::new(st.addr, 1, W | NEXT, 9999)),
@@ -1123,24 +1035,22 @@ mod tests {
 
     #[test]
     fn bogus_available_index_fails_the_device() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
-        rig.ram.write(rig.avail + 2, &1000u16.to_le_bytes()).unwrap();
+        let mut rig = Rig::new(Backing::Recorder, false);
+        rig.set_avail_idx(0, 1000);
         assert!(rig.process().failed);
     }
 
     #[test]
     fn nothing_available_is_nothing_used() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         assert_eq!(rig.process(), Processed::default());
-        assert_eq!(
-            rig.dev.process_queue(1, &mut Ctx { queues: &mut rig.queues, mem: &rig.mem, gate: rig.gate.effects() }),
-            Processed::default()
-        );
+        let Rig { drv, dev, .. } = &mut rig;
+        assert_eq!(dev.process_queue(1, &mut drv.ctx()), Processed::default());
     }
 
     #[test]
     fn device_state_round_trips_and_garbage_is_refused() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         // Negotiated FLUSH (write-back) survives save/restore into a fresh device: no extra flush effects.
         let saved = rig.dev.save();
         rig.dev = Block::new(0, rig.image.reader(), false, "kemari-disk0").unwrap();
@@ -1160,7 +1070,7 @@ mod tests {
 
     #[test]
     fn many_requests_in_one_notification() {
-        let mut rig = Rig::new(Backing::Recorder(Recorder::default()), false);
+        let mut rig = Rig::new(Backing::Recorder, false);
         let mut statuses = Vec::new();
         for i in 0..10u64 {
             let hdr = rig.header(VIRTIO_BLK_T_OUT, i);

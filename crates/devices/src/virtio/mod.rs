@@ -11,6 +11,8 @@ pub(crate) mod chain;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use virtio_queue::Queue;
 

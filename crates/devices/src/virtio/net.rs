@@ -324,83 +324,34 @@ fn gather_tx(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use kemari_engine::GuestRam;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
-
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::gate::{OutputGate, Recorder};
-    use crate::memory::device_view;
+    use crate::virtio::testing::{desc, rig_derefs_to_driver, Driver, QUEUE_SPAN, RAM as BASE};
 
-    const BASE: u64 = 0x8000_0000;
     const RAM: u64 = 1 << 20;
-    const RXQ: u64 = BASE;
-    const TXQ: u64 = BASE + 0x1_0000;
-    const BUF: u64 = BASE + 0x2_0000;
+    const BUF: u64 = BASE + 2 * QUEUE_SPAN;
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
+    /// The shared driver (queue 0 RX, queue 1 TX) with a NIC behind it.
     struct Rig {
-        mem: &'static GuestMemory,
-        rxm: MockSplitQueue<'static, GuestMemory>,
-        txm: MockSplitQueue<'static, GuestMemory>,
-        rec: Recorder,
-        gate: OutputGate,
+        drv: Driver,
         rx: RxQueue,
         net: Net,
-        queues: Vec<Queue>,
     }
+
+    rig_derefs_to_driver!(Rig);
 
     impl Rig {
         fn new() -> Rig {
-            let ram = Arc::new(GuestRam::new(BASE, RAM).unwrap());
-            // Leaked so the mock queues (which borrow it) can live in the rig next to it.
-            let mem: &'static GuestMemory = Box::leak(Box::new(device_view(&ram)));
-            let rec = Recorder::default();
-            let gate = OutputGate::new(Box::new(rec.clone()));
             let rx = RxQueue::new(4);
-            let net = Net::new(3, MAC, rx.clone());
-            let rxm = MockSplitQueue::create(mem, GuestAddress(RXQ), QUEUE_SIZE);
-            let txm = MockSplitQueue::create(mem, GuestAddress(TXQ), QUEUE_SIZE);
-            let queues = vec![rxm.create_queue().unwrap(), txm.create_queue().unwrap()];
-            Rig { mem, rxm, txm, rec, gate, rx, net, queues }
+            Rig { drv: Driver::new(RAM, &[QUEUE_SIZE, QUEUE_SIZE]), net: Net::new(3, MAC, rx.clone()), rx }
         }
 
         fn call(&mut self, f: impl FnOnce(&mut Net, &mut Ctx) -> Processed) -> Processed {
-            f(&mut self.net, &mut Ctx { queues: &mut self.queues, mem: self.mem, gate: self.gate.effects() })
+            f(&mut self.net, &mut self.drv.ctx())
         }
-
-        fn used_addr(&self, queue_base: u64) -> u64 {
-            if queue_base == RXQ {
-                self.rxm.used_addr().0
-            } else {
-                self.txm.used_addr().0
-            }
-        }
-
-        fn used(&self, queue_base: u64, i: u16) -> (u32, u32) {
-            let at = self.used_addr(queue_base) + 4 + 8 * u64::from(i);
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            (id, len)
-        }
-
-        fn used_idx(&self, queue_base: u64) -> u16 {
-            self.mem.read_obj(GuestAddress(self.used_addr(queue_base) + 2)).unwrap()
-        }
-
-        fn effects(&self) -> Vec<Effect> {
-            self.rec.0.lock().unwrap().clone()
-        }
-    }
-
-    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
     }
 
     fn frame(len: usize) -> Vec<u8> {
@@ -431,21 +382,19 @@ mod tests {
         rig.mem.write_slice(&[0x55; HDR_LEN], GuestAddress(BUF)).unwrap();
         rig.mem.write_slice(&f[..40], GuestAddress(BUF + 0x100)).unwrap();
         rig.mem.write_slice(&f[40..], GuestAddress(BUF + 0x200)).unwrap();
-        rig.txm
-            .add_desc_chains(
-                &[
-                    desc(BUF, HDR_LEN as u32, VRING_DESC_F_NEXT, 1),
-                    desc(BUF + 0x100, 40, VRING_DESC_F_NEXT, 2),
-                    desc(BUF + 0x200, 60, 0, 0),
-                ],
-                0,
-            )
-            .unwrap();
+        rig.offer_raw(
+            TX,
+            &[
+                desc(BUF, HDR_LEN as u32, VRING_DESC_F_NEXT, 1),
+                desc(BUF + 0x100, 40, VRING_DESC_F_NEXT, 2),
+                desc(BUF + 0x200, 60, 0, 0),
+            ],
+        );
         let p = rig.call(|n, c| n.process_queue(TX, c));
         assert_eq!(p, Processed { used: true, failed: false });
         assert_eq!(rig.effects(), vec![Effect::NetTx { nic: 3, frame: f }]);
-        assert_eq!(rig.used_idx(TXQ), 1);
-        assert_eq!(rig.used(TXQ, 0), (0, 0));
+        assert_eq!(rig.used_idx(TX), 1);
+        assert_eq!(rig.used_entry(TX, 0), (0, 0));
     }
 
     #[test]
@@ -454,7 +403,7 @@ mod tests {
         let f = frame(60);
         rig.mem.write_slice(&[0; HDR_LEN], GuestAddress(BUF)).unwrap();
         rig.mem.write_slice(&f, GuestAddress(BUF + HDR_LEN as u64)).unwrap();
-        rig.txm.add_desc_chains(&[desc(BUF, (HDR_LEN + 60) as u32, 0, 0)], 0).unwrap();
+        rig.offer_raw(TX, &[desc(BUF, (HDR_LEN + 60) as u32, 0, 0)]);
         rig.call(|n, c| n.process_queue(TX, c));
         assert_eq!(rig.effects(), vec![Effect::NetTx { nic: 3, frame: f }]);
     }
@@ -470,15 +419,13 @@ mod tests {
         assert_eq!(rig.rx.len(), 1);
         // The driver posts a buffer split in two and notifies queue 0.
         rig.mem.write_slice(&[0xee; 2048], GuestAddress(BUF)).unwrap();
-        rig.rxm
-            .add_desc_chains(
-                &[
-                    desc(BUF, 1000, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
-                    desc(BUF + 0x1000, 1000, VRING_DESC_F_WRITE, 0),
-                ],
-                0,
-            )
-            .unwrap();
+        rig.offer_raw(
+            RX,
+            &[
+                desc(BUF, 1000, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
+                desc(BUF + 0x1000, 1000, VRING_DESC_F_WRITE, 0),
+            ],
+        );
         let p = rig.call(|n, c| n.process_queue(RX, c));
         assert_eq!(p, Processed { used: true, failed: false });
         assert!(rig.rx.is_empty());
@@ -488,8 +435,8 @@ mod tests {
         assert_eq!(&got[..10], &[0; 10], "header zeroed");
         assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers = 1");
         assert_eq!(&got[12..12 + f.len()], &f[..]);
-        assert_eq!(rig.used_idx(RXQ), 1);
-        assert_eq!(rig.used(RXQ, 0), (0, (HDR_LEN + f.len()) as u32));
+        assert_eq!(rig.used_idx(RX), 1);
+        assert_eq!(rig.used_entry(RX, 0), (0, (HDR_LEN + f.len()) as u32));
         assert!(rig.effects().is_empty(), "receiving has no outside effect");
     }
 
@@ -499,16 +446,11 @@ mod tests {
         for i in 0..3 {
             rig.rx.push(frame(60 + i));
         }
-        rig.rxm
-            .add_desc_chains(
-                &[desc(BUF, 2048, VRING_DESC_F_WRITE, 0), desc(BUF + 0x1000, 2048, VRING_DESC_F_WRITE, 0)],
-                0,
-            )
-            .unwrap();
+        rig.offer_raw(RX, &[desc(BUF, 2048, VRING_DESC_F_WRITE, 0), desc(BUF + 0x1000, 2048, VRING_DESC_F_WRITE, 0)]);
         rig.call(|n, c| n.poll(c));
         assert_eq!(rig.rx.len(), 1, "two buffers, two frames delivered");
-        assert_eq!(rig.used(RXQ, 0), (0, 72));
-        assert_eq!(rig.used(RXQ, 1), (1, 73));
+        assert_eq!(rig.used_entry(RX, 0), (0, 72));
+        assert_eq!(rig.used_entry(RX, 1), (1, 73));
     }
 
     #[test]
@@ -516,21 +458,21 @@ mod tests {
         let mut rig = Rig::new();
         rig.rx.push(frame(1514));
         rig.rx.push(frame(100));
-        rig.rxm.add_desc_chains(&[desc(BUF, 512, VRING_DESC_F_WRITE, 0)], 0).unwrap();
+        rig.offer_raw(RX, &[desc(BUF, 512, VRING_DESC_F_WRITE, 0)]);
         rig.call(|n, c| n.poll(c));
         assert!(rig.rx.is_empty());
         assert_eq!(rig.net.dropped(), (0, 1));
-        assert_eq!(rig.used(RXQ, 0), (0, 112), "the small frame got the buffer");
+        assert_eq!(rig.used_entry(RX, 0), (0, 112), "the small frame got the buffer");
     }
 
     #[test]
     fn oversized_tx_frame_is_dropped() {
         let mut rig = Rig::new();
-        rig.txm.add_desc_chains(&[desc(BUF, 12, VRING_DESC_F_NEXT, 1), desc(BUF + 0x100, 70_000, 0, 0)], 0).unwrap();
+        rig.offer_raw(TX, &[desc(BUF, 12, VRING_DESC_F_NEXT, 1), desc(BUF + 0x100, 70_000, 0, 0)]);
         let p = rig.call(|n, c| n.process_queue(TX, c));
         assert_eq!(p, Processed { used: true, failed: false });
         assert!(rig.effects().is_empty());
-        assert_eq!(rig.used_idx(TXQ), 1, "the buffer goes back to the driver");
+        assert_eq!(rig.used_idx(TX), 1, "the buffer goes back to the driver");
         assert_eq!(rig.net.dropped(), (1, 0));
     }
 
@@ -539,31 +481,29 @@ mod tests {
         let mut rig = Rig::new();
         let f = frame(60);
         rig.mem.write_slice(&f, GuestAddress(BUF + 0x100)).unwrap();
-        rig.txm
-            .add_desc_chains(
-                &[
-                    // Below RAM, straddling its end, and far away.
-                    desc(0x1000, 74, 0, 0),
-                    desc(BASE + RAM - 10, 74, 0, 0),
-                    desc(u64::MAX - 4, 74, 0, 0),
-                    // A good one after the bad ones still goes out.
-                    desc(BUF + 0x100 - 12, 72, 0, 0),
-                ],
-                0,
-            )
-            .unwrap();
+        rig.offer_raw(
+            TX,
+            &[
+                // Below RAM, straddling its end, and far away.
+                desc(0x1000, 74, 0, 0),
+                desc(BASE + RAM - 10, 74, 0, 0),
+                desc(u64::MAX - 4, 74, 0, 0),
+                // A good one after the bad ones still goes out.
+                desc(BUF + 0x100 - 12, 72, 0, 0),
+            ],
+        );
         let p = rig.call(|n, c| n.process_queue(TX, c));
         assert_eq!(p, Processed { used: true, failed: false });
         assert_eq!(rig.effects(), vec![Effect::NetTx { nic: 3, frame: f }]);
-        assert_eq!(rig.used_idx(TXQ), 4);
+        assert_eq!(rig.used_idx(TX), 4);
     }
 
     #[test]
     fn looping_or_dangling_chains_are_dropped() {
         let mut rig = Rig::new();
         // Descriptor 0 points to itself; descriptor 1 to an index past the table.
-        rig.txm.add_desc_chains(&[desc(BUF, 100, VRING_DESC_F_NEXT, 0)], 0).unwrap();
-        rig.txm.add_desc_chains(&[desc(BUF, 100, VRING_DESC_F_NEXT, 999)], 1).unwrap();
+        rig.offer_raw(TX, &[desc(BUF, 100, VRING_DESC_F_NEXT, 0)]);
+        rig.offer_raw(TX, &[desc(BUF, 100, VRING_DESC_F_NEXT, 999)]);
         let p = rig.call(|n, c| n.process_queue(TX, c));
         assert_eq!(p, Processed { used: true, failed: false });
         assert!(rig.effects().is_empty());
@@ -573,20 +513,20 @@ mod tests {
     #[test]
     fn wrong_direction_is_dropped_both_ways() {
         let mut rig = Rig::new();
-        rig.txm.add_desc_chains(&[desc(BUF, 100, VRING_DESC_F_WRITE, 0)], 0).unwrap();
-        rig.rxm.add_desc_chains(&[desc(BUF, 2048, 0, 0), desc(BUF, 2048, VRING_DESC_F_WRITE, 0)], 0).unwrap();
+        rig.offer_raw(TX, &[desc(BUF, 100, VRING_DESC_F_WRITE, 0)]);
+        rig.offer_raw(RX, &[desc(BUF, 2048, 0, 0), desc(BUF, 2048, VRING_DESC_F_WRITE, 0)]);
         rig.rx.push(frame(60));
         rig.call(|n, c| n.process_queue(TX, c));
         assert!(rig.effects().is_empty());
         rig.call(|n, c| n.poll(c));
-        assert_eq!(rig.used(RXQ, 0), (0, 0), "read-only RX buffer returned empty");
-        assert_eq!(rig.used(RXQ, 1), (1, 72), "the frame went into the next, good buffer");
+        assert_eq!(rig.used_entry(RX, 0), (0, 0), "read-only RX buffer returned empty");
+        assert_eq!(rig.used_entry(RX, 1), (1, 72), "the frame went into the next, good buffer");
     }
 
     #[test]
     fn impossible_available_index_fails_the_queue() {
         let mut rig = Rig::new();
-        rig.txm.avail().idx().store(QUEUE_SIZE + 5);
+        rig.set_avail_idx(TX, QUEUE_SIZE + 5);
         let p = rig.call(|n, c| n.process_queue(TX, c));
         assert!(p.failed);
         assert!(rig.effects().is_empty());
@@ -604,7 +544,7 @@ mod tests {
             q.set_used_ring_address(Some(0x4000), Some(0));
             q.set_ready(true);
         }
-        let mut ctx = Ctx { queues: &mut queues, mem: rig.mem, gate: rig.gate.effects() };
+        let mut ctx = Ctx { queues: &mut queues, mem: &rig.drv.mem, gate: rig.drv.gate.effects() };
         assert!(rig.net.process_queue(TX, &mut ctx).failed);
         assert!(rig.net.poll(&mut ctx).failed);
         assert_eq!(rig.net.process_queue(7, &mut ctx), Processed::default());
@@ -633,7 +573,7 @@ mod tests {
             for _ in 0..3 {
                 rig.rx.push(frame(60 + round));
             }
-            for q in &mut rig.queues {
+            for q in &mut rig.drv.queues {
                 q.set_next_avail(next() as u16);
                 q.set_next_used(next() as u16);
             }
