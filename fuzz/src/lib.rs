@@ -17,7 +17,7 @@ use kemari_state::{Section, StateFile};
 /// decode step here fuzzes a slightly different list, and `restore_into` still checks the real one).
 pub const KNOWN: [Section; 8] = [
     Section { tag: *b"BORD", version: 1, cap: 1024 },
-    kemari_state::hart::SECTION,
+    kemari_board::hart::SECTION,
     Section { tag: *b"CLNT", version: 1, cap: 1024 },
     Section { tag: *b"PLIC", version: 1, cap: 4096 },
     Section { tag: *b"UART", version: 1, cap: 1024 },

@@ -12,6 +12,7 @@ pub mod clint;
 pub mod console;
 pub mod control;
 pub mod fdt;
+pub mod hart;
 pub mod layout;
 pub mod loader;
 pub mod log;

@@ -13,9 +13,10 @@ use kemari_devices::gate::{GateState, InputCounts, OutputGate};
 use kemari_devices::host::Wake;
 use kemari_devices::virtio::mmio::TransportState;
 use kemari_engine::{Engine, GuestRam, Hart, PAGE_SIZE};
-use kemari_state::{hart, Arch, Encoder, Reader, Section, StateError, StateFile, Writer};
+use kemari_state::{Arch, Encoder, Reader, Section, StateError, StateFile, Writer};
 
 use crate::clint::Clint;
+use crate::hart;
 use crate::machine::{BuildError, GuestClock, Machine, MachineConfig};
 use crate::plic::Plic;
 use crate::uart::{self, Uart};

@@ -232,7 +232,7 @@ fn put_u16(p: &mut [u8], at: usize, v: u16) {
     p[at..at + 2].copy_from_slice(&v.to_le_bytes());
 }
 
-// Payload offsets (see persist.rs and kemari_state::hart).
+// Payload offsets (see persist.rs and hart.rs).
 /// HART: id u64, x[32], f[32], pc, privilege u8, 21 CSRs (fcsr first, mstatus second, satp last), pmpcfg[2],
 /// pmpaddr[16], instret, reservation (bool, u64), waiting, stopped.
 const HART_PC: usize = 8 + 64 * 8;

@@ -19,6 +19,5 @@
 //! Invariant: encoding is deterministic, so save → restore → save yields identical bytes.
 
 mod codec;
-pub mod hart;
 
 pub use codec::{Arch, Encoder, Reader, Section, StateError, StateFile, Writer, FORMAT_VERSION, MAGIC, MAX_SECTIONS};

@@ -1,8 +1,9 @@
-//! The hart section: one per hart, the complete architectural state ([`HartState`]).
+//! The hart section of a RISC-V machine's state: one per hart, the complete architectural state
+//! ([`HartState`]).
 
 use kemari_engine::{HartState, Privilege};
 
-use crate::codec::{Reader, Section, StateError, Writer};
+use kemari_state::{Reader, Section, StateError, Writer};
 
 pub const SECTION: Section = Section { tag: *b"HART", version: 1, cap: 1024 };
 
@@ -128,7 +129,7 @@ pub fn decode(payload: &[u8], harts: usize) -> Result<HartState, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::StateFile;
+    use kemari_state::{Arch, StateFile, FORMAT_VERSION};
 
     fn sample(id: u64) -> HartState {
         let mut h = HartState { id, pc: 0x8020_1234, privilege: Privilege::Supervisor, ..Default::default() };
@@ -148,7 +149,7 @@ mod tests {
     }
 
     fn file(harts: &[HartState]) -> Vec<u8> {
-        let mut f = StateFile::new(crate::Arch::Riscv64);
+        let mut f = StateFile::new(Arch::Riscv64);
         for h in harts {
             f.push(&SECTION, encode(h));
         }
@@ -192,9 +193,9 @@ mod tests {
     #[test]
     fn future_versions_are_named() {
         let mut bytes = file(&[sample(0)]);
-        bytes[8] = crate::FORMAT_VERSION as u8 + 1;
-        assert_eq!(decode_all(&bytes), Err(StateError::UnsupportedVersion(crate::FORMAT_VERSION + 1)));
-        let mut f = StateFile::new(crate::Arch::Riscv64);
+        bytes[8] = FORMAT_VERSION as u8 + 1;
+        assert_eq!(decode_all(&bytes), Err(StateError::UnsupportedVersion(FORMAT_VERSION + 1)));
+        let mut f = StateFile::new(Arch::Riscv64);
         f.push(&Section { version: 7, ..SECTION }, encode(&sample(0)));
         assert_eq!(decode_all(&f.encode()), Err(StateError::SectionVersion { tag: "HART".into(), version: 7 }));
     }
@@ -211,7 +212,7 @@ mod tests {
         for (at, value, why) in cases {
             let mut payload = encode(&sample(0));
             payload[at] = value;
-            let mut f = StateFile::new(crate::Arch::Riscv64);
+            let mut f = StateFile::new(Arch::Riscv64);
             f.push(&SECTION, payload);
             let err = decode_all(&f.encode()).unwrap_err().to_string();
             assert!(err.contains(why), "{err:?} does not say {why:?}");
@@ -220,10 +221,10 @@ mod tests {
 
     #[test]
     fn oversized_sections_and_unknown_tags_are_refused_before_allocation() {
-        let mut f = StateFile::new(crate::Arch::Riscv64);
+        let mut f = StateFile::new(Arch::Riscv64);
         f.push(&SECTION, vec![0; 2000]);
         assert!(matches!(decode_all(&f.encode()), Err(StateError::TooLong { .. })));
-        let mut f = StateFile::new(crate::Arch::Riscv64);
+        let mut f = StateFile::new(Arch::Riscv64);
         f.push(&Section { tag: *b"ZZZZ", version: 1, cap: 10 }, vec![1]);
         assert!(decode_all(&f.encode()).unwrap_err().to_string().contains("unknown section"));
     }
