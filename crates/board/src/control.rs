@@ -1,9 +1,11 @@
 //! Control requests the machine loop serves between slices (so the machine is always quiesced when one runs).
 //! The front end carries them over the control API socket.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, TryRecvError};
 
-use crate::machine::Machine;
+use crate::machine::{Event, Machine};
 use crate::persist::Pages;
 
 /// File in a snapshot directory holding the machine state (memory included).
@@ -23,6 +25,32 @@ pub enum Request {
         to: String,
         downtime_ms: u64,
     },
+}
+
+/// Serves the user while no guest runs on this node (a standby, a migration receiver waiting for its sender):
+/// console input is kept in `typed` for the guest to come, `status` answers a status request, anything else
+/// is refused with `refusal`. Returns once nothing waits on `input`, or with `Break` when the user quit (the
+/// caller says what quitting leaves behind).
+pub fn serve_without_guest(
+    input: &Receiver<Event>,
+    typed: &mut Vec<u8>,
+    status: impl Fn() -> Reply,
+    refusal: &str,
+) -> ControlFlow<()> {
+    loop {
+        match input.try_recv() {
+            Ok(Event::Console(bytes)) => typed.extend(bytes),
+            Ok(Event::Control(Request::Status, reply)) => {
+                let _ = reply.send(status());
+            }
+            Ok(Event::Control(_, reply)) => {
+                let _ = reply.send(Reply::Error(refusal.to_string()));
+            }
+            Ok(Event::Quit) => return ControlFlow::Break(()),
+            Ok(Event::Wake) => {}
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => return ControlFlow::Continue(()),
+        }
+    }
 }
 
 /// Fault-tolerance status as the replication driver reports it (plain data: the board knows nothing of

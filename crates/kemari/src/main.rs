@@ -644,9 +644,8 @@ fn receive(
     cfg: &MachineConfig,
     console: &console::Console,
 ) -> Result<Machine, ExitCode> {
-    use kemari_board::control::{Reply, Request};
+    use kemari_board::control::{serve_without_guest, Reply};
     use kemari_board::migrate::{Arrival, MigrateError};
-    use kemari_board::Event;
     let mut incoming = kemari_board::migrate::Incoming::bind(addr, security, memory, cfg.prealloc).map_err(|e| {
         kemari_board::say!("cannot receive a migration on {addr}: {e}");
         ExitCode::from(2)
@@ -657,28 +656,16 @@ fn receive(
     // The sender whose stream is being received, and where its outcome comes.
     let mut receiving: Option<(String, std::sync::mpsc::Receiver<Result<Machine, MigrateError>>)> = None;
     loop {
-        while let Ok(event) = console.input().try_recv() {
-            match event {
-                Event::Console(bytes) => typed.extend(bytes),
-                Event::Control(Request::Status, reply) => {
-                    let _ = reply.send(Reply::Incoming {
-                        listen: listen.clone(),
-                        refused,
-                        last_refusal: last_refusal.clone(),
-                        receiving_from: receiving.as_ref().map(|(peer, _)| peer.clone()),
-                    });
-                }
-                Event::Control(_, reply) => {
-                    let _ = reply.send(Reply::Error(format!(
-                        "no guest runs here yet: waiting for an incoming migration on {listen}"
-                    )));
-                }
-                Event::Quit => {
-                    kemari_board::say!("quit");
-                    return Err(ExitCode::SUCCESS);
-                }
-                Event::Wake => {}
-            }
+        let status = || Reply::Incoming {
+            listen: listen.clone(),
+            refused,
+            last_refusal: last_refusal.clone(),
+            receiving_from: receiving.as_ref().map(|(peer, _)| peer.clone()),
+        };
+        let refusal = format!("no guest runs here yet: waiting for an incoming migration on {listen}");
+        if serve_without_guest(console.input(), &mut typed, status, &refusal).is_break() {
+            kemari_board::say!("quit");
+            return Err(ExitCode::SUCCESS);
         }
         let mut refuse = |peer: &str, why: String| {
             kemari_board::say!("incoming migration refused: {why} (from {peer}); waiting for the next sender");

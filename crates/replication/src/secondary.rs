@@ -19,11 +19,11 @@
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::ops::ControlFlow;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kemari_board::control::{Reply, Request};
+use kemari_board::control::{serve_without_guest, Reply};
 use kemari_board::{Event, Machine, MachineConfig};
 use kemari_devices::host::Wake;
 use kemari_engine::GuestRam;
@@ -196,29 +196,17 @@ struct Standby {
 impl Standby {
     /// Answers control requests while no guest runs here. Breaks when the user quits.
     fn serve_events(&mut self, input: &Receiver<Event>) -> ControlFlow<()> {
-        loop {
-            match input.try_recv() {
-                Ok(Event::Console(b)) => self.input_bytes.extend(b),
-                Ok(Event::Control(req, reply)) => {
-                    let answer = match req {
-                        Request::Status => Reply::Status {
-                            paused: true,
-                            harts: 0,
-                            memory_mib: 0,
-                            instret: 0,
-                            migration: None,
-                            protection: Some(Box::new(self.metrics.lock().expect("metrics lock").report(0))),
-                            io_error: None,
-                        },
-                        _ => Reply::Error("this node is a standby: no guest runs here".into()),
-                    };
-                    let _ = reply.send(answer);
-                }
-                Ok(Event::Quit) => return ControlFlow::Break(()),
-                Ok(Event::Wake) => {}
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return ControlFlow::Continue(()),
-            }
-        }
+        let metrics = self.metrics.clone();
+        let status = || Reply::Status {
+            paused: true,
+            harts: 0,
+            memory_mib: 0,
+            instret: 0,
+            migration: None,
+            protection: Some(Box::new(metrics.lock().expect("metrics lock").report(0))),
+            io_error: None,
+        };
+        serve_without_guest(input, &mut self.input_bytes, status, "this node is a standby: no guest runs here")
     }
 
     fn session(
