@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use kemari_transport::frame::Protocol;
 pub use kemari_transport::frame::{receive, send, FrameError as WireError};
+use kemari_transport::frame::{Cursor, Protocol};
 
 use crate::Storage;
 
@@ -49,6 +49,9 @@ pub const SMALL_MESSAGE: u64 = 64 << 10;
 /// The replication protocol's HELLO preamble and version window. 2: INPUT. 3: DIGESTS and DISK. 4: the
 /// shared framing (a 4-byte magic; REFUSE).
 pub const PROTOCOL: Protocol = Protocol { name: "replication", magic: *b"KMFT", versions: 4..=4 };
+/// Version 3's preamble: an 8-byte magic, then the version. Its messages are version 4's, so a standby still
+/// takes such a primary (upgrade the standby first); it cannot read a REFUSE, and sees the connection close.
+const V3_MAGIC: &[u8; 8] = b"KEMARIFT";
 
 /// The longest message a session with a machine of `memory` bytes may carry: a checkpoint's epoch and the
 /// longest state stream of such a machine.
@@ -155,7 +158,10 @@ impl Hello {
     /// Decodes and checks a HELLO (untrusted).
     pub fn decode(b: &[u8]) -> Result<Hello, WireError> {
         let bad = |why: &str| WireError::Protocol(format!("bad HELLO: {why}"));
-        let (_, mut r) = PROTOCOL.accept(b).map_err(WireError::Protocol)?;
+        let mut r = match b.strip_prefix(V3_MAGIC) {
+            Some(rest) if rest.get(..4) == Some(&3u32.to_le_bytes()[..]) => Cursor::new(&rest[4..]),
+            _ => PROTOCOL.accept(b).map_err(WireError::Protocol)?.1,
+        };
         let harts = r.u32().ok_or_else(|| bad("truncated"))?;
         let memory = r.u64().ok_or_else(|| bad("truncated"))?;
         let storage = match r.u8().ok_or_else(|| bad("truncated"))? {
@@ -219,6 +225,18 @@ mod tests {
         let mut extra = b.clone();
         extra.push(0);
         assert!(Hello::decode(&extra).is_err());
+    }
+
+    /// A primary of protocol version 3 (before the shared framing) is still understood.
+    #[test]
+    fn a_version_3_hello_is_taken() {
+        let v4 = hello().encode();
+        let mut v3 = b"KEMARIFT".to_vec();
+        v3.extend_from_slice(&3u32.to_le_bytes());
+        v3.extend_from_slice(&v4[8..]);
+        assert_eq!(Hello::decode(&v3).unwrap(), hello());
+        v3[8] = 2;
+        assert!(Hello::decode(&v3).is_err(), "version 2 is outside the window");
     }
 
     #[test]
