@@ -196,7 +196,7 @@ struct Standby {
 impl Standby {
     /// Answers control requests while no guest runs here. Breaks when the user quits.
     fn serve_events(&mut self, input: &Receiver<Event>) -> ControlFlow<()> {
-        let metrics = self.metrics.clone();
+        let metrics = &self.metrics;
         let status = || Reply::Status {
             paused: true,
             harts: 0,
@@ -221,6 +221,8 @@ impl Standby {
         let Offer { mut channel, peer, hello } = offer;
         if let Err(why) = self.check_hello(cfg, &hello) {
             kemari_board::say!("standby: refused the primary at {peer}: {why}");
+            // A few bytes; a peer that reads nothing must not hold this loop.
+            let _ = channel.socket.set_write_timeout(Some(Duration::from_secs(1)));
             frame::refuse(&mut channel.writer, &why);
             return Ok(SessionEnd::Retry(why));
         }
