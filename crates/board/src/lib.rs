@@ -15,15 +15,17 @@ pub mod fdt;
 pub mod hart;
 pub mod layout;
 pub mod loader;
-pub mod log;
 pub mod machine;
 pub mod migrate;
 pub mod persist;
 pub mod plic;
 pub mod sbi;
+mod seam;
 pub mod uart;
 
 pub use kemari_engine::Engine;
+pub use kemari_machine::{log, say};
 pub use machine::{
     check_shape, receiver_ram, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome,
 };
+pub use persist::ARCH;

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use goblin::elf::{header::EM_RISCV, program_header::PT_LOAD, Elf};
-use kemari_engine::GuestRam;
+use kemari_memory::GuestRam;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

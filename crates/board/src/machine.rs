@@ -12,7 +12,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kemari_engine::{irq, Bus, Engine, Exit, GuestRam, Hart};
+use kemari_engine::{irq, Bus, Engine, Exit, Hart};
+use kemari_memory::GuestRam;
 
 use crate::clint::Clint;
 use crate::layout::{self, RAM_BASE};
@@ -81,7 +82,7 @@ pub enum BuildError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("cannot allocate guest RAM: {0}")]
-    Ram(#[from] kemari_engine::RamError),
+    Ram(#[from] kemari_memory::RamError),
     #[error("cannot preallocate guest RAM (--prealloc): {0}")]
     Prealloc(std::io::Error),
     #[error("--prealloc on a receiver needs --memory (the size to map while it waits)")]
@@ -143,34 +144,7 @@ pub fn receiver_ram(prealloc: bool, memory_mib: Option<u64>) -> Result<Option<Ar
     Ok(Some(ram))
 }
 
-/// Events that reach the machine loop from other threads.
-pub enum Event {
-    /// Console input.
-    Console(Vec<u8>),
-    /// The user asked to quit (Ctrl-A x).
-    Quit,
-    /// A device has outside work (e.g. a received frame); the loop polls devices.
-    Wake,
-    /// A control API request; the reply goes back on the channel.
-    Control(crate::control::Request, std::sync::mpsc::Sender<crate::control::Reply>),
-}
-
-/// How a run ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RunOutcome {
-    /// SBI system reset: shutdown.
-    PowerOff,
-    /// SBI system reset: reboot (kemari does not reboot guests; the caller decides).
-    Reboot,
-    /// The guest crashed: kernel panic, or a trap nobody can handle.
-    Crash(String),
-    /// Bare-metal test ended through HTIF `tohost`: 0 = pass, otherwise the failure code.
-    TestExit(u64),
-    /// The user quit.
-    Quit,
-    /// The machine moved to another host (live migration); this copy must not run again.
-    Migrated,
-}
+pub use kemari_machine::{Event, RunOutcome};
 
 /// Guest time: a monotonic host clock in timebase ticks, plus an offset so that a restored guest continues.
 #[derive(Clone, Debug)]

@@ -12,7 +12,9 @@ use std::io::Write;
 use kemari_devices::gate::{GateState, InputCounts, OutputGate};
 use kemari_devices::host::Wake;
 use kemari_devices::virtio::mmio::TransportState;
-use kemari_engine::{Engine, GuestRam, Hart, PAGE_SIZE};
+use kemari_engine::{Engine, Hart};
+use kemari_machine::pages::{self, PAGES_PER_SECTION, PAGS};
+use kemari_memory::PAGE_SIZE;
 use kemari_state::{Arch, Encoder, Reader, Section, StateError, StateFile, Writer};
 
 use crate::clint::Clint;
@@ -28,8 +30,6 @@ const UART: Section = Section { tag: *b"UART", version: 1, cap: 1024 };
 const VIRT: Section = Section { tag: *b"VIRT", version: 1, cap: 2 << 20 };
 const GATE: Section = Section { tag: *b"GATE", version: 1, cap: 256 << 20 };
 const INPT: Section = Section { tag: *b"INPT", version: 1, cap: 4 + 8 * kemari_devices::gate::MAX_SOURCES as u32 };
-const PAGES_PER_SECTION: usize = 1024;
-const PAGS: Section = Section { tag: *b"PAGS", version: 1, cap: (PAGES_PER_SECTION * (8 + 4096) + 4) as u32 };
 
 // Every page of the largest machine fits in one stream, with the other sections.
 const _: () = {
@@ -50,7 +50,7 @@ pub fn max_state_len(memory: u64) -> u64 {
 }
 
 /// The machines this board builds, as state streams name them.
-const ARCH: Arch = Arch::Riscv64;
+pub const ARCH: Arch = Arch::Riscv64;
 
 /// Decodes a stream's framing and refuses one of another architecture's machine.
 fn decode<'a>(bytes: &'a [u8], known: &[Section]) -> Result<StateFile<'a>, StateError> {
@@ -75,13 +75,7 @@ pub enum RestoreError {
     HeldWrite(String),
 }
 
-/// Which guest pages a save carries.
-pub enum Pages<'a> {
-    /// Every non-zero page (a restore starts from zeroed RAM).
-    AllNonZero,
-    /// Exactly these pages (e.g. the dirty log), zero or not.
-    Only(&'a [u64]),
-}
+pub use kemari_machine::Pages;
 
 impl Machine {
     /// Encodes the machine's complete state. Must be called with the machine quiesced (between slices). An
@@ -135,22 +129,22 @@ impl Machine {
         f.push(&INPT, &w.0);
         drop(gate);
 
-        push_pages(&self.ram, &mut f, list);
+        pages::push(&self.ram, &mut f, list);
         f.finish()
     }
 
     /// Encodes just these guest pages (a live-migration round).
     pub fn save_pages(&self, list: &[u64]) -> Vec<u8> {
-        encode_pages(&self.ram, list)
+        pages::encode(ARCH, &self.ram, list)
     }
 
     /// Applies a stream of pages made by `save_pages` (validated like any state stream, before any page is
     /// written).
     pub fn restore_pages(&mut self, bytes: &[u8]) -> Result<u64, StateError> {
         let f = decode(bytes, &[PAGS])?;
-        let pages = checked_pages(&f, self.ram.size() / PAGE_SIZE)?;
+        let pages = pages::checked(&f, self.ram.size() / PAGE_SIZE)?;
         for (p, data) in &pages {
-            self.ram.write(self.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
+            self.ram.write(self.ram.address_of(p * PAGE_SIZE), data).expect("page inside RAM");
         }
         Ok(pages.len() as u64)
     }
@@ -205,7 +199,7 @@ impl Machine {
     /// devices; changes nothing.
     fn decode_state<'a>(&self, f: &'a StateFile) -> Result<Decoded<'a>, RestoreError> {
         let m = self;
-        let pages = checked_pages(f, m.ram.size() / PAGE_SIZE)?;
+        let pages = pages::checked(f, m.ram.size() / PAGE_SIZE)?;
         let mut r = Reader::new(f.one(&BORD)?, "BORD");
         let harts = r.u32()? as u64;
         let ram_size = r.u64()?;
@@ -328,7 +322,7 @@ impl Machine {
         gate.apply_inputs(s.inputs);
         drop(gate);
         for (p, data) in &s.pages {
-            self.ram.write(self.ram.base() + p * PAGE_SIZE, data).expect("page inside RAM");
+            self.ram.write(self.ram.address_of(p * PAGE_SIZE), data).expect("page inside RAM");
         }
     }
 }
@@ -347,56 +341,6 @@ struct Decoded<'a> {
     inputs: InputCounts,
     /// Guest pages, by index inside RAM.
     pages: Vec<(u64, &'a [u8])>,
-}
-
-/// A stream of just these guest pages (indices inside RAM), as [`Machine::restore_pages`] takes it. Reads RAM
-/// in place, so it may run on another thread while the guest runs (a page written meanwhile is in the dirty log
-/// and sent again).
-pub fn encode_pages(ram: &GuestRam, list: &[u64]) -> Vec<u8> {
-    encode_pages_into(ram, list, Vec::new())
-}
-
-/// [`encode_pages`] into the allocation of `buf`.
-pub fn encode_pages_into(ram: &GuestRam, list: &[u64], buf: Vec<u8>) -> Vec<u8> {
-    let bytes = list.len() * (8 + PAGE_SIZE as usize) + list.len().div_ceil(PAGES_PER_SECTION) * 18;
-    let mut f = Encoder::reusing(buf, ARCH, bytes);
-    push_pages(ram, &mut f, list);
-    // Page sections are full-size at most, and RAM is small enough that all of them fit in a stream.
-    f.finish().expect("a page stream of this RAM is within the format's limits")
-}
-
-/// Adds PAGS sections holding the pages of `list`.
-fn push_pages(ram: &GuestRam, f: &mut Encoder, list: &[u64]) {
-    for chunk in list.chunks(PAGES_PER_SECTION) {
-        f.section(&PAGS, |w| {
-            w.u32(chunk.len() as u32);
-            for &p in chunk {
-                w.u64(p);
-                ram.append_to(ram.base() + p * PAGE_SIZE, PAGE_SIZE as usize, &mut w.0).expect("page inside RAM");
-            }
-        });
-    }
-}
-
-/// Every page of the PAGS sections of `f` as (page index, 4 KiB), checked against a RAM of `pages` pages.
-fn checked_pages<'a>(f: &'a StateFile<'_>, pages: u64) -> Result<Vec<(u64, &'a [u8])>, StateError> {
-    let mut out = Vec::new();
-    for payload in f.all(&PAGS)? {
-        let mut r = Reader::new(payload, "PAGS");
-        let n = r.u32()? as usize;
-        if n > PAGES_PER_SECTION {
-            return Err(r.invalid("too many pages in one section"));
-        }
-        for _ in 0..n {
-            let p = r.u64()?;
-            if p >= pages {
-                return Err(r.invalid(format!("page {p} is beyond RAM")));
-            }
-            out.push((p, r.raw(PAGE_SIZE as usize)?));
-        }
-        r.finish()?;
-    }
-    Ok(out)
 }
 
 /// Reads the machine shape (harts, MiB of memory) from a state stream, so `kemari restore` can build the

@@ -13,7 +13,7 @@
 //! Interrupts, the budget and `instret` are handled per block, with exactly the results of a per-instruction
 //! interpreter: interrupts are taken at the same boundaries, the budget is never overshot (a block is cut where
 //! it ends), a fault mid-block leaves pc and `instret` at the faulting instruction. Decoded code stays coherent
-//! with memory through the code-page tracking of [`GuestRam`] (see `memory.rs`): any write to a page blocks were
+//! with memory through the code-page tracking of [`GuestRam`] (see the `kemari-memory` crate): any write to a page blocks were
 //! decoded from, by a hart, the VMM or a device, invalidates them, and a hart's store into code ends its block
 //! right after the store. Blocks survive `satp` writes, `sfence.vma`, privilege changes and checkpoints
 //! (`take_dirty`); they are not part of [`HartState`].
@@ -37,9 +37,10 @@ mod exec;
 pub mod fpu;
 mod hart;
 mod jit;
-pub mod memory;
 mod mmu;
 pub mod rvc;
 
 pub use hart::{irq, Bus, Engine, Exit, Hart, HartState, Privilege, DEFAULT_JIT_THRESHOLD};
-pub use memory::{GuestRam, RamError, PAGE_SIZE};
+/// Guest RAM lives in its own crate (a hardware engine shares it); re-exported for the engine's users.
+pub use kemari_memory as memory;
+pub use kemari_memory::{GuestRam, RamError, PAGE_SIZE};

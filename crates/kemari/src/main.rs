@@ -460,16 +460,6 @@ fn standby(args: StandbyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = kemari_replication::secondary::StandbyConfig {
-        listen: args.listen,
-        security: security.clone(),
-        opts: args.ft.options(),
-        arbiter,
-        machine,
-        expect_harts: args.cpus,
-        expect_memory_mib: args.memory,
-        ram,
-    };
     let console = console::Console::start();
     if let Some(path) = &args.devices.api {
         if let Err(e) = api::serve(path, console.sender()) {
@@ -477,8 +467,29 @@ fn standby(args: StandbyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let stdout = || -> Box<dyn std::io::Write + Send> { Box::new(std::io::stdout()) };
-    let end = kemari_replication::secondary::standby(cfg, &stdout, console.waker(), console.input());
+    // The replica: this node's devices, the primary's shape, on the RAM faulted in meanwhile (once).
+    let (devices, wake, mut ram) = (machine.clone(), console.waker(), ram);
+    let build = move |shape: kemari_machine::Shape| {
+        let cfg = MachineConfig { harts: shape.harts, memory_mib: shape.memory >> 20, ..devices.clone() };
+        let stdout = Box::new(std::io::stdout());
+        match ram.take() {
+            Some(ram) => Machine::empty_on(ram, &cfg, stdout, wake.clone()),
+            None => Machine::empty(&cfg, stdout, wake.clone()),
+        }
+        .map_err(|e| e.to_string())
+    };
+    let cfg = kemari_replication::secondary::StandbyConfig {
+        listen: args.listen,
+        security: security.clone(),
+        opts: args.ft.options(),
+        arbiter,
+        arch: kemari_board::ARCH,
+        disks: disk_paths(&machine),
+        build: Box::new(build),
+        expect_harts: args.cpus,
+        expect_memory_mib: args.memory,
+    };
+    let end = kemari_replication::secondary::standby(cfg, console.input());
     match end {
         Ok(kemari_replication::secondary::StandbyEnd::Shutdown | kemari_replication::secondary::StandbyEnd::Quit) => {
             drop(console);

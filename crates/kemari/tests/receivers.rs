@@ -149,8 +149,15 @@ impl Standby {
     fn lease_and_hello(&self) -> (FileArbiter, Vec<u8>) {
         let mut lease = FileArbiter::new(&self.dir.join("arbiter"), "fake", Duration::from_secs(60)).unwrap();
         let fence = lease.acquire().unwrap();
-        let hello =
-            Hello { harts: 1, memory: 16 << 20, storage: Storage::Shared, disks: vec![], node: "fake".into(), fence };
+        let hello = Hello {
+            arch: kemari_machine::Arch::Riscv64,
+            harts: 1,
+            memory: 16 << 20,
+            storage: Storage::Shared,
+            disks: vec![],
+            node: "fake".into(),
+            fence,
+        };
         let mut msg = Vec::new();
         wire::send(&mut msg, wire::HELLO, &[&hello.encode()]).unwrap();
         (lease, msg)
@@ -208,8 +215,15 @@ fn a_refused_primary_is_told_why() {
             other => panic!("the primary was not told why: {other:?}"),
         }
     };
-    let hello =
-        Hello { harts: 1, memory: 16 << 20, storage: Storage::Shared, disks: vec![], node: "fake".into(), fence };
+    let hello = Hello {
+        arch: kemari_machine::Arch::Riscv64,
+        harts: 1,
+        memory: 16 << 20,
+        storage: Storage::Shared,
+        disks: vec![],
+        node: "fake".into(),
+        fence,
+    };
     let why = told(Hello { fence: fence + 5, ..hello.clone() });
     assert!(why.contains(&format!("claims fence {}", fence + 5)), "{why}");
     let why = told(Hello { storage: Storage::Replicated, ..hello.clone() });
@@ -322,8 +336,15 @@ fn many_idle_connections_are_closed_not_queued() {
     // overdue.
     let mut lease = FileArbiter::new(&s.dir.join("arbiter"), "fake", Duration::from_secs(60)).unwrap();
     let fence = lease.acquire().unwrap();
-    let hello =
-        Hello { harts: 1, memory: 16 << 20, storage: Storage::Shared, disks: vec![], node: "fake".into(), fence };
+    let hello = Hello {
+        arch: kemari_machine::Arch::Riscv64,
+        harts: 1,
+        memory: 16 << 20,
+        storage: Storage::Shared,
+        disks: vec![],
+        node: "fake".into(),
+        fence,
+    };
     let start = Instant::now();
     let _conn = loop {
         let mut conn = TcpStream::connect(s.listen).unwrap();

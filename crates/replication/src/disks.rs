@@ -170,8 +170,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn report(&self) -> kemari_board::control::DiskComparison {
-        kemari_board::control::DiskComparison {
+    pub fn report(&self) -> kemari_machine::control::DiskComparison {
+        kemari_machine::control::DiskComparison {
             compared_bytes: self.compared.load(Ordering::Relaxed),
             total_bytes: self.total,
             differed_bytes: self.differed.load(Ordering::Relaxed),
@@ -280,10 +280,10 @@ impl Work {
             }
             if reported.elapsed() >= REPORT_EVERY {
                 reported = Instant::now();
-                kemari_board::say!("replicated disks: {}", self.describe());
+                kemari_machine::say!("replicated disks: {}", self.describe());
             }
         }
-        kemari_board::say!("replicated disks: {} in {} ms", self.describe(), started.elapsed().as_millis());
+        kemari_machine::say!("replicated disks: {} in {} ms", self.describe(), started.elapsed().as_millis());
         Ok(())
     }
 

@@ -36,11 +36,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryR
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kemari_board::migrate::{PageSink, PreCopy};
-use kemari_board::persist::Pages;
-use kemari_board::{Event, Machine, RunOutcome};
 use kemari_devices::gate::{Effect, Input, OutputGate};
 use kemari_devices::host::Wake;
+use kemari_machine::precopy::{PageSink, PreCopy};
+use kemari_machine::{Event, Machine, Pages, RunOutcome};
 use kemari_transport::{Channel, Security};
 
 use crate::arbiter::{Arbiter, ArbiterError};
@@ -317,7 +316,7 @@ pub struct Primary {
 }
 
 /// Runs the guest as the active node until its run ends or another node is found active.
-pub fn run(machine: &mut Machine, input: &Receiver<Event>, cfg: PrimaryConfig) -> Ended {
+pub fn run(machine: &mut dyn Machine, input: &Receiver<Event>, cfg: PrimaryConfig) -> Ended {
     let mut p = match Primary::start(machine, cfg) {
         Ok(p) => p,
         Err(why) => return Ended::Fenced(why),
@@ -355,7 +354,7 @@ fn connector(peer: String, security: Security, wake: Wake, delay: Duration) -> R
                 Ok(Err(e)) => (format!("the secondary at {peer} refused: {e}"), Duration::from_secs(1)),
             };
             if why != told {
-                kemari_board::say!("{why}; the guest runs unprotected");
+                kemari_machine::say!("{why}; the guest runs unprotected");
                 told = why;
             }
             std::thread::sleep(pause);
@@ -368,7 +367,7 @@ fn connector(peer: String, security: Security, wake: Wake, delay: Duration) -> R
 }
 
 impl Primary {
-    fn start(machine: &mut Machine, mut cfg: PrimaryConfig) -> Result<Primary, String> {
+    fn start(machine: &mut dyn Machine, mut cfg: PrimaryConfig) -> Result<Primary, String> {
         let fence = cfg.arbiter.acquire().map_err(|e| format!("cannot take the active role: {e}"))?;
         let metrics = cfg.metrics.take().unwrap_or_else(|| Metrics::new("primary", "connecting"));
         {
@@ -378,14 +377,14 @@ impl Primary {
             m.peer = cfg.peer.clone().unwrap_or_default();
             m.state = if cfg.peer.is_some() { "connecting" } else { "unprotected" };
         }
-        let (m2, gate) = (metrics.clone(), machine.dev.gate.clone());
-        machine.protection = Some(Box::new(move || {
+        let (m2, gate) = (metrics.clone(), machine.gate().clone());
+        machine.set_protection(Some(Box::new(move || {
             let held = gate.lock().expect("gate lock").held().count() as u64;
             m2.lock().expect("metrics lock").report(held)
-        }));
+        })));
         let phase = match &cfg.peer {
             Some(peer) => {
-                kemari_board::say!("the link to the secondary: {}", cfg.security.describe());
+                kemari_machine::say!("the link to the secondary: {}", cfg.security.describe());
                 Phase::Connecting(connector(peer.clone(), cfg.security.clone(), cfg.wake.clone(), Duration::ZERO))
             }
             None => Phase::Unprotected,
@@ -420,7 +419,7 @@ impl Primary {
     }
 
     /// Work between two rounds of the machine: lease, link, pre-copy, checkpoint triggers.
-    fn tick(&mut self, machine: &mut Machine) -> Result<(), String> {
+    fn tick(&mut self, machine: &mut dyn Machine) -> Result<(), String> {
         self.housekeeping(machine)?;
         self.send_inputs(machine);
         match &mut self.phase {
@@ -452,7 +451,7 @@ impl Primary {
 
     /// Lease renewal, heartbeats, incoming acknowledgements and liveness; runs in every phase and while
     /// waiting.
-    fn housekeeping(&mut self, machine: &mut Machine) -> Result<(), String> {
+    fn housekeeping(&mut self, machine: &mut dyn Machine) -> Result<(), String> {
         if self.last_renew.elapsed() >= self.cfg.opts.heartbeat {
             match self.cfg.arbiter.renew() {
                 Ok(()) => self.last_renew = Instant::now(),
@@ -480,7 +479,7 @@ impl Primary {
         Ok(())
     }
 
-    fn handle(&mut self, machine: &mut Machine, ev: Incoming) -> Result<(), String> {
+    fn handle(&mut self, machine: &mut dyn Machine, ev: Incoming) -> Result<(), String> {
         match ev {
             Incoming::Ack(epoch) => self.acknowledged(machine, epoch),
             Incoming::Nack(epoch) => {
@@ -504,14 +503,14 @@ impl Primary {
 
     /// The secondary committed `epoch`: release what it covers (after making sure this node is still the
     /// active one).
-    fn acknowledged(&mut self, machine: &mut Machine, epoch: u64) -> Result<(), String> {
+    fn acknowledged(&mut self, machine: &mut dyn Machine, epoch: u64) -> Result<(), String> {
         let Some(covered) = self.flight.ack(epoch) else { return Ok(()) };
         self.acked = self.acked.max(covered);
         self.release_acknowledged(machine)?;
         if let Phase::Linked { established: established @ false, .. } = &mut self.phase {
             *established = true;
             let took = self.sync_started.elapsed();
-            kemari_board::say!(
+            kemari_machine::say!(
                 "protection established with the secondary at {} (first synchronisation: {} MiB in {} ms)",
                 self.cfg.peer.as_deref().unwrap_or("-"),
                 self.sync_bytes >> 20,
@@ -526,8 +525,8 @@ impl Primary {
     /// Releases what acknowledged checkpoints cover, once the arbiter confirms this node as the active one;
     /// without an answer it stays held for the next round.
     /// (This is also where a write that stalled the gate is tried again, once the user resumed the guest.)
-    fn release_acknowledged(&mut self, machine: &mut Machine) -> Result<(), String> {
-        let gate = machine.dev.gate.clone();
+    fn release_acknowledged(&mut self, machine: &mut dyn Machine) -> Result<(), String> {
+        let gate = machine.gate().clone();
         // Without a link the gate holds only behind a stalled write: everything may go.
         let target =
             if matches!(self.phase, Phase::Unprotected | Phase::Connecting(_)) { u64::MAX } else { self.acked };
@@ -559,26 +558,27 @@ impl Primary {
     /// A warning at most every [`WARN_EVERY`] (a store that does not answer is asked every round).
     fn warn(&mut self, what: &str) {
         if self.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            kemari_board::say!("{what}");
+            kemari_machine::say!("{what}");
             self.warned = Some(Instant::now());
         }
     }
 
-    fn begin_sync(&mut self, machine: &mut Machine, mut channel: Channel) {
-        let gate = machine.dev.gate.clone();
+    fn begin_sync(&mut self, machine: &mut dyn Machine, mut channel: Channel) {
+        let gate = machine.gate().clone();
         let replicated = self.cfg.opts.storage == Storage::Replicated;
         let sizes: std::io::Result<Vec<u64>> =
             self.cfg.disks.iter().map(|p| kemari_devices::virtio::blk::image_size_at(p)).collect();
         let sizes = match sizes {
             Ok(s) => s,
             Err(e) => {
-                kemari_board::say!("cannot start replication to {}: reading a disk's size: {e}", self.peer());
+                kemari_machine::say!("cannot start replication to {}: reading a disk's size: {e}", self.peer());
                 return self.reconnect();
             }
         };
         let hello = Hello {
-            harts: machine.harts.len() as u32,
-            memory: machine.ram.size(),
+            arch: machine.shape().arch,
+            harts: machine.shape().harts as u32,
+            memory: machine.shape().memory,
             storage: self.cfg.opts.storage,
             disks: sizes,
             node: self.cfg.arbiter.node().to_string(),
@@ -594,7 +594,8 @@ impl Primary {
             })
             .and_then(|link| {
                 let out = link.out.clone().expect("a new link's queue");
-                let pages = PreCopy::start(machine, PRECOPY_BUDGET, Box::new(LinkSink(out.clone())))?;
+                let pages =
+                    PreCopy::start(machine, self.cfg.wake.clone(), PRECOPY_BUDGET, Box::new(LinkSink(out.clone())))?;
                 let disks = replicated.then(|| {
                     let send: disks::Send = Box::new(move |chunk| {
                         let msg = Outgoing { kind: wire::DISK, epoch: None, body: Arc::new(chunk) };
@@ -621,7 +622,7 @@ impl Primary {
                     let out = link.out.clone().expect("a new link's queue");
                     match forward_arrivals(out) {
                         Ok(tx) => machine.log_frames_on_arrival(Some(tx)),
-                        Err(e) => kemari_board::say!("frames are logged when consumed, not on arrival: {e}"),
+                        Err(e) => kemari_machine::say!("frames are logged when consumed, not on arrival: {e}"),
                     }
                 }
                 self.inputs_uncovered = 0;
@@ -630,10 +631,10 @@ impl Primary {
                 self.flight = Outbound::default();
                 self.phase = Phase::Linked { link, copy: Some(Box::new(sync)), established: false };
                 self.set_state("syncing");
-                kemari_board::say!("synchronising with the secondary at {}", self.peer());
+                kemari_machine::say!("synchronising with the secondary at {}", self.peer());
             }
             Err(e) => {
-                kemari_board::say!("cannot start replication to {}: {e}", self.peer());
+                kemari_machine::say!("cannot start replication to {}: {e}", self.peer());
                 self.reconnect();
             }
         }
@@ -642,12 +643,12 @@ impl Primary {
     /// The pre-copy and the disk comparison are done: from here every effect waits for a checkpoint that
     /// covers it. The chunks of replicated disks the guest wrote during the comparison go again, as they are
     /// now (the disks change no more until a checkpoint is acknowledged), then the first checkpoint.
-    fn end_first_sync(&mut self, machine: &mut Machine) -> Result<(), String> {
+    fn end_first_sync(&mut self, machine: &mut dyn Machine) -> Result<(), String> {
         let Phase::Linked { link, copy, .. } = &mut self.phase else { return Ok(()) };
         let sync = copy.take().expect("first synchronisation running");
         self.sync_bytes = sync.pages.finish().bytes;
         let written = {
-            let mut gate = machine.dev.gate.lock().expect("gate lock");
+            let mut gate = machine.gate().lock().expect("gate lock");
             gate.set_holding(true);
             let written = gate.take_block_writes();
             gate.track_block_writes(None);
@@ -660,7 +661,7 @@ impl Primary {
                 Ok(())
             };
             match disks.resend(&written, &mut send) {
-                Ok(bytes) => kemari_board::say!(
+                Ok(bytes) => kemari_machine::say!(
                     "replicated disks in step: {} chunks the guest wrote meanwhile sent again ({} KiB)",
                     written.len(),
                     bytes >> 10
@@ -685,12 +686,13 @@ impl Primary {
     }
 
     /// Takes a checkpoint when the policy says so; otherwise tells the machine loop how long it may sleep.
-    fn maybe_checkpoint(&mut self, machine: &mut Machine) -> Result<(), String> {
+    fn maybe_checkpoint(&mut self, machine: &mut dyn Machine) -> Result<(), String> {
         let (newest, console) = {
-            let gate = machine.dev.gate.lock().expect("gate lock");
+            let gate = machine.gate().lock().expect("gate lock");
             (gate.next_seq() - 1, console_burst(&gate, self.covered))
         };
-        machine.max_idle = Duration::from_millis(10).min(self.cfg.opts.heartbeat);
+        let idle = Duration::from_millis(10).min(self.cfg.opts.heartbeat);
+        machine.set_max_idle(idle);
         if newest <= self.covered {
             // A guest that only takes input: bound the secondary's log.
             if self.inputs_uncovered >= inputs::CHECKPOINT_AFTER {
@@ -721,16 +723,16 @@ impl Primary {
         if wait.is_zero() {
             self.checkpoint(machine)
         } else {
-            machine.max_idle = machine.max_idle.min(wait);
+            machine.set_max_idle(idle.min(wait));
             Ok(())
         }
     }
 
     /// Sends the inputs the guest consumed since the last call; always before the checkpoint whose state
     /// counts them (one ordered link).
-    fn send_inputs(&mut self, machine: &Machine) {
+    fn send_inputs(&mut self, machine: &dyn Machine) {
         let Phase::Linked { link, .. } = &self.phase else { return };
-        let taken = machine.dev.gate.lock().expect("gate lock").take_inputs();
+        let taken = machine.gate().lock().expect("gate lock").take_inputs();
         if taken.is_empty() {
             return;
         }
@@ -740,7 +742,7 @@ impl Primary {
     }
 
     /// Captures the machine (quiesced: we are between rounds) and ships it.
-    fn checkpoint(&mut self, machine: &mut Machine) -> Result<(), String> {
+    fn checkpoint(&mut self, machine: &mut dyn Machine) -> Result<(), String> {
         let start = Instant::now();
         self.send_inputs(machine);
         // Bounded speculation: with too much unacknowledged, wait like strict mode.
@@ -748,8 +750,8 @@ impl Primary {
         if !matches!(self.phase, Phase::Linked { copy: None, .. }) {
             return Ok(());
         }
-        let pages = machine.ram.take_dirty();
-        let covered = machine.dev.gate.lock().expect("gate lock").next_seq() - 1;
+        let pages = machine.take_dirty();
+        let covered = machine.gate().lock().expect("gate lock").next_seq() - 1;
         let body = match machine.save(Pages::Only(&pages)) {
             Ok(body) => Arc::new(body),
             // The dirty log is gone with it: the next secondary gets a full pre-copy, which sends every page.
@@ -764,7 +766,7 @@ impl Primary {
         self.inputs_uncovered = 0;
         self.pending_since = None;
         self.last_checkpoint = Instant::now();
-        let crowded = machine.dev.gate.lock().expect("gate lock").held_bytes() > HELD_HIGH_WATER;
+        let crowded = machine.gate().lock().expect("gate lock").held_bytes() > HELD_HIGH_WATER;
         if !self.cfg.opts.speculative || crowded {
             self.wait_in_flight(machine, 0)?;
         }
@@ -774,7 +776,7 @@ impl Primary {
     }
 
     /// Waits (guest paused) until at most `max` checkpoints are unacknowledged, or the link is gone.
-    fn wait_in_flight(&mut self, machine: &mut Machine, max: usize) -> Result<(), String> {
+    fn wait_in_flight(&mut self, machine: &mut dyn Machine, max: usize) -> Result<(), String> {
         while self.flight.in_flight() > max {
             let Phase::Linked { link, .. } = &self.phase else { return Ok(()) };
             let ev = match link.events.recv_timeout(self.cfg.opts.heartbeat.min(Duration::from_millis(10))) {
@@ -791,15 +793,15 @@ impl Primary {
     }
 
     /// The secondary is gone: drop the link and go on alone once the arbiter confirms this node (`go_alone`).
-    fn lost(&mut self, machine: &mut Machine, why: &str) -> Result<(), String> {
+    fn lost(&mut self, machine: &mut dyn Machine, why: &str) -> Result<(), String> {
         let Phase::Linked { .. } = &self.phase else { return Ok(()) };
-        kemari_board::say!("secondary at {} lost: {why}", self.peer());
+        kemari_machine::say!("secondary at {} lost: {why}", self.peer());
         if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Confirming) {
             drop(link);
         }
         // What was in flight will never be acknowledged; everything held waits for the confirmation.
         self.flight = Outbound::default();
-        let mut gate = machine.dev.gate.lock().expect("gate lock");
+        let mut gate = machine.gate().lock().expect("gate lock");
         gate.set_holding(true);
         gate.set_input_log(false);
         gate.track_block_writes(None);
@@ -812,7 +814,7 @@ impl Primary {
     /// Goes on alone only as the confirmed active node, with the fence bumped so the replica left behind can
     /// never take over; then releases what was held. Without an answer from the arbiter it stays `Confirming`
     /// (outputs held) and tries again next round.
-    fn go_alone(&mut self, machine: &mut Machine) -> Result<(), String> {
+    fn go_alone(&mut self, machine: &mut dyn Machine) -> Result<(), String> {
         let bumped = match self.cfg.arbiter.bump_fence() {
             Err(ArbiterError::Expired { .. }) => self.cfg.arbiter.renew().and_then(|()| self.cfg.arbiter.bump_fence()),
             other => other,
@@ -829,7 +831,7 @@ impl Primary {
         };
         self.last_renew = Instant::now();
         {
-            let mut gate = machine.dev.gate.lock().expect("gate lock");
+            let mut gate = machine.gate().lock().expect("gate lock");
             gate.set_holding(false);
             if let Err(e) = gate.release_through(u64::MAX) {
                 tracing::warn!("releasing effects: {e}");
@@ -843,14 +845,14 @@ impl Primary {
             m.fence = fence;
             m.state = "unprotected";
         }
-        kemari_board::say!("unprotected: this node stays active without a secondary (fence {fence})");
+        kemari_machine::say!("unprotected: this node stays active without a secondary (fence {fence})");
         self.phase = Phase::Unprotected;
         self.reconnect();
         Ok(())
     }
 
     /// The guest's run ended: let the secondary catch up so that nothing held is lost, release, and tell it.
-    fn finish(&mut self, machine: &mut Machine, outcome: RunOutcome) -> Ended {
+    fn finish(&mut self, machine: &mut dyn Machine, outcome: RunOutcome) -> Ended {
         let result = (|| {
             if let Phase::Linked { copy: None, .. } = &self.phase {
                 self.checkpoint(machine)?;
@@ -865,10 +867,10 @@ impl Primary {
                 std::thread::sleep(Duration::from_millis(10));
                 self.go_alone(machine)?;
             }
-            if machine.dev.gate.lock().expect("gate lock").held().count() > 0 {
+            if machine.gate().lock().expect("gate lock").held().count() > 0 {
                 // Still held (the link went away during pre-copy).
                 self.confirm_until_answered(give_up)?;
-                let mut gate = machine.dev.gate.lock().expect("gate lock");
+                let mut gate = machine.gate().lock().expect("gate lock");
                 gate.set_holding(false);
                 let _ = gate.release_through(u64::MAX);
             }
@@ -878,7 +880,7 @@ impl Primary {
             return Ended::Fenced(why);
         }
         // The guest ended while its last writes were being released and one failed: nothing can carry it on.
-        let stalled = machine.dev.gate.lock().expect("gate lock").stalled().map(str::to_string);
+        let stalled = machine.gate().lock().expect("gate lock").stalled().map(str::to_string);
         let outcome = match stalled {
             Some(why) => RunOutcome::Crash(format!(
                 "the guest ended, but a disk write it was told had completed could not be performed: {why}"

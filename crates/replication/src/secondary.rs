@@ -16,17 +16,14 @@
 //! the fence moved), re-issue the effects held in the committed checkpoint, announce the guest's MACs, and hand
 //! the machine back to run as the active node.
 
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kemari_board::control::{serve_without_guest, Reply};
-use kemari_board::{Event, Machine, MachineConfig};
-use kemari_devices::host::Wake;
-use kemari_engine::GuestRam;
+use kemari_machine::control::{serve_without_guest, Reply};
+use kemari_machine::{Arch, Event, Machine, Shape};
 use kemari_transport::{frame, Channel, Security};
 
 use crate::arbiter::{Arbiter, TakeOver};
@@ -56,26 +53,31 @@ struct Offer {
     hello: Hello,
 }
 
-pub struct StandbyConfig {
+/// Builds an empty machine of a primary's shape for its replica (zeroed RAM, this node's devices).
+pub type BuildReplica<M> = Box<dyn FnMut(Shape) -> Result<M, String> + Send>;
+
+pub struct StandbyConfig<M> {
     pub listen: String,
     /// How the link to the primary is secured: with TLS, only a node of this VM's cluster gets a hearing.
     pub security: Security,
     pub opts: Options,
     pub arbiter: Box<dyn Arbiter>,
-    /// This node's devices (disks, taps, rng); harts and memory come from the primary's HELLO.
-    pub machine: MachineConfig,
+    /// The architecture of the machines this node builds: a primary of another is refused.
+    pub arch: Arch,
+    /// This node's disk images, in order (their sizes must match the primary's; replicated storage writes them).
+    pub disks: Vec<std::path::PathBuf>,
+    /// Builds the replica once a primary introduced itself (harts and memory come from its HELLO).
+    pub build: BuildReplica<M>,
     /// Harts given on this node's command line, if any: the primary must have as many.
     pub expect_harts: Option<usize>,
     /// MiB of guest RAM given on this node's command line, if any: the primary must have as much.
     pub expect_memory_mib: Option<u64>,
-    /// RAM of the expected size, faulted in while no primary is there yet (--prealloc), for the first replica.
-    pub ram: Option<Arc<GuestRam>>,
 }
 
 /// How standing by ended.
-pub enum StandbyEnd {
+pub enum StandbyEnd<M> {
     /// This node took over: run `machine` as the active node.
-    TookOver { machine: Box<Machine>, arbiter: Box<dyn Arbiter>, metrics: SharedMetrics },
+    TookOver { machine: Box<M>, arbiter: Box<dyn Arbiter>, metrics: SharedMetrics },
     /// The primary's guest ended (powered off); so does this replica.
     Shutdown,
     /// The user quit this standby (Ctrl-A x, SIGTERM) while no guest ran here.
@@ -95,11 +97,11 @@ pub enum StandbyError {
     Disk(std::io::Error),
 }
 
-enum SessionEnd {
+enum SessionEnd<M> {
     /// The primary is gone after at least one commit: fail over.
     Lost {
         why: String,
-        machine: Box<Machine>,
+        machine: Box<M>,
         hello: Hello,
         /// Inputs the primary's guest consumed after the committed state (replayed at failover).
         inputs: InputLog,
@@ -111,15 +113,10 @@ enum SessionEnd {
 }
 
 /// Waits for a primary, replicates it, and fails over when it dies.
-pub fn standby(
-    mut cfg: StandbyConfig,
-    console: &dyn Fn() -> Box<dyn Write + Send>,
-    wake: Wake,
-    input: &Receiver<Event>,
-) -> Result<StandbyEnd, StandbyError> {
+pub fn standby<M: Machine>(mut cfg: StandbyConfig<M>, input: &Receiver<Event>) -> Result<StandbyEnd<M>, StandbyError> {
     let listener =
         TcpListener::bind(&cfg.listen).map_err(|source| StandbyError::Listen { addr: cfg.listen.clone(), source })?;
-    kemari_board::say!("standby: waiting for a primary on {} ({})", cfg.listen, cfg.security.describe());
+    kemari_machine::say!("standby: waiting for a primary on {} ({})", cfg.listen, cfg.security.describe());
     let (conns_tx, conns) = mpsc::channel();
     let within = cfg.opts.heartbeat_timeout.max(Duration::from_secs(2));
     let hello = |r: &mut dyn std::io::Read| {
@@ -163,15 +160,15 @@ pub fn standby(
         let offer = match outcome {
             Ok((channel, hello)) => Offer { channel, peer, hello },
             Err(e) => {
-                kemari_board::say!("standby: refused a connection from {peer}: {e}");
+                kemari_machine::say!("standby: refused a connection from {peer}: {e}");
                 continue;
             }
         };
-        match s.session(&mut cfg, offer, &conns, console, wake.clone(), input) {
+        match s.session(&mut cfg, offer, &conns, input) {
             Ok(SessionEnd::Shutdown) => return Ok(StandbyEnd::Shutdown),
             Ok(SessionEnd::Quit) => return Ok(StandbyEnd::Quit),
             Ok(SessionEnd::Retry(why)) => {
-                kemari_board::say!(
+                kemari_machine::say!(
                     "standby: the session ended before protection was established ({why}); waiting for a primary"
                 );
                 // The status shows no primary until the next one connects.
@@ -209,30 +206,23 @@ impl Standby {
         serve_without_guest(input, &mut self.input_bytes, status, "this node is a standby: no guest runs here")
     }
 
-    fn session(
+    fn session<M: Machine>(
         &mut self,
-        cfg: &mut StandbyConfig,
+        cfg: &mut StandbyConfig<M>,
         offer: Offer,
         others: &Receiver<Handshake>,
-        console: &dyn Fn() -> Box<dyn Write + Send>,
-        wake: Wake,
         input: &Receiver<Event>,
-    ) -> Result<SessionEnd, StandbyError> {
+    ) -> Result<SessionEnd<M>, StandbyError> {
         let Offer { mut channel, peer, hello } = offer;
         if let Err(why) = self.check_hello(cfg, &hello) {
-            kemari_board::say!("standby: refused the primary at {peer}: {why}");
+            kemari_machine::say!("standby: refused the primary at {peer}: {why}");
             // A few bytes; a peer that reads nothing must not hold this loop.
             let _ = channel.socket.set_write_timeout(Some(Duration::from_secs(1)));
             frame::refuse(&mut channel.writer, &why);
             return Ok(SessionEnd::Retry(why));
         }
-        let shape =
-            MachineConfig { harts: hello.harts as usize, memory_mib: hello.memory >> 20, ..cfg.machine.clone() };
-        let built = match cfg.ram.take() {
-            Some(ram) => Machine::empty_on(ram, &shape, console(), wake),
-            None => Machine::empty(&shape, console(), wake),
-        };
-        let mut machine = match built {
+        let shape = Shape { arch: hello.arch, harts: hello.harts as usize, memory: hello.memory };
+        let mut machine = match (cfg.build)(shape) {
             Ok(m) => Box::new(m),
             Err(e) => return Ok(SessionEnd::Retry(format!("cannot build the replica machine: {e}"))),
         };
@@ -247,7 +237,7 @@ impl Standby {
         let (msgs_tx, msgs) = mpsc::channel();
         let Channel { reader, writer: mut out, socket } = channel;
         let mut reader = Tracked::new(reader, heard.clone());
-        let cap = wire::session_cap(hello.memory);
+        let cap = wire::session_cap(machine.max_state_len());
         let _ = std::thread::Builder::new().name("ft-recv".into()).spawn(move || loop {
             let m = wire::receive(&mut reader, cap);
             let end = m.is_err();
@@ -267,7 +257,7 @@ impl Standby {
         let mut inputs = InputLog::default();
         // Replicated disks: this node's copies, and their digests from a thread of their own (heartbeats go on).
         let (mut replica, digests) = if cfg.opts.storage == Storage::Replicated {
-            let paths: Vec<_> = cfg.machine.disks.iter().map(|d| d.path.clone()).collect();
+            let paths = cfg.disks.clone();
             let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
             let replica = match Replica::open(&refs) {
                 Ok(r) => r,
@@ -280,7 +270,7 @@ impl Standby {
         } else {
             (None, None)
         };
-        let lost = |why: String, machine: Box<Machine>, committed: u64, inputs: &mut InputLog| {
+        let lost = |why: String, machine: Box<M>, committed: u64, inputs: &mut InputLog| {
             if committed == 0 {
                 SessionEnd::Retry(why)
             } else {
@@ -290,12 +280,12 @@ impl Standby {
         loop {
             let committed = epochs.committed_epoch();
             if self.serve_events(input).is_break() {
-                kemari_board::say!("standby: quit; the primary at {peer} goes on unprotected");
+                kemari_machine::say!("standby: quit; the primary at {peer} goes on unprotected");
                 return Ok(SessionEnd::Quit);
             }
             // One primary at a time: anyone else is turned away.
             while let Ok(other) = others.try_recv() {
-                kemari_board::say!(
+                kemari_machine::say!(
                     "standby: refused a second primary connection from {} while protecting {peer}",
                     other.peer
                 );
@@ -339,7 +329,7 @@ impl Standby {
                 wire::INPUT => match crate::inputs::decode(&payload) {
                     Ok(taken) => {
                         if !inputs.push(taken) {
-                            kemari_board::say!(
+                            kemari_machine::say!(
                                 "standby: the input log passed {} MiB and was dropped; inputs after checkpoint \
                                  {committed} may not be replayed on failover",
                                 crate::inputs::CAP >> 20
@@ -379,7 +369,7 @@ impl Standby {
                             if let Err(e) = r.sync() {
                                 return Ok(SessionEnd::Retry(format!("making the disk copies durable: {e}")));
                             }
-                            kemari_board::say!(
+                            kemari_machine::say!(
                                 "standby: disk copies in step with the primary's: {} chunks ({} KiB) rewritten",
                                 r.chunks,
                                 r.bytes >> 10
@@ -390,11 +380,11 @@ impl Standby {
                     match machine.apply_checkpoint(state) {
                         Ok(()) => {
                             if cfg.opts.storage == Storage::Replicated {
-                                let mut gate = machine.dev.gate.lock().expect("gate lock");
+                                let mut gate = machine.gate().lock().expect("gate lock");
                                 applied_seq = gate.perform_held_blocks(applied_seq).map_err(StandbyError::Disk)?;
                             }
                             epochs.committed(epoch);
-                            let gate = machine.dev.gate.lock().expect("gate lock");
+                            let gate = machine.gate().lock().expect("gate lock");
                             inputs.prune(|s| gate.consumed(s));
                             drop(gate);
                             let us = start.elapsed().as_micros() as u64;
@@ -406,7 +396,7 @@ impl Standby {
                             }
                             let _ = wire::send(&mut out, wire::ACK, &[&epoch.to_le_bytes()]);
                             if epoch == 1 {
-                                kemari_board::say!(
+                                kemari_machine::say!(
                                     "protection established: standing by for the primary {} at {peer}",
                                     hello.node
                                 );
@@ -414,7 +404,7 @@ impl Standby {
                         }
                         Err(e) => {
                             self.metrics.lock().expect("metrics lock").rejected += 1;
-                            kemari_board::say!(
+                            kemari_machine::say!(
                                 "standby: rejected checkpoint {epoch} from {peer}: {e}; keeping checkpoint {committed}"
                             );
                             let _ = wire::send(&mut out, wire::NACK, &[&epoch.to_le_bytes()]);
@@ -424,7 +414,7 @@ impl Standby {
                 }
                 wire::HEARTBEAT => {}
                 wire::SHUTDOWN => {
-                    kemari_board::say!("standby: the primary's guest ended; so does this replica");
+                    kemari_machine::say!("standby: the primary's guest ended; so does this replica");
                     return Ok(SessionEnd::Shutdown);
                 }
                 k => {
@@ -435,7 +425,10 @@ impl Standby {
         }
     }
 
-    fn check_hello(&self, cfg: &mut StandbyConfig, hello: &Hello) -> Result<(), String> {
+    fn check_hello<M>(&self, cfg: &mut StandbyConfig<M>, hello: &Hello) -> Result<(), String> {
+        if hello.arch != cfg.arch {
+            return Err(format!("the primary runs a {} machine, this node {}", hello.arch, cfg.arch));
+        }
         if hello.storage != cfg.opts.storage {
             return Err(format!("the primary uses {:?} storage, this node {:?}", hello.storage, cfg.opts.storage));
         }
@@ -449,13 +442,13 @@ impl Standby {
                 hello.memory >> 20
             ));
         }
-        if hello.disks.len() != cfg.machine.disks.len() {
-            return Err(format!("the primary has {} disks, this node {}", hello.disks.len(), cfg.machine.disks.len()));
+        if hello.disks.len() != cfg.disks.len() {
+            return Err(format!("the primary has {} disks, this node {}", hello.disks.len(), cfg.disks.len()));
         }
-        for (i, (size, d)) in hello.disks.iter().zip(&cfg.machine.disks).enumerate() {
-            let ours = kemari_devices::virtio::blk::image_size_at(&d.path).map_err(|e| format!("disk {i}: {e}"))?;
+        for (i, (size, path)) in hello.disks.iter().zip(&cfg.disks).enumerate() {
+            let ours = kemari_devices::virtio::blk::image_size_at(path).map_err(|e| format!("disk {i}: {e}"))?;
             if ours != *size {
-                return Err(format!("disk {i} is {size} bytes on the primary, {ours} here ({})", d.path.display()));
+                return Err(format!("disk {i} is {size} bytes on the primary, {ours} here ({})", path.display()));
             }
         }
         let lease = crate::arbiter::read_patiently(&mut *cfg.arbiter, ARBITER_READ_ATTEMPTS)
@@ -469,17 +462,22 @@ impl Standby {
         Ok(())
     }
 
-    fn fail_over(
+    fn fail_over<M: Machine>(
         mut self,
         mut arbiter: Box<dyn Arbiter>,
-        mut machine: Machine,
+        mut machine: M,
         hello: &Hello,
         inputs: InputLog,
         why: &str,
         input: &Receiver<Event>,
-    ) -> Result<StandbyEnd, StandbyError> {
+    ) -> Result<StandbyEnd<M>, StandbyError> {
         let start = Instant::now();
-        kemari_board::say!("primary {} lost ({why}): failing over", hello.node);
+        // What this node's taps received while it stood by, the old primary's guest received too (floods and
+        // broadcasts); what it consumed comes from the input log. Frames from now on were never the old
+        // primary's inputs: they stay for the guest, also those a client sends in answer to the re-issued
+        // output below.
+        let stale = machine.discard_received_frames();
+        kemari_machine::say!("primary {} lost ({why}): failing over", hello.node);
         self.metrics.lock().expect("metrics lock").state = "failing-over";
         let mut told = false;
         // Polls the arbiter quickly at first: a killed primary's active lock frees within milliseconds of
@@ -495,13 +493,13 @@ impl Standby {
                 }
                 Ok(TakeOver::Wait) => {}
                 Err(e) if !told => {
-                    kemari_board::say!("standby: the arbiter is not answering yet ({e}); retrying");
+                    kemari_machine::say!("standby: the arbiter is not answering yet ({e}); retrying");
                     told = true;
                 }
                 Err(_) => {}
             }
             if self.serve_events(input).is_break() {
-                kemari_board::say!("standby: quit during failover; the guest runs nowhere now");
+                kemari_machine::say!("standby: quit during failover; the guest runs nowhere now");
                 return Ok(StandbyEnd::Quit);
             }
             std::thread::sleep(pause);
@@ -509,18 +507,15 @@ impl Standby {
         };
         {
             // Re-issue: what the committed checkpoint still held may never have left the old primary.
-            let mut gate = machine.dev.gate.lock().expect("gate lock");
+            let mut gate = machine.gate().lock().expect("gate lock");
             gate.set_holding(false);
             if let Err(e) = gate.release_through(u64::MAX) {
                 tracing::warn!("re-issuing effects: {e}");
             }
         }
-        // What this node's taps received while it stood by, the old primary's guest received too (floods and
-        // broadcasts); what it consumed comes from the input log. Frames from now on are the guest's.
-        let stale = machine.discard_received_frames();
         // Replay: what the old primary's guest consumed after the committed state, before anything new.
         let replay = {
-            let gate = machine.dev.gate.lock().expect("gate lock");
+            let gate = machine.gate().lock().expect("gate lock");
             inputs.replay(|s| gate.consumed(s))
         };
         let replayed = machine.replay_inputs(replay);
@@ -534,7 +529,7 @@ impl Standby {
             m.role = "primary";
             m.state = "unprotected";
         }
-        kemari_board::say!(
+        kemari_machine::say!(
             "failover complete in {took} ms; this node is now active (fence {fence}); {replayed} inputs replayed, \
              {stale} frames received while standing by dropped"
         );

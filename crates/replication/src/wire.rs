@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use kemari_state::Arch;
 pub use kemari_transport::frame::{receive, send, FrameError as WireError};
 use kemari_transport::frame::{Cursor, Protocol};
 
@@ -48,15 +49,15 @@ pub const DISK: u8 = 12;
 pub const SMALL_MESSAGE: u64 = 64 << 10;
 /// The replication protocol's HELLO preamble and version window. 2: INPUT. 3: DIGESTS and DISK. 4: the
 /// shared framing (a 4-byte magic; REFUSE).
-pub const PROTOCOL: Protocol = Protocol { name: "replication", magic: *b"KMFT", versions: 4..=4 };
+pub const PROTOCOL: Protocol = Protocol { name: "replication", magic: *b"KMFT", versions: 4..=5 };
 /// Version 3's preamble: an 8-byte magic, then the version. Its messages are version 4's, so a standby still
 /// takes such a primary (upgrade the standby first); it cannot read a REFUSE, and sees the connection close.
 const V3_MAGIC: &[u8; 8] = b"KEMARIFT";
 
-/// The longest message a session with a machine of `memory` bytes may carry: a checkpoint's epoch and the
-/// longest state stream of such a machine.
-pub fn session_cap(memory: u64) -> u64 {
-    8 + kemari_board::persist::max_state_len(memory)
+/// The longest message a session may carry: a checkpoint's epoch and the longest state stream of the replica
+/// machine (`max_state`, from the machine seam).
+pub fn session_cap(max_state: u64) -> u64 {
+    8 + max_state
 }
 
 pub use kemari_transport::Deadline;
@@ -126,6 +127,8 @@ impl LastHeard {
 /// The primary's introduction: what the secondary must build and whom it protects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
+    /// The machine's architecture (version 5 on; a version 3 or 4 primary is RISC-V, the only one it had).
+    pub arch: Arch,
     pub harts: u32,
     pub memory: u64,
     pub storage: Storage,
@@ -152,15 +155,16 @@ impl Hello {
         v.extend_from_slice(&self.fence.to_le_bytes());
         v.extend_from_slice(&(self.node.len() as u32).to_le_bytes());
         v.extend_from_slice(self.node.as_bytes());
+        v.extend_from_slice(&self.arch.tag());
         v
     }
 
     /// Decodes and checks a HELLO (untrusted).
     pub fn decode(b: &[u8]) -> Result<Hello, WireError> {
         let bad = |why: &str| WireError::Protocol(format!("bad HELLO: {why}"));
-        let mut r = match b.strip_prefix(V3_MAGIC) {
-            Some(rest) if rest.get(..4) == Some(&3u32.to_le_bytes()[..]) => Cursor::new(&rest[4..]),
-            _ => PROTOCOL.accept(b).map_err(WireError::Protocol)?.1,
+        let (version, mut r) = match b.strip_prefix(V3_MAGIC) {
+            Some(rest) if rest.get(..4) == Some(&3u32.to_le_bytes()[..]) => (3, Cursor::new(&rest[4..])),
+            _ => PROTOCOL.accept(b).map_err(WireError::Protocol)?,
         };
         let harts = r.u32().ok_or_else(|| bad("truncated"))?;
         let memory = r.u64().ok_or_else(|| bad("truncated"))?;
@@ -181,13 +185,21 @@ impl Hello {
         }
         let node = String::from_utf8(r.take(len).ok_or_else(|| bad("truncated"))?.to_vec())
             .map_err(|_| bad("node name is not UTF-8"))?;
+        let arch = if version >= 5 {
+            let tag = r.take(4).ok_or_else(|| bad("truncated"))?;
+            let tag: [u8; 4] = tag.try_into().expect("4 bytes");
+            Arch::from_tag(tag)
+                .ok_or_else(|| bad(&format!("unknown architecture {:?}", String::from_utf8_lossy(&tag))))?
+        } else {
+            Arch::Riscv64
+        };
         if !r.rest().is_empty() {
             return Err(bad("trailing bytes"));
         }
         if harts == 0 || memory == 0 || memory % (1 << 20) != 0 {
             return Err(bad(&format!("impossible machine shape: {harts} harts, {memory} bytes")));
         }
-        Ok(Hello { harts, memory, storage, disks, node, fence })
+        Ok(Hello { arch, harts, memory, storage, disks, node, fence })
     }
 }
 
@@ -206,6 +218,7 @@ mod tests {
 
     fn hello() -> Hello {
         Hello {
+            arch: Arch::Riscv64,
             harts: 2,
             memory: 256 << 20,
             storage: Storage::Replicated,
@@ -230,13 +243,30 @@ mod tests {
     /// A primary of protocol version 3 (before the shared framing) is still understood.
     #[test]
     fn a_version_3_hello_is_taken() {
-        let v4 = hello().encode();
+        let v5 = hello().encode();
         let mut v3 = b"KEMARIFT".to_vec();
         v3.extend_from_slice(&3u32.to_le_bytes());
-        v3.extend_from_slice(&v4[8..]);
+        v3.extend_from_slice(&v5[8..v5.len() - 4]);
         assert_eq!(Hello::decode(&v3).unwrap(), hello());
         v3[8] = 2;
         assert!(Hello::decode(&v3).is_err(), "version 2 is outside the window");
+    }
+
+    /// Version 4 had no architecture (RISC-V was the only one); version 5 names it, and an unknown one is
+    /// refused by name.
+    #[test]
+    fn the_architecture_travels_from_version_5_on() {
+        let x86 = Hello { arch: Arch::X86_64, ..hello() };
+        assert_eq!(Hello::decode(&x86.encode()).unwrap().arch, Arch::X86_64);
+        let mut v4 = x86.encode();
+        v4.truncate(v4.len() - 4);
+        v4[4] = 4;
+        assert_eq!(Hello::decode(&v4).unwrap(), hello(), "a version 4 primary is RISC-V");
+        let mut odd = hello().encode();
+        let n = odd.len();
+        odd[n - 4..].copy_from_slice(b"MIPS");
+        let err = Hello::decode(&odd).unwrap_err().to_string();
+        assert!(err.contains("unknown architecture \"MIPS\""), "{err}");
     }
 
     #[test]

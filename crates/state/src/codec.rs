@@ -24,14 +24,15 @@ pub enum Arch {
 }
 
 impl Arch {
-    fn tag(self) -> [u8; 4] {
+    /// How streams and HELLOs name the architecture.
+    pub fn tag(self) -> [u8; 4] {
         match self {
             Arch::Riscv64 => *b"RV64",
             Arch::X86_64 => *b"X64_",
         }
     }
 
-    fn from_tag(tag: [u8; 4]) -> Option<Arch> {
+    pub fn from_tag(tag: [u8; 4]) -> Option<Arch> {
         [Arch::Riscv64, Arch::X86_64].into_iter().find(|a| a.tag() == tag)
     }
 }

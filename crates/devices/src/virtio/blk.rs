@@ -669,7 +669,7 @@ mod tests {
         rig.read(0, 8192);
         let dirty = rig.ram.take_dirty();
         // The data pages, the status byte and the used ring are all logged.
-        let page = |a: u64| (a - RAM) / kemari_engine::PAGE_SIZE;
+        let page = |a: u64| (a - RAM) / kemari_memory::PAGE_SIZE;
         assert!(dirty.contains(&page(HEAP + 32)), "data buffer page dirty: {dirty:?}");
         assert!(dirty.contains(&page(HEAP + 32 + 8191)), "data buffer end page dirty: {dirty:?}");
     }

@@ -188,7 +188,7 @@ impl WarnLimit {
 mod tests {
     use std::sync::Arc;
 
-    use kemari_engine::GuestRam;
+    use kemari_memory::GuestRam;
 
     use super::*;
     use crate::memory::device_view;

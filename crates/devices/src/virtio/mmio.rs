@@ -393,7 +393,7 @@ mod tests {
 
     use std::sync::Arc;
 
-    use kemari_engine::GuestRam;
+    use kemari_memory::GuestRam;
 
     use super::*;
     use crate::gate::{OutputGate, Recorder};

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use kemari_engine::GuestRam;
+use kemari_memory::GuestRam;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;

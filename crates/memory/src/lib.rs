@@ -1,21 +1,27 @@
-//! Guest RAM, its dirty-page log, and the code-page tracking that keeps decoded blocks coherent.
+//! kemari-memory: guest RAM, its dirty-page log, and the code-page tracking that keeps decoded blocks coherent.
 //!
-//! RAM is one anonymous mapping at a fixed, page-aligned guest-physical base. Every page that is written after
-//! the last [`GuestRam::take_dirty`] is recorded in a bitmap: harts mark a page when they install a store
-//! translation for it (so only the first store to a page per checkpoint pays), and the VMM marks pages it
-//! writes itself through [`GuestRam::write`] or [`GuestRam::mark_dirty_range`] (devices, through their
-//! `vm-memory` view). Taking the log bumps a generation number; harts compare it before running and drop their
-//! store translations, so the next store to any page is seen again. Taking the log does not touch decoded code.
+//! RAM is one anonymous host mapping. The guest sees it as one or more guest-physical *regions*, laid out one
+//! after the other in the mapping (a RISC-V board has one; an x86 machine needs two around the hole below
+//! 4 GiB). Page indices, the dirty log and the state format all work on *RAM offsets*, so a checkpoint or a
+//! migration never depends on where the regions sit.
 //!
-//! Code pages. Harts cache instructions decoded from RAM (see `block.rs`). A page some hart decoded a block from
-//! is a *code page*; each page also has a *write version*. The rules:
+//! Every page that is written after the last [`GuestRam::take_dirty`] is recorded in a bitmap: software harts
+//! mark a page when they install a store translation for it (so only the first store to a page per checkpoint
+//! pays), and the VMM marks pages it writes itself through [`GuestRam::write`] or
+//! [`GuestRam::mark_dirty_range`] (devices, through their `vm-memory` view). A log harvested elsewhere (a
+//! hardware engine's, e.g. KVM's) is folded in with [`GuestRam::merge_dirty`]. Taking the log bumps a
+//! generation number; harts compare it before running and drop their store translations, so the next store to
+//! any page is seen again. Taking the log does not touch decoded code.
+//!
+//! Code pages (for engines that decode guest code themselves). Harts cache instructions decoded from RAM. A page
+//! some hart decoded a block from is a *code page*; each page also has a *write version*. The rules:
 //! - a hart never installs a store translation for a code page, so every hart store to one takes the slow path,
 //!   which bumps the page's version (and clears its code bit: the page holds no valid block any more, and the
 //!   next stores may go fast again until a hart decodes from it anew);
 //! - when a page becomes a code page the *code epoch* is bumped; harts compare it when they start running (and
 //!   after their own decodes) and drop their store translations, so none survives for a new code page;
-//! - writes by the VMM and devices ([`GuestRam::write`], [`GuestRam::mark_dirty_range`]) bump the version of
-//!   the code pages they touch;
+//! - writes by the VMM and devices ([`GuestRam::write`], [`GuestRam::mark_dirty_range`],
+//!   [`GuestRam::merge_dirty`]) bump the version of the code pages they touch;
 //! - a decoded block remembers the version of its page and is decoded again when it differs; a hart's jump
 //!   cache (virtual pc to block), which skips that check, is dropped whenever any code page is written (a
 //!   counter of such writes, compared when the hart starts running; the hart's own stores drop it at once).
@@ -38,11 +44,22 @@ pub enum RamError {
     Map(std::io::Error),
     #[error("guest RAM size {0:#x} is not a positive multiple of 4 KiB")]
     BadSize(u64),
+    #[error("guest RAM region at {base:#x} is not page-aligned, overlaps another or wraps around")]
+    BadRegion { base: u64 },
 }
 
-/// Guest RAM: `size` bytes at guest-physical `base`.
+/// A guest-physical range backed by RAM: `size` bytes at `base`, found at `offset` in the host mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub base: u64,
+    pub size: u64,
+    pub offset: u64,
+}
+
+/// Guest RAM: one host mapping of `size` bytes, seen by the guest as its regions.
 pub struct GuestRam {
-    base: u64,
+    /// In guest-physical order, laid out one after the other in the mapping.
+    regions: Vec<Region>,
     size: u64,
     host: *mut u8,
     dirty: Box<[AtomicU64]>,
@@ -69,18 +86,36 @@ unsafe impl Send for GuestRam {}
 unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
+    /// RAM of `size` bytes at guest-physical `base`, one region.
     pub fn new(base: u64, size: u64) -> Result<GuestRam, RamError> {
-        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
-            return Err(RamError::BadSize(size));
+        GuestRam::with_regions(&[(base, size)])
+    }
+
+    /// RAM seen by the guest as these `(base, size)` ranges, in ascending order, none overlapping.
+    pub fn with_regions(ranges: &[(u64, u64)]) -> Result<GuestRam, RamError> {
+        let mut regions = Vec::with_capacity(ranges.len());
+        let mut size = 0u64;
+        for &(base, len) in ranges {
+            if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
+                return Err(RamError::BadSize(len));
+            }
+            // Translations map whole guest pages to whole RAM pages.
+            let after_last = regions.last().map_or(0, |r: &Region| r.base + r.size);
+            if !base.is_multiple_of(PAGE_SIZE) || base < after_last || base.checked_add(len).is_none() {
+                return Err(RamError::BadRegion { base });
+            }
+            regions.push(Region { base, size: len, offset: size });
+            size = size.checked_add(len).ok_or(RamError::BadSize(len))?;
         }
-        // Translations map whole guest pages to whole RAM pages.
-        debug_assert!(base.is_multiple_of(PAGE_SIZE), "RAM base {base:#x} is not page-aligned");
+        if regions.is_empty() {
+            return Err(RamError::BadSize(0));
+        }
         let host = map_huge_aligned(size as usize).map_err(RamError::Map)?;
         let pages = size / PAGE_SIZE;
         let words = pages.div_ceil(64) as usize;
         let zeros = |n: u64| (0..n).map(|_| AtomicU64::new(0)).collect();
         Ok(GuestRam {
-            base,
+            regions,
             size,
             host,
             dirty: zeros(words as u64),
@@ -94,12 +129,26 @@ impl GuestRam {
         })
     }
 
+    /// Guest-physical address of the first byte of RAM (the first region's base).
     pub fn base(&self) -> u64 {
-        self.base
+        self.regions[0].base
     }
 
+    /// Bytes of RAM, all regions together.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The guest-physical ranges backed by RAM.
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    /// Guest-physical address of RAM offset `off` (which must be inside RAM).
+    pub fn address_of(&self, off: u64) -> u64 {
+        let r = self.regions.iter().rev().find(|r| r.offset <= off).expect("offsets start at 0");
+        debug_assert!(off < r.offset + r.size, "offset {off:#x} beyond RAM");
+        r.base + (off - r.offset)
     }
 
     /// Host address of the start of RAM (for the engine's translation cache and for device memory views).
@@ -110,8 +159,10 @@ impl GuestRam {
     /// Offset into RAM of `len` bytes at guest-physical `addr`, if they lie entirely inside RAM.
     #[inline]
     pub fn offset_of(&self, addr: u64, len: u64) -> Option<u64> {
-        let off = addr.checked_sub(self.base)?;
-        (off.checked_add(len)? <= self.size).then_some(off)
+        self.regions.iter().find_map(|r| {
+            let off = addr.checked_sub(r.base)?;
+            (off.checked_add(len)? <= r.size).then_some(r.offset + off)
+        })
     }
 
     /// Copies guest memory out. Fails (returns None) if the range is not entirely RAM.
@@ -234,6 +285,24 @@ impl GuestRam {
         pages
     }
 
+    /// Folds in a dirty log harvested elsewhere (a hardware engine's): bit `i` of `bitmap` (64 pages per word,
+    /// in RAM offset order) marks page `i` as written, exactly as [`GuestRam::mark_dirty_range`] would. Words
+    /// beyond RAM are ignored.
+    pub fn merge_dirty(&self, bitmap: &[u64]) {
+        let pages = self.size / PAGE_SIZE;
+        for (i, &word) in bitmap.iter().enumerate().take(self.dirty.len()) {
+            let mut bits = word;
+            while bits != 0 {
+                let page = i as u64 * 64 + bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                if page < pages {
+                    self.mark_dirty_page(page);
+                    self.code_written(page);
+                }
+            }
+        }
+    }
+
     /// Number of pages currently marked dirty.
     pub fn dirty_count(&self) -> u64 {
         self.dirty.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as u64).sum()
@@ -246,24 +315,24 @@ impl GuestRam {
     }
 
     /// Identity of this RAM object (unique in the process).
-    pub(crate) fn id(&self) -> u64 {
+    pub fn id(&self) -> u64 {
         self.id
     }
 
     /// Write version of RAM page `page` (see the module docs).
     #[inline(always)]
-    pub(crate) fn page_version(&self, page: u64) -> u64 {
+    pub fn page_version(&self, page: u64) -> u64 {
         self.versions[page as usize].load(Ordering::Acquire)
     }
 
     #[inline(always)]
-    pub(crate) fn is_code(&self, page: u64) -> bool {
+    pub fn is_code(&self, page: u64) -> bool {
         self.code[(page / 64) as usize].load(Ordering::Relaxed) & (1 << (page % 64)) != 0
     }
 
     /// Makes `page` a code page (a hart is about to decode from it). Returns true if it was not one, in which case
     /// the code epoch moved: every hart must drop its store translations before it stores again.
-    pub(crate) fn mark_code(&self, page: u64) -> bool {
+    pub fn mark_code(&self, page: u64) -> bool {
         let bit = 1u64 << (page % 64);
         if self.code[(page / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit != 0 {
             return false;
@@ -275,7 +344,7 @@ impl GuestRam {
     /// Records a write to `page`, made just before: if it is a code page, bumps its version and makes it an
     /// ordinary page again. Returns whether it was a code page.
     #[inline]
-    pub(crate) fn code_written(&self, page: u64) -> bool {
+    pub fn code_written(&self, page: u64) -> bool {
         if !self.is_code(page) {
             return false;
         }
@@ -287,13 +356,13 @@ impl GuestRam {
 
     /// Moves with every write to a code page.
     #[inline]
-    pub(crate) fn code_writes(&self) -> u64 {
+    pub fn code_writes(&self) -> u64 {
         self.code_writes.load(Ordering::Acquire)
     }
 
     /// Moves whenever a page becomes a code page.
     #[inline]
-    pub(crate) fn code_epoch(&self) -> u64 {
+    pub fn code_epoch(&self) -> u64 {
         self.code_epoch.load(Ordering::Acquire)
     }
 }
@@ -382,6 +451,39 @@ mod tests {
         ram.mark_dirty_range(3 * PAGE_SIZE + 8, 4);
         assert_eq!(ram.page_version(3), v + 2);
         assert_ne!(GuestRam::new(0x8000_0000, PAGE_SIZE).unwrap().id(), ram.id());
+    }
+
+    #[test]
+    fn regions_sit_one_after_the_other_in_ram() {
+        // An x86-like layout: 3 GiB-ish below a hole, the rest above 4 GiB (scaled down).
+        let ram = GuestRam::with_regions(&[(0, 16 * PAGE_SIZE), (0x1_0000_0000, 8 * PAGE_SIZE)]).unwrap();
+        assert_eq!(ram.size(), 24 * PAGE_SIZE);
+        assert_eq!(ram.offset_of(0x1_0000_0000 + 8, 8), Some(16 * PAGE_SIZE + 8));
+        assert_eq!(ram.offset_of(16 * PAGE_SIZE - 4, 8), None, "a range may not run into the hole");
+        assert_eq!(ram.offset_of(16 * PAGE_SIZE, 1), None, "the hole is not RAM");
+        assert_eq!(ram.address_of(17 * PAGE_SIZE), 0x1_0000_0000 + PAGE_SIZE);
+        assert_eq!(ram.address_of(3 * PAGE_SIZE), 3 * PAGE_SIZE);
+        ram.write(0x1_0000_0000 + PAGE_SIZE, b"high").unwrap();
+        assert_eq!(ram.take_dirty(), vec![17]);
+        let mut buf = [0u8; 4];
+        ram.read(0x1_0000_0000 + PAGE_SIZE, &mut buf).unwrap();
+        assert_eq!(&buf, b"high");
+        assert!(GuestRam::with_regions(&[(0, 2 * PAGE_SIZE), (PAGE_SIZE, PAGE_SIZE)]).is_err(), "overlap");
+        assert!(GuestRam::with_regions(&[(0x1000, PAGE_SIZE), (0, PAGE_SIZE)]).is_err(), "out of order");
+        assert!(GuestRam::with_regions(&[(0x800, PAGE_SIZE)]).is_err(), "unaligned");
+        assert!(GuestRam::with_regions(&[]).is_err());
+    }
+
+    #[test]
+    fn a_foreign_dirty_log_merges_into_ours() {
+        let ram = GuestRam::new(0x8000_0000, 130 * PAGE_SIZE).unwrap();
+        ram.write(0x8000_0000 + 2 * PAGE_SIZE, &[1]).unwrap();
+        assert!(ram.mark_code(65));
+        let v = ram.page_version(65);
+        // Pages 0 and 65 from elsewhere; bits beyond RAM (page 130 on) are ignored.
+        ram.merge_dirty(&[1, 1 << 1, !0, !0]);
+        assert_eq!(ram.take_dirty(), vec![0, 2, 65, 128, 129]);
+        assert_eq!(ram.page_version(65), v + 1, "a merged write to code invalidates it");
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! kemari-machine: the machine seam.
+//!
+//! Everything above a machine (the runtime loop, live migration, fault tolerance, the binary) sees it only
+//! through the [`Machine`] trait and the plain types here; what engine runs its CPUs and what board it models
+//! stays behind it. The RISC-V board (`kemari-board`) implements it today; a KVM x86-64 machine will implement
+//! the same trait, which is why nothing here names an architecture except as data ([`Arch`] in a [`Shape`]).
+//!
+//! The contract, which every implementation keeps:
+//! - **Quiesced between rounds.** [`Machine::step_round`] returns with every CPU stopped at an instruction
+//!   boundary and device work done; everything else here is called only then. Its return is the
+//!   acknowledgement that the machine is paused (a hardware engine kicks its vCPU threads out and waits).
+//! - **Exact dirty log.** [`Machine::take_dirty`] returns every RAM page written since the last call, by the
+//!   guest, by devices or by the VMM, and starts a new log.
+//! - **One state path.** [`Machine::save`] encodes the whole machine (CPUs, devices, the gate, the pages asked
+//!   for); [`Machine::apply_checkpoint`] applies such a stream all or nothing, after checking all of it.
+//! - **Effects only through the gate.** Every effect of the guest (console bytes, frames, block writes) goes
+//!   through [`Machine::gate`]; a driver decides when the gate releases, never a device.
+//!
+//! Also here, because every driver shares them: guest memory in a state stream (`pages`), the pre-copy of
+//! memory while the guest runs (`precopy`), control requests (`control`) and the log line macro ([`say!`]).
+
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use kemari_devices::gate::{Input, OutputGate};
+pub use kemari_memory::GuestRam;
+pub use kemari_state::{Arch, StateError};
+
+pub mod control;
+pub mod log;
+pub mod pages;
+pub mod precopy;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// What a machine is, as far as another node of the same VM must agree: its architecture, CPUs and RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub arch: Arch,
+    pub harts: usize,
+    /// Bytes of RAM.
+    pub memory: u64,
+}
+
+/// Events that reach the runtime loop from other threads.
+pub enum Event {
+    /// Console input.
+    Console(Vec<u8>),
+    /// The user asked to quit (Ctrl-A x).
+    Quit,
+    /// A device has outside work (e.g. a received frame); the loop polls devices.
+    Wake,
+    /// A control API request; the reply goes back on the channel.
+    Control(control::Request, Sender<control::Reply>),
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The guest powered off.
+    PowerOff,
+    /// The guest asked to reboot (kemari does not reboot guests; the caller decides).
+    Reboot,
+    /// The guest crashed: kernel panic, or a trap nobody can handle.
+    Crash(String),
+    /// Bare-metal test ended (RISC-V HTIF `tohost`): 0 = pass, otherwise the failure code.
+    TestExit(u64),
+    /// The user quit.
+    Quit,
+    /// The machine moved to another host (live migration); this copy must not run again.
+    Migrated,
+}
+
+/// Which guest pages a save carries.
+pub enum Pages<'a> {
+    /// Every non-zero page (a restore starts from zeroed RAM).
+    AllNonZero,
+    /// Exactly these pages (e.g. the dirty log), zero or not.
+    Only(&'a [u64]),
+}
+
+/// Why a machine refused a state stream; the reason is for the operator and the peer.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// A fault-tolerance status report, installed by the replication driver (see [`Machine::set_protection`]).
+pub type ProtectionReport = Box<dyn Fn() -> control::Protection + Send>;
+
+/// The seam: what the runtime, migration and replication may do with a machine (see the crate docs for the
+/// contract).
+pub trait Machine {
+    /// Architecture, CPUs and RAM.
+    fn shape(&self) -> Shape;
+
+    /// Guest RAM (read by the pre-copy thread while the guest runs; written only through the state path).
+    fn memory(&self) -> &Arc<GuestRam>;
+
+    /// Where every effect of the guest waits for its release.
+    fn gate(&self) -> &Arc<Mutex<OutputGate>>;
+
+    /// Runs the guest for one round (a slice of every CPU, or until `input` has an event, a device needs the
+    /// VMM, or the longest idle wait passed) and returns quiesced; `Some` when the run ended.
+    fn step_round(&mut self, input: &Receiver<Event>) -> Option<RunOutcome>;
+
+    /// Longest a round may sleep while every CPU waits (a driver with a deadline shortens it); reset by the
+    /// driver as it needs.
+    fn set_max_idle(&mut self, max: Duration);
+
+    /// Pages written since the last call (indices inside RAM); starts a new log.
+    fn take_dirty(&mut self) -> Vec<u64> {
+        self.memory().take_dirty()
+    }
+
+    /// How many pages are dirty now (the pre-copy's estimate of the next round).
+    fn dirty_count(&mut self) -> u64 {
+        self.memory().dirty_count()
+    }
+
+    /// The whole state with the pages asked for. An error when the state holds what no restore would accept.
+    fn save(&self, pages: Pages) -> Result<Vec<u8>, StateError>;
+
+    /// Writes the pages of a stream of PAGS sections (`pages`), checked first; returns how many.
+    fn restore_pages(&mut self, bytes: &[u8]) -> Result<u64, StateError>;
+
+    /// Applies a checkpoint (a stream `save` made) all or nothing: on error the machine is unchanged.
+    fn apply_checkpoint(&mut self, bytes: &[u8]) -> Result<(), Refused>;
+
+    /// The longest stream `save` can make for a machine of `memory` bytes (a receiver caps what it reads by
+    /// it before a byte arrives).
+    fn max_state_len(&self) -> u64;
+
+    /// Installs (or removes) the fault-tolerance report a `status` request includes.
+    fn set_protection(&mut self, report: Option<ProtectionReport>);
+
+    /// Under protection: every frame the network interfaces receive goes to `sink` as it arrives, numbered the
+    /// way the gate counts consumed inputs; `None` stops (see `OutputGate::set_nics_logged_on_arrival`).
+    fn log_frames_on_arrival(&mut self, sink: Option<Sender<Input>>);
+
+    /// Drops the frames waiting on the network interfaces; returns how many.
+    fn discard_received_frames(&mut self) -> usize;
+
+    /// Delivers inputs another node's guest consumed after the state this one holds (a failover's replay),
+    /// ahead of anything received here; returns how many were taken.
+    fn replay_inputs(&mut self, inputs: Vec<Input>) -> usize;
+
+    /// Console input for the guest, as if typed.
+    fn push_input(&mut self, bytes: &[u8]);
+
+    /// Announces every network interface's MAC (the machine moved hosts), so switches learn its port.
+    fn announce(&mut self);
+}
