@@ -8,7 +8,7 @@
 //! privilege or `mstatus` check happens when the instruction runs), so they stay valid across `satp` writes,
 //! `sfence.vma` and privilege changes, and serve every virtual address that maps their physical page.
 //!
-//! Coherence with memory: a block records the write version of its RAM page (`memory.rs`) and is used only
+//! Coherence with memory: a block records the write version of its RAM page (`kemari-memory`) and is used only
 //! while the version is unchanged; otherwise it is decoded again. Decoding first makes its page a code page,
 //! which keeps store translations away from it, so every write to it (by any hart, the VMM or a device) moves
 //! the version.
@@ -21,7 +21,7 @@
 //! (at the current privilege) to that same offset: so `satp` writes, `sfence.vma` and privilege changes need
 //! not drop it (they drop or do not match TLB entries, which are refilled one walk per page, after which the
 //! jump entries of the page serve again). It depends on the code too, so it is dropped whenever a code page is
-//! written (`memory.rs`): in O(1), by moving an epoch that every entry must match.
+//! written (`kemari-memory`): in O(1), by moving an epoch that every entry must match.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

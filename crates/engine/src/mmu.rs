@@ -4,7 +4,7 @@
 //! effective privilege and the SUM/MXR bits), so privilege changes and the kernel toggling SUM need no flush;
 //! `satp` writes and `sfence.vma` flush everything. Only RAM pages are cached: MMIO always takes the slow path.
 //! A store entry is installed only after its page was marked dirty in the current dirty-log generation, which
-//! is what makes dirty tracking exact (see `memory.rs`), and never for a code page (a page decoded blocks come
+//! is what makes dirty tracking exact (see `kemari-memory`), and never for a code page (a page decoded blocks come
 //! from): a store to one takes the slow path, which bumps the page's write version so that the blocks are
 //! decoded again, and asks the running block to end after the store.
 
