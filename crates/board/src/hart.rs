@@ -7,6 +7,33 @@ use kemari_state::{Reader, Section, StateError, Writer};
 
 pub const SECTION: Section = Section { tag: *b"HART", version: 1, cap: 1024 };
 
+/// The CSRs a hart section holds, in stream order (one list for both directions).
+fn csrs(h: &mut HartState) -> [&mut u64; 21] {
+    [
+        &mut h.fcsr,
+        &mut h.mstatus,
+        &mut h.medeleg,
+        &mut h.mideleg,
+        &mut h.mie,
+        &mut h.mip,
+        &mut h.mtvec,
+        &mut h.mscratch,
+        &mut h.mepc,
+        &mut h.mcause,
+        &mut h.mtval,
+        &mut h.mcounteren,
+        &mut h.menvcfg,
+        &mut h.stvec,
+        &mut h.sscratch,
+        &mut h.sepc,
+        &mut h.scause,
+        &mut h.stval,
+        &mut h.scounteren,
+        &mut h.senvcfg,
+        &mut h.satp,
+    ]
+}
+
 pub fn encode(h: &HartState) -> Vec<u8> {
     let mut w = Writer::default();
     w.u64(h.id);
@@ -15,30 +42,8 @@ pub fn encode(h: &HartState) -> Vec<u8> {
     }
     w.u64(h.pc);
     w.u8(h.privilege as u8);
-    for v in [
-        h.fcsr,
-        h.mstatus,
-        h.medeleg,
-        h.mideleg,
-        h.mie,
-        h.mip,
-        h.mtvec,
-        h.mscratch,
-        h.mepc,
-        h.mcause,
-        h.mtval,
-        h.mcounteren,
-        h.menvcfg,
-        h.stvec,
-        h.sscratch,
-        h.sepc,
-        h.scause,
-        h.stval,
-        h.scounteren,
-        h.senvcfg,
-        h.satp,
-    ] {
-        w.u64(v);
+    for v in csrs(&mut h.clone()) {
+        w.u64(*v);
     }
     for v in h.pmpcfg.iter().chain(h.pmpaddr.iter()) {
         w.u64(*v);
@@ -74,33 +79,9 @@ pub fn decode(payload: &[u8], harts: usize) -> Result<HartState, StateError> {
     let p = r.u8()?;
     h.privilege =
         Privilege::from_bits(p as u64).ok_or_else(|| r.invalid(format!("privilege mode {p} does not exist")))?;
-    let mut csrs = [0u64; 21];
-    for v in csrs.iter_mut() {
+    for v in csrs(&mut h) {
         *v = r.u64()?;
     }
-    [
-        h.fcsr,
-        h.mstatus,
-        h.medeleg,
-        h.mideleg,
-        h.mie,
-        h.mip,
-        h.mtvec,
-        h.mscratch,
-        h.mepc,
-        h.mcause,
-        h.mtval,
-        h.mcounteren,
-        h.menvcfg,
-        h.stvec,
-        h.sscratch,
-        h.sepc,
-        h.scause,
-        h.stval,
-        h.scounteren,
-        h.senvcfg,
-        h.satp,
-    ] = csrs;
     for v in h.pmpcfg.iter_mut().chain(h.pmpaddr.iter_mut()) {
         *v = r.u64()?;
     }

@@ -149,15 +149,7 @@ impl Standby {
     fn lease_and_hello(&self) -> (FileArbiter, Vec<u8>) {
         let mut lease = FileArbiter::new(&self.dir.join("arbiter"), "fake", Duration::from_secs(60)).unwrap();
         let fence = lease.acquire().unwrap();
-        let hello = Hello {
-            arch: kemari_machine::Arch::Riscv64,
-            harts: 1,
-            memory: 16 << 20,
-            storage: Storage::Shared,
-            disks: vec![],
-            node: "fake".into(),
-            fence,
-        };
+        let hello = fake_hello(fence);
         let mut msg = Vec::new();
         wire::send(&mut msg, wire::HELLO, &[&hello.encode()]).unwrap();
         (lease, msg)
@@ -215,19 +207,13 @@ fn a_refused_primary_is_told_why() {
             other => panic!("the primary was not told why: {other:?}"),
         }
     };
-    let hello = Hello {
-        arch: kemari_machine::Arch::Riscv64,
-        harts: 1,
-        memory: 16 << 20,
-        storage: Storage::Shared,
-        disks: vec![],
-        node: "fake".into(),
-        fence,
-    };
+    let hello = fake_hello(fence);
     let why = told(Hello { fence: fence + 5, ..hello.clone() });
     assert!(why.contains(&format!("claims fence {}", fence + 5)), "{why}");
     let why = told(Hello { storage: Storage::Replicated, ..hello.clone() });
     assert!(why.contains("Replicated storage"), "{why}");
+    let why = told(Hello { arch: kemari_machine::Arch::X86_64, ..hello.clone() });
+    assert!(why.contains("the primary runs a x86-64 machine, this node riscv64"), "{why}");
 
     let mut first = TcpStream::connect(s.listen).unwrap();
     wire::send(&mut first, wire::HELLO, &[&hello.encode()]).unwrap();
@@ -336,15 +322,7 @@ fn many_idle_connections_are_closed_not_queued() {
     // overdue.
     let mut lease = FileArbiter::new(&s.dir.join("arbiter"), "fake", Duration::from_secs(60)).unwrap();
     let fence = lease.acquire().unwrap();
-    let hello = Hello {
-        arch: kemari_machine::Arch::Riscv64,
-        harts: 1,
-        memory: 16 << 20,
-        storage: Storage::Shared,
-        disks: vec![],
-        node: "fake".into(),
-        fence,
-    };
+    let hello = fake_hello(fence);
     let start = Instant::now();
     let _conn = loop {
         let mut conn = TcpStream::connect(s.listen).unwrap();
@@ -523,4 +501,17 @@ fn tls_a_migration_receiver_takes_nothing_from_a_peer_without_credentials() {
     assert!(receiver.try_status().is_none(), "the receiver exited: {}", receiver.stderr());
     drop((plain, w));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The HELLO of a one-hart, 16 MiB RISC-V primary holding `fence`.
+fn fake_hello(fence: u64) -> Hello {
+    Hello {
+        arch: kemari_machine::Arch::Riscv64,
+        harts: 1,
+        memory: 16 << 20,
+        storage: Storage::Shared,
+        disks: vec![],
+        node: "fake".into(),
+        fence,
+    }
 }

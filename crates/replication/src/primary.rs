@@ -575,10 +575,11 @@ impl Primary {
                 return self.reconnect();
             }
         };
+        let shape = machine.shape();
         let hello = Hello {
-            arch: machine.shape().arch,
-            harts: machine.shape().harts as u32,
-            memory: machine.shape().memory,
+            arch: shape.arch,
+            harts: shape.harts as u32,
+            memory: shape.memory,
             storage: self.cfg.opts.storage,
             disks: sizes,
             node: self.cfg.arbiter.node().to_string(),
