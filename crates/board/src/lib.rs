@@ -16,7 +16,6 @@ pub mod hart;
 pub mod layout;
 pub mod loader;
 pub mod machine;
-pub mod migrate;
 pub mod persist;
 pub mod plic;
 pub mod sbi;
@@ -26,6 +25,6 @@ pub mod uart;
 pub use kemari_engine::Engine;
 pub use kemari_machine::{log, say};
 pub use machine::{
-    check_shape, receiver_ram, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, RunOutcome,
+    check_shape, receiver_ram, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, Round, RunOutcome,
 };
 pub use persist::ARCH;

@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use crate::plic::Plic;
 use crate::sbi::{self, SbiOutcome};
 use crate::uart::{self, Uart, UartIrq};
 use crate::{clint, fdt, plic};
-use kemari_devices::gate::{Input, Outlets, OutputGate, Source};
+use kemari_devices::gate::{Input, Outlets, OutputGate, SharedEffects, Source};
 use kemari_devices::host::{HostBackend, Wake};
 use kemari_devices::memory::{device_view, GuestMemory};
 use kemari_devices::tap::{RxQueue, Tap};
@@ -144,7 +143,7 @@ pub fn receiver_ram(prealloc: bool, memory_mib: Option<u64>) -> Result<Option<Ar
     Ok(Some(ram))
 }
 
-pub use kemari_machine::{Event, RunOutcome};
+pub use kemari_machine::{Event, Round, RunOutcome};
 
 /// Guest time: a monotonic host clock in timebase ticks, plus an offset so that a restored guest continues.
 #[derive(Clone, Debug)]
@@ -339,21 +338,6 @@ pub struct Machine {
     pending_input: VecDeque<u8>,
     /// The last round ended early to let the driver send logged inputs.
     flushed_inputs: bool,
-    /// The console input channel still has a sender.
-    input_open: bool,
-    /// Paused through the control API: harts do not run, guest time stands still.
-    pub(crate) paused: bool,
-    /// A live migration in progress (sender side).
-    pub(crate) migration: Option<crate::migrate::Migration>,
-    /// Longest the loop sleeps when every hart waits (a replication driver with a pending coalescing window
-    /// shortens it).
-    pub max_idle: Duration,
-    /// Reports fault-tolerance status for `status` requests, once a replication driver installed it.
-    pub protection: Option<Box<dyn Fn() -> crate::control::Protection + Send>>,
-    /// Wakes the machine loop from its idle sleep (helper threads call it when they have news).
-    pub wake: Wake,
-    /// How a live migration from here secures its link; `None` refuses to migrate (no credentials given).
-    pub link_security: Option<kemari_transport::Security>,
 }
 
 impl Machine {
@@ -514,7 +498,7 @@ impl Machine {
             clock: GuestClock::new(0),
             clint: Clint::new(cfg.harts),
             plic: Plic::new(cfg.harts),
-            uart: uart::new(uart_irq.clone(), gate.clone()),
+            uart: uart::new(uart_irq.clone(), SharedEffects::new(&gate)),
             uart_irq,
             stimecmp: vec![u64::MAX; cfg.harts],
             reset_request: None,
@@ -523,22 +507,7 @@ impl Machine {
             virtio,
             nic_rx,
         };
-        Ok(Machine {
-            ram,
-            harts,
-            dev,
-            builtin_sbi,
-            tohost,
-            pending_input: VecDeque::new(),
-            flushed_inputs: false,
-            input_open: true,
-            paused: false,
-            migration: None,
-            max_idle: Duration::from_millis(10),
-            protection: None,
-            wake,
-            link_security: None,
-        })
+        Ok(Machine { ram, harts, dev, builtin_sbi, tohost, pending_input: VecDeque::new(), flushed_inputs: false })
     }
 
     /// Recomputes every hart's interrupt lines from timers, CLINT and PLIC.
@@ -657,142 +626,67 @@ impl Machine {
         None
     }
 
-    /// Runs the guest until it powers off, crashes, or the user quits.
-    pub fn run(&mut self, input: &Receiver<Event>) -> RunOutcome {
-        loop {
-            if let Some(outcome) = self.step_round(input) {
-                return outcome;
-            }
+    /// Runs every hart for one slice; returns quiesced (harts at instruction boundaries, device work done).
+    /// When every hart waits it says until when ([`Round::Idle`]): the caller sleeps, not the board.
+    pub fn step_round(&mut self) -> Round {
+        self.dev.clock.resume();
+        self.feed_uart();
+        self.dev.poll_virtio();
+        // Under protection, inputs the guest just took leave for the secondary before the guest runs on them
+        // (the driver sends them between rounds): the window in which a request dies with the primary shrinks
+        // to the moment it arrives. Not twice in a row, so a flood of input cannot starve the harts.
+        let logged = self.dev.gate.lock().expect("gate lock").inputs_logged();
+        if logged && !std::mem::replace(&mut self.flushed_inputs, true) {
+            return Round::Ran;
         }
-    }
-
-    /// Runs every hart for one slice (sleeping first if all of them wait); returns how the run ended, if it did.
-    /// Between two calls the machine is quiesced: harts at instruction boundaries, device work done.
-    pub fn step_round(&mut self, input: &Receiver<Event>) -> Option<RunOutcome> {
-        {
-            // Input first, so a guest that polls sees it promptly.
-            loop {
-                match input.try_recv() {
-                    Ok(ev) => {
-                        if let Some(outcome) = self.handle_event(ev) {
-                            return Some(outcome);
+        self.flushed_inputs = false;
+        let mut busy = false;
+        for i in 0..self.harts.len() {
+            self.update_irq_lines();
+            let exit = self.harts[i].run(&self.ram, &mut self.dev, SLICE);
+            match exit {
+                Exit::Budget | Exit::MmioStore => busy = true,
+                Exit::Wfi => {}
+                Exit::Sbi => {
+                    busy = true;
+                    match sbi::handle(self, i) {
+                        SbiOutcome::Continue => {}
+                        SbiOutcome::Shutdown => return self.finish(RunOutcome::PowerOff),
+                        SbiOutcome::Reboot => return self.finish(RunOutcome::Reboot),
+                        SbiOutcome::Failure => {
+                            return self.finish(RunOutcome::Crash("guest reported a system failure".into()));
                         }
                     }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        self.input_open = false;
-                        break;
-                    }
+                }
+                Exit::MachineTrap { cause, tval, pc } => {
+                    return self.finish(RunOutcome::Crash(format!(
+                        "hart {i} took a trap no one handles (cause {cause:#x}, tval {tval:#x}) at pc {pc:#x}"
+                    )));
                 }
             }
-            if let Some(outcome) = self.migration_step() {
-                return Some(outcome);
+            if let Some(out) = self.poll_htif() {
+                return Round::Ended(out);
             }
-            self.pause_on_stalled_disk();
-            if self.paused {
-                // A paused machine only answers events.
-                match input.recv_timeout(Duration::from_millis(50)) {
-                    Ok(ev) => return self.handle_event(ev),
-                    Err(RecvTimeoutError::Timeout) => return None,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        self.input_open = false;
-                        std::thread::sleep(Duration::from_millis(50));
-                        return None;
-                    }
-                }
-            }
-            self.dev.clock.resume();
-            self.feed_uart();
-            self.dev.poll_virtio();
-            // Under protection, inputs the guest just took leave for the secondary before the guest runs on
-            // them (the driver sends them between rounds): the window in which a request dies with the primary
-            // shrinks to the moment it arrives. Not twice in a row, so a flood of input cannot starve the harts.
-            let logged = self.dev.gate.lock().expect("gate lock").inputs_logged();
-            if logged && !std::mem::replace(&mut self.flushed_inputs, true) {
-                return None;
-            }
-            self.flushed_inputs = false;
-            let mut busy = false;
-            for i in 0..self.harts.len() {
-                self.update_irq_lines();
-                let exit = self.harts[i].run(&self.ram, &mut self.dev, SLICE);
-                match exit {
-                    Exit::Budget | Exit::MmioStore => busy = true,
-                    Exit::Wfi => {}
-                    Exit::Sbi => {
-                        busy = true;
-                        match sbi::handle(self, i) {
-                            SbiOutcome::Continue => {}
-                            SbiOutcome::Shutdown => return Some(self.finish(RunOutcome::PowerOff)),
-                            SbiOutcome::Reboot => return Some(self.finish(RunOutcome::Reboot)),
-                            SbiOutcome::Failure => {
-                                return Some(self.finish(RunOutcome::Crash("guest reported a system failure".into())));
-                            }
-                        }
-                    }
-                    Exit::MachineTrap { cause, tval, pc } => {
-                        return Some(self.finish(RunOutcome::Crash(format!(
-                            "hart {i} took a trap no one handles (cause {cause:#x}, tval {tval:#x}) at pc {pc:#x}"
-                        ))));
-                    }
-                }
-                if let Some(out) = self.poll_htif() {
-                    return Some(out);
-                }
-                if let Some(out) = self.dev.reset_request.take() {
-                    return Some(self.finish(out));
-                }
-            }
-            if let Some(line) = self.dev.uart.writer().panic_end() {
-                return Some(RunOutcome::Crash(format!("guest kernel panic: {line}")));
-            }
-            if !busy {
-                // Every hart waits: sleep until the next timer deadline or input.
-                let wait = self.dev.clock.until(self.next_deadline()).min(self.max_idle);
-                if wait.is_zero() {
-                    return None;
-                }
-                if self.input_open {
-                    match input.recv_timeout(wait) {
-                        Ok(ev) => return self.handle_event(ev),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => self.input_open = false,
-                    }
-                } else {
-                    std::thread::sleep(wait);
-                }
+            if let Some(out) = self.dev.reset_request.take() {
+                return self.finish(out);
             }
         }
-        None
+        if let Some(line) = self.dev.uart.writer().panic_end() {
+            return Round::Ended(RunOutcome::Crash(format!("guest kernel panic: {line}")));
+        }
+        if busy {
+            return Round::Ran;
+        }
+        // Every hart waits: until the next timer deadline, or input.
+        match self.dev.clock.until(self.next_deadline()) {
+            wait if wait.is_zero() => Round::Ran,
+            wait => Round::Idle(wait),
+        }
     }
 
-    fn handle_event(&mut self, ev: Event) -> Option<RunOutcome> {
-        match ev {
-            Event::Console(b) => self.pending_input.extend(b),
-            Event::Quit => return Some(RunOutcome::Quit),
-            Event::Wake => {}
-            Event::Control(req, reply) => {
-                if let Some(answer) = self.control(req, reply.clone()) {
-                    let _ = reply.send(answer);
-                }
-            }
-        }
-        None
-    }
-
-    /// A held disk write that could not be performed stalls the gate: the guest stops until the user resumes
-    /// it (`werror=stop`), so that it does not run on past a write it was told had completed.
-    fn pause_on_stalled_disk(&mut self) {
-        if self.paused {
-            return;
-        }
-        let Some(why) = self.dev.gate.lock().expect("gate lock").stalled().map(str::to_string) else { return };
-        self.paused = true;
+    /// Stops guest time until the next round.
+    pub fn stop_time(&mut self) {
         self.dev.clock.pause();
-        crate::say!(
-            "{why}; the guest is paused and the write kept; fix the disk, then `kemari ctl resume` \
-             tries it again"
-        );
     }
 
     /// Announces every network interface's MAC (after the machine moved hosts), so switches learn its port.
@@ -804,14 +698,14 @@ impl Machine {
     }
 
     /// A reset request after a kernel panic is a crash, not a clean exit.
-    fn finish(&mut self, outcome: RunOutcome) -> RunOutcome {
+    fn finish(&mut self, outcome: RunOutcome) -> Round {
         let _ = self.dev.uart.writer_mut().flush();
-        match (&outcome, self.dev.uart.writer().panic_line()) {
+        Round::Ended(match (&outcome, self.dev.uart.writer().panic_line()) {
             (RunOutcome::PowerOff | RunOutcome::Reboot, Some(line)) => {
                 RunOutcome::Crash(format!("guest kernel panic: {line}"))
             }
             _ => outcome,
-        }
+        })
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::io::Write;
 
-use kemari_devices::gate::{GateState, InputCounts, OutputGate};
+use kemari_devices::gate::{GateState, InputCounts, OutputGate, SharedEffects};
 use kemari_devices::host::Wake;
 use kemari_devices::virtio::mmio::TransportState;
 use kemari_engine::{Engine, Hart};
@@ -259,7 +259,7 @@ impl Machine {
         let plic = m.dev.plic.decode_state(&mut r)?;
         r.finish()?;
         let mut r = section(&UART, "UART")?;
-        let uart = uart::decode_state(&mut r, m.dev.uart_irq.clone(), m.dev.gate.clone())?;
+        let uart = uart::decode_state(&mut r, m.dev.uart_irq.clone(), SharedEffects::new(&m.dev.gate))?;
         r.finish()?;
 
         let virt = f.all(&VIRT)?;

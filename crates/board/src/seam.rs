@@ -1,12 +1,11 @@
 //! The RISC-V board behind the machine seam (`kemari_machine::Machine`): the only way the runtime, migration
 //! and replication reach it.
 
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use kemari_devices::gate::{Input, OutputGate};
-use kemari_machine::{Event, Pages, ProtectionReport, Refused, RunOutcome, Shape};
+use kemari_machine::{Pages, Refused, Round, Shape};
 use kemari_memory::GuestRam;
 use kemari_state::StateError;
 
@@ -25,12 +24,16 @@ impl kemari_machine::Machine for Machine {
         &self.dev.gate
     }
 
-    fn step_round(&mut self, input: &Receiver<Event>) -> Option<RunOutcome> {
-        Machine::step_round(self, input)
+    fn step_round(&mut self) -> Round {
+        Machine::step_round(self)
     }
 
-    fn set_max_idle(&mut self, max: Duration) {
-        self.max_idle = max;
+    fn stop_time(&mut self) {
+        Machine::stop_time(self)
+    }
+
+    fn instructions(&self) -> u64 {
+        self.harts.iter().map(|h| h.state().instret).sum()
     }
 
     fn save(&self, pages: Pages) -> Result<Vec<u8>, StateError> {
@@ -47,10 +50,6 @@ impl kemari_machine::Machine for Machine {
 
     fn max_state_len(&self) -> u64 {
         crate::persist::max_state_len(self.ram.size())
-    }
-
-    fn set_protection(&mut self, report: Option<ProtectionReport>) {
-        self.protection = report;
     }
 
     fn log_frames_on_arrival(&mut self, sink: Option<Sender<Input>>) {

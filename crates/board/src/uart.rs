@@ -3,9 +3,9 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use kemari_devices::gate::{Effect, OutputGate};
+use kemari_devices::gate::{Effect, SharedEffects};
 use kemari_state::{Reader, StateError, Writer};
 use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
@@ -17,8 +17,8 @@ pub type Uart = Serial<UartIrq, NoEvents, ConsoleOut>;
 /// Bytes a 16550's receive FIFO holds.
 const FIFO_BYTES: usize = 64;
 
-/// A UART whose interrupt raises `irq` and whose output is an effect of `gate`.
-pub fn new(irq: UartIrq, gate: Arc<Mutex<OutputGate>>) -> Uart {
+/// A UART whose interrupt raises `irq` and whose output is an effect handed to `gate`.
+pub fn new(irq: UartIrq, gate: SharedEffects) -> Uart {
     Serial::new(irq, ConsoleOut::new(Box::new(GateConsole(gate))))
 }
 
@@ -32,7 +32,7 @@ pub fn save(u: &Uart, w: &mut Writer) {
 }
 
 /// Decodes what `save` wrote into a UART wired like [`new`]'s; applying it is assigning it.
-pub fn decode_state(r: &mut Reader, irq: UartIrq, gate: Arc<Mutex<OutputGate>>) -> Result<Uart, StateError> {
+pub fn decode_state(r: &mut Reader, irq: UartIrq, gate: SharedEffects) -> Result<Uart, StateError> {
     let mut s = SerialState::default();
     for v in registers(&mut s) {
         *v = r.u8()?;
@@ -77,11 +77,11 @@ impl Trigger for UartIrq {
 }
 
 /// Console output as an effect: the UART's bytes leave through the gate like every other effect.
-struct GateConsole(Arc<Mutex<OutputGate>>);
+struct GateConsole(SharedEffects);
 
 impl Write for GateConsole {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("gate lock").submit(Effect::Console(buf.to_vec()))?;
+        self.0.with(|gate| gate.submit(Effect::Console(buf.to_vec())))?;
         Ok(buf.len())
     }
 
@@ -92,12 +92,14 @@ impl Write for GateConsole {
 
 #[cfg(test)]
 mod tests {
-    use kemari_devices::gate::Recorder;
+    use std::sync::Mutex;
+
+    use kemari_devices::gate::{OutputGate, Recorder};
 
     use super::*;
 
-    fn gate() -> Arc<Mutex<OutputGate>> {
-        Arc::new(Mutex::new(OutputGate::new(Box::new(Recorder::default()))))
+    fn gate() -> SharedEffects {
+        SharedEffects::new(&Arc::new(Mutex::new(OutputGate::new(Box::new(Recorder::default())))))
     }
 
     #[test]

@@ -16,13 +16,12 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use kemari_board::control::{Reply, Request};
 use kemari_board::persist::{peek_shape, Pages};
 use kemari_board::{Event, Machine, MachineConfig};
 use kemari_state::{Arch, Section, StateFile, Writer, FORMAT_VERSION, MAGIC};
 
 mod common;
-use common::{guest_config, run_until, Capture};
+use common::{guest_config, round, run_until, Capture};
 
 const PAGE: usize = 4096;
 const MEMORY_MIB: u64 = 64;
@@ -78,13 +77,13 @@ fn saved() -> &'static Saved {
         tx.send(Event::Console(b"secret=$((1000+337))\n".to_vec())).unwrap();
         run_until(&mut m, &out, &rx, "secret=$((1000+337))");
         for _ in 0..200 {
-            m.step_round(&rx);
+            round(&mut m, &rx);
         }
         let a = Stream::new(m.save(Pages::AllNonZero).unwrap());
         tx.send(Event::Console(b"echo b-$((40+2))\n".to_vec())).unwrap();
         run_until(&mut m, &out, &rx, "b-42");
         for _ in 0..200 {
-            m.step_round(&rx);
+            round(&mut m, &rx);
         }
         let b = Stream::new(m.save(Pages::AllNonZero).unwrap());
         assert!(a.bytes != b.bytes);
@@ -790,27 +789,17 @@ fn a_missing_or_extra_virtio_section_is_rejected() {
 #[test]
 fn a_refused_checkpoint_keeps_a_paused_machine_paused() {
     let s = saved();
-    let (tx, rx) = channel();
+    let (tx, _rx) = channel();
     let mut m = holding(&s.a.bytes, Capture::default(), &tx);
-    let status = |m: &mut Machine| {
-        let (rtx, rrx) = channel();
-        tx.send(Event::Control(Request::Status, rtx)).unwrap();
-        m.step_round(&rx);
-        match rrx.recv().unwrap() {
-            Reply::Status { paused, .. } => paused,
-            r => panic!("{r:?}"),
-        }
-    };
-    let (rtx, rrx) = channel();
-    tx.send(Event::Control(Request::Pause, rtx)).unwrap();
-    m.step_round(&rx);
-    assert_eq!(rrx.recv().unwrap(), Reply::Ok);
-    assert!(status(&mut m));
+    // Paused, as the runtime pauses it: guest time stands still until the next round.
+    m.stop_time();
+    let before = m.dev.clock.now();
     let mut bad = s.b.bytes.clone();
     let n = bad.len();
     bad[n / 2] ^= 1;
     m.apply_checkpoint(&bad).unwrap_err();
-    assert!(status(&mut m), "a refused checkpoint resumed the paused machine");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(m.dev.clock.now(), before, "a refused checkpoint set the paused guest's time running");
 }
 
 #[test]
@@ -826,7 +815,7 @@ fn an_impossible_guest_time_is_rejected_or_harmless() {
     }
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for _ in 0..20 {
-            m.step_round(&rx);
+            round(&mut m, &rx);
         }
         m.dev.clock.now()
     }));

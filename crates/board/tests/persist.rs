@@ -8,7 +8,7 @@ use kemari_board::persist::Pages;
 use kemari_board::{Event, Machine, MachineConfig};
 
 mod common;
-use common::{guest_config, run_until, Capture};
+use common::{guest_config, round, run_until, Capture};
 
 fn config() -> MachineConfig {
     guest_config(128)
@@ -28,7 +28,7 @@ fn save_restore_save_is_identical_and_the_restored_guest_carries_on() {
     tx.send(Event::Console(b"secret=$((1000+337))\n".to_vec())).unwrap();
     run_until(&mut m, &out, &rx, "secret=$((1000+337))");
     for _ in 0..200 {
-        m.step_round(&rx);
+        round(&mut m, &rx);
     }
 
     let first = m.save(Pages::AllNonZero).unwrap();

@@ -30,6 +30,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
+use std::sync::{Arc, Mutex};
 
 use kemari_state::{Reader, StateError, Writer};
 
@@ -170,6 +171,22 @@ impl Effects<'_> {
     /// See [`OutputGate::consume`].
     pub fn consume(&mut self, source: Source, bytes: &[u8]) {
         self.gate.consume(source, bytes)
+    }
+}
+
+/// [`Effects`] for a device that keeps its handle between calls (the UART, whose writer vm-superio calls from
+/// inside a register write): the machine's shared gate, of which it can use only what [`Effects`] offers.
+#[derive(Clone)]
+pub struct SharedEffects(Arc<Mutex<OutputGate>>);
+
+impl SharedEffects {
+    pub fn new(gate: &Arc<Mutex<OutputGate>>) -> SharedEffects {
+        SharedEffects(gate.clone())
+    }
+
+    /// Runs `f` with the gate's [`Effects`].
+    pub fn with<R>(&self, f: impl FnOnce(&mut Effects) -> R) -> R {
+        f(&mut self.0.lock().expect("gate lock").effects())
     }
 }
 

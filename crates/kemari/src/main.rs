@@ -469,15 +469,7 @@ fn standby(args: StandbyArgs) -> ExitCode {
     }
     // The replica: this node's devices, the primary's shape, on the RAM faulted in meanwhile (once).
     let (devices, wake, mut ram) = (machine.clone(), console.waker(), ram);
-    let build = move |shape: kemari_machine::Shape| {
-        let cfg = MachineConfig { harts: shape.harts, memory_mib: shape.memory >> 20, ..devices.clone() };
-        let stdout = Box::new(std::io::stdout());
-        match ram.take() {
-            Some(ram) => Machine::empty_on(ram, &cfg, stdout, wake.clone()),
-            None => Machine::empty(&cfg, stdout, wake.clone()),
-        }
-        .map_err(|e| e.to_string())
-    };
+    let build = move |shape| empty_machine(&devices, shape, ram.take(), wake.clone());
     let cfg = kemari_replication::secondary::StandbyConfig {
         listen: args.listen,
         security: security.clone(),
@@ -498,10 +490,9 @@ fn standby(args: StandbyArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Ok(kemari_replication::secondary::StandbyEnd::TookOver { mut machine, arbiter, metrics }) => {
+        Ok(kemari_replication::secondary::StandbyEnd::TookOver { machine, arbiter, metrics }) => {
             let opts = args.ft.options();
             let disks = disk_paths(&machine_config(&args.devices));
-            machine.link_security = Some(security.clone());
             let primary = kemari_replication::primary::PrimaryConfig {
                 peer: args.reprotect.clone(),
                 opts,
@@ -511,7 +502,7 @@ fn standby(args: StandbyArgs) -> ExitCode {
                 wake: console.waker(),
                 metrics: Some(metrics),
             };
-            drive(*machine, console, args.devices.api.as_deref(), Some(primary), true)
+            drive(*machine, console, args.devices.api.as_deref(), Driving::Primary(primary), true)
         }
         Err(e) => {
             drop(console);
@@ -525,6 +516,23 @@ fn standby(args: StandbyArgs) -> ExitCode {
             })
         }
     }
+}
+
+/// An empty machine of `devices` in another's `shape` (a replica, a migration's receiver), on `ram` when it
+/// was mapped (and faulted in) beforehand.
+fn empty_machine(
+    devices: &MachineConfig,
+    shape: kemari_machine::Shape,
+    ram: Option<std::sync::Arc<kemari_machine::GuestRam>>,
+    wake: kemari_devices::host::Wake,
+) -> Result<Machine, String> {
+    let cfg = MachineConfig { harts: shape.harts, memory_mib: shape.memory >> 20, ..devices.clone() };
+    let stdout = Box::new(std::io::stdout());
+    match ram {
+        Some(ram) => Machine::empty_on(ram, &cfg, stdout, wake),
+        None => Machine::empty(&cfg, stdout, wake),
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// The primary driver for `run`/`restore` with --protect, or None.
@@ -611,10 +619,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
         }
         return match receive(addr, security.clone(), args.memory, &cfg, &console) {
-            Ok(mut m) => {
-                m.link_security = Some(security);
-                drive(m, console, api, None, true)
-            }
+            Ok(m) => drive(m, console, api, Driving::Standalone(Some(security)), true),
             Err(code) => {
                 drop(console);
                 if let Some(path) = api {
@@ -632,11 +637,12 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let driving = match primary {
+        Some(p) => Driving::Primary(p),
+        None => Driving::Standalone(security),
+    };
     match Machine::new(&cfg, Box::new(std::io::stdout()), console.waker()) {
-        Ok(mut m) => {
-            m.link_security = security;
-            drive(m, console, args.devices.api.as_deref(), primary, false)
-        }
+        Ok(m) => drive(m, console, args.devices.api.as_deref(), driving, false),
         Err(e) => {
             kemari_board::say!("{e}");
             ExitCode::from(2)
@@ -656,11 +662,14 @@ fn receive(
     console: &console::Console,
 ) -> Result<Machine, ExitCode> {
     use kemari_board::control::{serve_without_guest, Reply};
-    use kemari_board::migrate::{Arrival, MigrateError};
-    let mut incoming = kemari_board::migrate::Incoming::bind(addr, security, memory, cfg.prealloc).map_err(|e| {
+    use kemari_runtime::migrate::{Arrival, Incoming, MigrateError};
+    let cannot = |e: &dyn std::fmt::Display| {
         kemari_board::say!("cannot receive a migration on {addr}: {e}");
         ExitCode::from(2)
-    })?;
+    };
+    // With --prealloc, the guest's RAM is mapped and faulted in while no sender is there yet.
+    let mut ram = kemari_board::receiver_ram(cfg.prealloc, memory).map_err(|e| cannot(&e))?;
+    let incoming = Incoming::bind(addr, security, kemari_board::ARCH, memory).map_err(|e| cannot(&e))?;
     let listen = incoming.local_addr().to_string();
     kemari_board::say!("waiting for an incoming migration on {listen}");
     let (mut typed, mut refused, mut last_refusal) = (Vec::new(), 0, None);
@@ -683,6 +692,15 @@ fn receive(
             refused += 1;
             last_refusal = Some(why);
         };
+        // After a refused stream: pages of it may be in the prepared RAM, so the next sender gets fresh RAM.
+        let refill = |ram: &mut Option<_>| {
+            if cfg.prealloc && ram.is_none() {
+                match kemari_board::receiver_ram(true, memory) {
+                    Ok(fresh) => *ram = fresh,
+                    Err(e) => kemari_board::say!("{e}; the next sender's pages fault in as they arrive"),
+                }
+            }
+        };
         if let Some((peer, outcome)) = &receiving {
             match outcome.try_recv() {
                 Ok(Ok(mut m)) => {
@@ -693,13 +711,13 @@ fn receive(
                 Ok(Err(e)) => {
                     refuse(peer, e.to_string());
                     receiving = None;
-                    incoming.refill_ram();
+                    refill(&mut ram);
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     refuse(peer, "the receiving thread failed".into());
                     receiving = None;
-                    incoming.refill_ram();
+                    refill(&mut ram);
                 }
             }
         }
@@ -707,14 +725,16 @@ fn receive(
             None => {}
             Some(Arrival::Refused { peer, why }) => refuse(&peer, why),
             Some(Arrival::Sender(sender)) if receiving.is_some() => {
-                refuse(&sender.peer, "another sender's migration is being received".into());
+                let why = "another sender's migration is being received";
+                refuse(&sender.peer, why.into());
+                sender.refuse(why);
             }
             Some(Arrival::Sender(sender)) => {
                 let (tx, rx) = std::sync::mpsc::channel();
                 let peer = sender.peer.clone();
-                let (ram, cfg, wake) = (incoming.take_ram(), cfg.clone(), console.waker());
+                let (ram, cfg, wake) = (ram.take(), cfg.clone(), console.waker());
                 let spawned = std::thread::Builder::new().name("mig-receive".into()).spawn(move || {
-                    let _ = tx.send(sender.receive(ram, &cfg, Box::new(std::io::stdout()), wake));
+                    let _ = tx.send(sender.receive(|shape| empty_machine(&cfg, shape, ram, wake)));
                 });
                 match spawned {
                     Ok(_) => receiving = Some((peer, rx)),
@@ -832,10 +852,7 @@ fn restore(args: RestoreArgs) -> ExitCode {
     };
     let console = console::Console::start();
     match Machine::restore(&cfg, &bytes, Box::new(std::io::stdout()), console.waker()) {
-        Ok(mut m) => {
-            m.link_security = security;
-            drive(m, console, args.devices.api.as_deref(), None, false)
-        }
+        Ok(m) => drive(m, console, args.devices.api.as_deref(), Driving::Standalone(security), false),
         Err(e) => {
             kemari_board::say!("cannot restore {}: {e}", path.display());
             ExitCode::from(2)
@@ -876,13 +893,19 @@ fn ctl(args: CtlArgs) -> ExitCode {
     }
 }
 
-/// Runs a built machine with the console (and the control API, if asked for) until it ends; with `primary`
-/// as the active node of a protected pair.
+/// How a node runs its machine: on its own (live-migrating over a link of this security, if any), or as the
+/// active node of a protected pair.
+enum Driving {
+    Standalone(Option<kemari_transport::Security>),
+    Primary(kemari_replication::primary::PrimaryConfig),
+}
+
+/// Runs a built machine in the runtime, with the console (and the control API, if asked for), until it ends.
 fn drive(
     mut machine: Machine,
     console: console::Console,
     api: Option<&std::path::Path>,
-    primary: Option<kemari_replication::primary::PrimaryConfig>,
+    driving: Driving,
     api_served: bool,
 ) -> ExitCode {
     if let Some(path) = api.filter(|_| !api_served) {
@@ -891,17 +914,21 @@ fn drive(
             return ExitCode::from(2);
         }
     }
-    let outcome = match primary {
-        None => machine.run(console.input()),
-        Some(p) => match kemari_replication::primary::run(&mut machine, console.input(), p) {
-            kemari_replication::primary::Ended::Machine(outcome) => outcome,
-            kemari_replication::primary::Ended::Fenced(why) => {
-                drop(console);
-                kemari_board::say!("fenced: {why}; this copy stops without releasing its held outputs");
-                // Leave at once: nothing held may leave through a destructor.
-                std::process::exit(EXIT_FENCED.into());
-            }
-        },
+    let ended = match driving {
+        Driving::Standalone(link_security) => {
+            let cfg = kemari_runtime::Config { wake: console.waker(), link_security };
+            kemari_runtime::run(&mut machine, console.input(), &mut kemari_runtime::Standalone, cfg)
+        }
+        Driving::Primary(p) => kemari_replication::primary::run(&mut machine, console.input(), p),
+    };
+    let outcome = match ended {
+        kemari_runtime::Ended::Machine(outcome) => outcome,
+        kemari_runtime::Ended::Fenced(why) => {
+            drop(console);
+            kemari_board::say!("fenced: {why}; this copy stops without releasing its held outputs");
+            // Leave at once: nothing held may leave through a destructor.
+            std::process::exit(EXIT_FENCED.into());
+        }
     };
     drop(console);
     if let Some(path) = api {

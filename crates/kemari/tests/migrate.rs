@@ -100,17 +100,20 @@ fn message(kind: u8, payload: &[u8]) -> Vec<u8> {
     m
 }
 
-/// A HELLO of protocol `version` for a 1-hart machine of `mib` MiB.
+/// A HELLO of protocol `version` for a 1-hart machine of `mib` MiB (from version 3 on, an x86-64 one).
 fn hello(version: u32, mib: u64) -> Vec<u8> {
     let mut p = b"KMIG".to_vec();
     p.extend_from_slice(&version.to_le_bytes());
     p.extend_from_slice(&1u32.to_le_bytes());
     p.extend_from_slice(&(mib << 20).to_le_bytes());
+    if version >= 3 {
+        p.extend_from_slice(b"X64_");
+    }
     message(1, &p)
 }
 
-/// Hostile senders (a protocol from the future, another machine size, a page stream that fails its checksum,
-/// one that stops mid-message) are each refused with a message saying why, and the receiver (which
+/// Hostile senders (a protocol from the future, another architecture or machine size, a page stream that fails
+/// its checksum, one that stops mid-message) are each refused with a message saying why, and the receiver (which
 /// preallocates its RAM) stays there, its control API telling what it waits for and what it refused: a real
 /// migration to it afterwards works, and no page of a refused stream leaks into the migrated guest (it would
 /// show as a crash or a wrong counter). The link is plaintext here: this is the protocol's own defence (what
@@ -143,9 +146,10 @@ fn a_receiver_refuses_hostile_streams_then_takes_a_real_migration() {
     cut.extend_from_slice(&message(2, &[0u8; 4096])[..2000]);
     // Each is refused, and the sender is told why (REFUSE and the reason), except a sender of protocol version
     // 1, which knows no REFUSE: the receiver still takes such senders, and answers them as version 1 did.
-    let cases: [(&str, Vec<u8>, &str, bool); 6] = [
+    let cases: [(&str, Vec<u8>, &str, bool); 7] = [
         ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec(), "not a kemari migration stream", true),
-        ("future version", hello(99, 256), "protocol version 99, this kemari speaks 1 to 2", true),
+        ("future version", hello(99, 256), "protocol version 99, this kemari speaks 1 to 3", true),
+        ("other architecture", hello(3, 256), "the sender runs a x86-64 machine, this receiver riscv64", true),
         ("other size", hello(2, 64), "has 64 MiB of RAM, this receiver was given --memory 256", true),
         ("bad checksum", bad_pages(2), "checksum", true),
         ("bad checksum, version 1", bad_pages(1), "checksum", false),
@@ -171,7 +175,7 @@ fn a_receiver_refuses_hostile_streams_then_takes_a_real_migration() {
         }
     }
     let (ok, status) = ctl(&receiver_api, &["status"]);
-    assert!(ok && status.contains("\"role\":\"incoming\"") && status.contains("\"refused\":6"), "{status}");
+    assert!(ok && status.contains("\"role\":\"incoming\"") && status.contains("\"refused\":7"), "{status}");
     assert!(status.contains("\"last_refusal\":\"network"), "{status}");
     let (ok, said) = ctl(&receiver_api, &["pause"]);
     assert!(!ok && said.contains("no guest runs here yet"), "{said}");

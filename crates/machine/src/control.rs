@@ -53,7 +53,7 @@ pub fn serve_without_guest(
 }
 
 /// Fault-tolerance status as the replication driver reports it (plain data: a machine knows nothing of
-/// replication; the driver installs a report with [`crate::Machine::set_protection`]).
+/// replication; the runtime asks its driver for it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Protection {
     /// "primary", "secondary" or "standalone".

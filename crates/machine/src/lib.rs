@@ -9,6 +9,8 @@
 //! - **Quiesced between rounds.** [`Machine::step_round`] returns with every CPU stopped at an instruction
 //!   boundary and device work done; everything else here is called only then. Its return is the
 //!   acknowledgement that the machine is paused (a hardware engine kicks its vCPU threads out and waits).
+//!   A machine never reads the runtime's events: console input arrives through [`Machine::push_input`], and
+//!   a round whose CPUs all wait says how long they may sleep ([`Round::Idle`]); the runtime does the waiting.
 //! - **Exact dirty log.** [`Machine::take_dirty`] returns every RAM page written since the last call, by the
 //!   guest, by devices or by the VMM, and starts a new log.
 //! - **One state path.** [`Machine::save`] encodes the whole machine (CPUs, devices, the gate, the pages asked
@@ -19,7 +21,7 @@
 //! Also here, because every driver shares them: guest memory in a state stream (`pages`), the pre-copy of
 //! memory while the guest runs (`precopy`), control requests (`control`) and the log line macro ([`say!`]).
 
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +74,18 @@ pub enum RunOutcome {
     Migrated,
 }
 
+/// What one round did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Round {
+    /// The CPUs ran (or the machine has more to do at once).
+    Ran,
+    /// Every CPU waits: nothing happens in the guest for this long unless input or a device wakes it (the
+    /// runtime sleeps until then, or until an event).
+    Idle(Duration),
+    /// The run ended.
+    Ended(RunOutcome),
+}
+
 /// Which guest pages a save carries.
 pub enum Pages<'a> {
     /// Every non-zero page (a restore starts from zeroed RAM).
@@ -85,9 +99,6 @@ pub enum Pages<'a> {
 #[error("{0}")]
 pub struct Refused(pub String);
 
-/// A fault-tolerance status report, installed by the replication driver (see [`Machine::set_protection`]).
-pub type ProtectionReport = Box<dyn Fn() -> control::Protection + Send>;
-
 /// The seam: what the runtime, migration and replication may do with a machine (see the crate docs for the
 /// contract).
 pub trait Machine {
@@ -100,13 +111,16 @@ pub trait Machine {
     /// Where every effect of the guest waits for its release.
     fn gate(&self) -> &Arc<Mutex<OutputGate>>;
 
-    /// Runs the guest for one round (a slice of every CPU, or until `input` has an event, a device needs the
-    /// VMM, or the longest idle wait passed) and returns quiesced; `Some` when the run ended.
-    fn step_round(&mut self, input: &Receiver<Event>) -> Option<RunOutcome>;
+    /// Runs the guest for one round (a slice of every CPU, or until a device needs the VMM) and returns
+    /// quiesced. Guest time runs from here on (see [`Machine::stop_time`]).
+    fn step_round(&mut self) -> Round;
 
-    /// Longest a round may sleep while every CPU waits (a driver with a deadline shortens it); reset by the
-    /// driver as it needs.
-    fn set_max_idle(&mut self, max: Duration);
+    /// Stops guest time until the next round (the guest is paused, or its state is being saved: a restored
+    /// guest must see no jump).
+    fn stop_time(&mut self);
+
+    /// Instructions the CPUs retired so far (status).
+    fn instructions(&self) -> u64;
 
     /// Pages written since the last call (indices inside RAM); starts a new log.
     fn take_dirty(&mut self) -> Vec<u64> {
@@ -130,9 +144,6 @@ pub trait Machine {
     /// The longest stream `save` can make for a machine of `memory` bytes (a receiver caps what it reads by
     /// it before a byte arrives).
     fn max_state_len(&self) -> u64;
-
-    /// Installs (or removes) the fault-tolerance report a `status` request includes.
-    fn set_protection(&mut self, report: Option<ProtectionReport>);
 
     /// Under protection: every frame the network interfaces receive goes to `sink` as it arrives, numbered the
     /// way the gate counts consumed inputs; `None` stops (see `OutputGate::set_nics_logged_on_arrival`).

@@ -8,7 +8,7 @@
 //! gate like any input and kept in [`FakeMachine::typed`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use kemari_devices::gate::{Effect, Input, OutputGate, Recorder, Source};
 use kemari_memory::{GuestRam, PAGE_SIZE};
 use kemari_state::{Arch, Encoder, Reader, Section, StateError, StateFile, Writer};
 
-use crate::{pages, Event, Machine, Pages, ProtectionReport, Refused, RunOutcome, Shape};
+use crate::{pages, Machine, Pages, Refused, Round, RunOutcome, Shape};
 
 const FAKE: Section = Section { tag: *b"FAKE", version: 1, cap: 8 + 8 + 1024 };
 const GATE: Section = Section { tag: *b"GATE", version: 1, cap: 16 << 20 };
@@ -38,7 +38,6 @@ pub struct FakeMachine {
     pub power_off_at: Option<u64>,
     /// While set, a round does not return (the machine loop hangs, as a stopped process's would).
     pub hang: Arc<AtomicBool>,
-    protection: Option<ProtectionReport>,
     /// Announcements made (after a failover).
     pub announced: usize,
 }
@@ -56,7 +55,6 @@ impl FakeMachine {
             pending: Vec::new(),
             power_off_at: None,
             hang: Arc::default(),
-            protection: None,
             announced: 0,
         }
     }
@@ -116,18 +114,9 @@ impl Machine for FakeMachine {
         &self.gate
     }
 
-    fn step_round(&mut self, input: &Receiver<Event>) -> Option<RunOutcome> {
+    fn step_round(&mut self) -> Round {
         while self.hang.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
-        }
-        // A round takes a millisecond (unless an event comes): the guest is slow, so a test sees few rounds.
-        match input.recv_timeout(ROUND) {
-            Ok(Event::Quit) => return Some(RunOutcome::Quit),
-            Ok(Event::Console(bytes)) => self.pending.extend(bytes),
-            Ok(Event::Control(_, reply)) => {
-                let _ = reply.send(crate::control::Reply::Error("a fake machine serves no requests".into()));
-            }
-            Ok(Event::Wake) | Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
         }
         let mut gate = self.gate.lock().expect("gate lock");
         if !self.pending.is_empty() {
@@ -140,14 +129,22 @@ impl Machine for FakeMachine {
         self.ram.write(self.ram.address_of(page * PAGE_SIZE), &self.counter.to_le_bytes()).expect("page inside RAM");
         // An effect the gate cannot take ends the run like a device error would.
         if let Err(e) = gate.submit(Effect::Console(format!("tick {}\n", self.counter).into_bytes())) {
-            return Some(RunOutcome::Crash(format!("console: {e}")));
+            return Round::Ended(RunOutcome::Crash(format!("console: {e}")));
         }
         drop(gate);
-        (self.power_off_at == Some(self.counter)).then_some(RunOutcome::PowerOff)
+        if self.power_off_at == Some(self.counter) {
+            return Round::Ended(RunOutcome::PowerOff);
+        }
+        // Then the guest waits a millisecond (unless an event comes): it is slow, so a test sees few rounds.
+        Round::Idle(ROUND)
     }
 
-    fn set_max_idle(&mut self, _max: Duration) {
-        // Rounds take a fixed time (ROUND): never longer than any driver's deadline in these tests.
+    fn stop_time(&mut self) {
+        // The counter is the guest's only clock, and it moves only in rounds.
+    }
+
+    fn instructions(&self) -> u64 {
+        self.counter
     }
 
     fn save(&self, which: Pages) -> Result<Vec<u8>, StateError> {
@@ -217,10 +214,6 @@ impl Machine for FakeMachine {
         let section = |s: &Section| 10 + s.cap as u64 + 4;
         24 + [FAKE, GATE, INPT].iter().map(section).sum::<u64>()
             + self.pages().div_ceil(pages::PAGES_PER_SECTION as u64) * section(&pages::PAGS)
-    }
-
-    fn set_protection(&mut self, report: Option<ProtectionReport>) {
-        self.protection = report;
     }
 
     fn log_frames_on_arrival(&mut self, sink: Option<Sender<Input>>) {

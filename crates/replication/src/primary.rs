@@ -1,7 +1,7 @@
 //! The primary: runs the guest, and before any effect leaves the VM brings the secondary up to date.
 //!
-//! The machine loop stays the board's (`Machine::step_round`); between two rounds the machine is quiesced
-//! (harts at instruction boundaries, device work done), which is where this driver checkpoints:
+//! The loop is the runtime's (`kemari_runtime::run`); this is its [`Driver`]. Between two rounds the machine is
+//! quiesced (CPUs at instruction boundaries, device work done), which is where this driver checkpoints:
 //!
 //! ```text
 //!  trigger (policy) → take dirty log → save(dirty pages + whole state + held effects) → queue for the sender
@@ -38,8 +38,11 @@ use std::time::{Duration, Instant};
 
 use kemari_devices::gate::{Effect, Input, OutputGate};
 use kemari_devices::host::Wake;
+use kemari_machine::control::Protection;
 use kemari_machine::precopy::{PageSink, PreCopy};
 use kemari_machine::{Event, Machine, Pages, RunOutcome};
+pub use kemari_runtime::Ended;
+use kemari_runtime::{Driver, MAX_IDLE};
 use kemari_transport::{Channel, Security};
 
 use crate::arbiter::{Arbiter, ArbiterError};
@@ -72,15 +75,6 @@ const WARN_EVERY: Duration = Duration::from_secs(5);
 pub const CONSOLE_QUIET: Duration = Duration::from_millis(2);
 /// ...or at the latest this long after its first byte.
 pub const CONSOLE_BURST: Duration = Duration::from_millis(20);
-
-/// How a protected run ended.
-#[derive(Debug)]
-pub enum Ended {
-    /// The guest's run ended (power-off, crash, quit).
-    Machine(RunOutcome),
-    /// Another node holds the active role: this copy stopped without releasing what it held.
-    Fenced(String),
-}
 
 /// What the primary needs besides the machine.
 pub struct PrimaryConfig {
@@ -313,21 +307,42 @@ pub struct Primary {
     reconnect_delay: Duration,
     /// When the last warning about an unanswering arbiter was printed.
     warned: Option<Instant>,
+    /// How long the runtime may sleep before the next round's work (a pending checkpoint's deadline).
+    max_idle: Duration,
 }
 
-/// Runs the guest as the active node until its run ends or another node is found active.
-pub fn run(machine: &mut dyn Machine, input: &Receiver<Event>, cfg: PrimaryConfig) -> Ended {
-    let mut p = match Primary::start(machine, cfg) {
+/// Runs the guest as the active node, in the runtime with a [`Primary`] as its driver, until its run ends or
+/// another node is found active.
+pub fn run(machine: &mut dyn Machine, events: &Receiver<Event>, cfg: PrimaryConfig) -> Ended {
+    let wake = cfg.wake.clone();
+    let mut p = match Primary::start(cfg) {
         Ok(p) => p,
         Err(why) => return Ended::Fenced(why),
     };
-    loop {
-        if let Some(outcome) = machine.step_round(input) {
-            return p.finish(machine, outcome);
-        }
-        if let Err(why) = p.tick(machine) {
-            return Ended::Fenced(why);
-        }
+    // A protected pair does not live-migrate (see `forbids_migration`): no link credentials needed.
+    kemari_runtime::run(machine, events, &mut p, kemari_runtime::Config { wake, link_security: None })
+}
+
+impl Driver for Primary {
+    fn after_round(&mut self, machine: &mut dyn Machine) -> Result<(), String> {
+        self.tick(machine)
+    }
+
+    fn max_idle(&self) -> Duration {
+        self.max_idle
+    }
+
+    fn finish(&mut self, machine: &mut dyn Machine, outcome: RunOutcome) -> Ended {
+        Primary::finish(self, machine, outcome)
+    }
+
+    fn protection(&self, machine: &dyn Machine) -> Option<Protection> {
+        let held = machine.gate().lock().expect("gate lock").held().count() as u64;
+        Some(self.metrics.lock().expect("metrics lock").report(held))
+    }
+
+    fn forbids_migration(&self) -> Option<String> {
+        Some("this VM is protected by a secondary: live migration of a protected pair is not supported".into())
     }
 }
 
@@ -367,7 +382,7 @@ fn connector(peer: String, security: Security, wake: Wake, delay: Duration) -> R
 }
 
 impl Primary {
-    fn start(machine: &mut dyn Machine, mut cfg: PrimaryConfig) -> Result<Primary, String> {
+    fn start(mut cfg: PrimaryConfig) -> Result<Primary, String> {
         let fence = cfg.arbiter.acquire().map_err(|e| format!("cannot take the active role: {e}"))?;
         let metrics = cfg.metrics.take().unwrap_or_else(|| Metrics::new("primary", "connecting"));
         {
@@ -377,11 +392,6 @@ impl Primary {
             m.peer = cfg.peer.clone().unwrap_or_default();
             m.state = if cfg.peer.is_some() { "connecting" } else { "unprotected" };
         }
-        let (m2, gate) = (metrics.clone(), machine.gate().clone());
-        machine.set_protection(Some(Box::new(move || {
-            let held = gate.lock().expect("gate lock").held().count() as u64;
-            m2.lock().expect("metrics lock").report(held)
-        })));
         let phase = match &cfg.peer {
             Some(peer) => {
                 kemari_machine::say!("the link to the secondary: {}", cfg.security.describe());
@@ -407,6 +417,7 @@ impl Primary {
             sync_bytes: 0,
             reconnect_delay: MIN_RECONNECT,
             warned: None,
+            max_idle: MAX_IDLE,
         })
     }
 
@@ -692,8 +703,8 @@ impl Primary {
             let gate = machine.gate().lock().expect("gate lock");
             (gate.next_seq() - 1, console_burst(&gate, self.covered))
         };
-        let idle = Duration::from_millis(10).min(self.cfg.opts.heartbeat);
-        machine.set_max_idle(idle);
+        let idle = MAX_IDLE.min(self.cfg.opts.heartbeat);
+        self.max_idle = idle;
         if newest <= self.covered {
             // A guest that only takes input: bound the secondary's log.
             if self.inputs_uncovered >= inputs::CHECKPOINT_AFTER {
@@ -724,7 +735,7 @@ impl Primary {
         if wait.is_zero() {
             self.checkpoint(machine)
         } else {
-            machine.set_max_idle(idle.min(wait));
+            self.max_idle = idle.min(wait);
             Ok(())
         }
     }

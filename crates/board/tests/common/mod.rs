@@ -6,8 +6,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use kemari_board::{Event, Machine, MachineConfig};
+use kemari_board::{Event, Machine, MachineConfig, Round, RunOutcome};
 
 /// A console sink that keeps everything written to it.
 #[derive(Clone, Default)]
@@ -59,7 +60,30 @@ pub fn run_until(m: &mut Machine, out: &Capture, rx: &Receiver<Event>, needle: &
         if out.text().contains(needle) {
             return;
         }
-        assert!(m.step_round(rx).is_none(), "guest stopped early:\n{}", out.text());
+        assert!(round(m, rx).is_none(), "guest stopped early:\n{}", out.text());
     }
     panic!("no {needle:?} on the console:\n{}", out.text());
+}
+
+/// One round as the runtime runs it, for tests that drive a machine themselves: console input from `rx`
+/// first, then the round, then its idle wait (cut short by an event). The run's end, if it ended.
+pub fn round(m: &mut Machine, rx: &Receiver<Event>) -> Option<RunOutcome> {
+    let take = |m: &mut Machine, ev: Event| match ev {
+        Event::Console(bytes) => m.push_input(&bytes),
+        Event::Wake => {}
+        _ => panic!("these tests send only console input"),
+    };
+    while let Ok(ev) = rx.try_recv() {
+        take(m, ev);
+    }
+    match m.step_round() {
+        Round::Ran => {}
+        Round::Idle(wait) => {
+            if let Ok(ev) = rx.recv_timeout(wait.min(Duration::from_millis(10))) {
+                take(m, ev);
+            }
+        }
+        Round::Ended(outcome) => return Some(outcome),
+    }
+    None
 }

@@ -1,10 +1,14 @@
-//! Live migration over TCP: full-memory pre-copy while the guest runs, dirty-page rounds until the rest fits
-//! the downtime budget, then stop-and-copy of the whole machine state (the same encoding as snapshots).
+//! Live migration over TCP, through the machine seam only: full-memory pre-copy while the guest runs,
+//! dirty-page rounds until the rest fits the downtime budget, then stop-and-copy of the whole machine state
+//! (the same encoding as snapshots). The sender is part of the runtime's run state ([`Outgoing`], advanced
+//! between rounds); the receiver ([`Incoming`]) waits before any machine exists and builds one of the
+//! sender's shape.
 //!
 //! ```text
 //!  sender                                   receiver (kemari run --incoming ADDR)
-//!  HELLO  "KMIG", version u32, harts u32, memory bytes u64
+//!  HELLO  "KMIG", version u32, harts u32, memory bytes u64, architecture tag [u8; 4] (version 3 on)
 //!                                       ──►  builds an empty machine of that shape
+//!                                      ◄──  READY (empty; version 3 on), or REFUSE (reason)
 //!  PAGES  state stream of PAGS sections ──► writes the pages (repeated: pre-copy, then dirty rounds)
 //!  SYNC   (empty)                       ──► once everything before it is applied:
 //!                                      ◄──  SYNCED (empty)
@@ -14,9 +18,12 @@
 //! ```
 //!
 //! Messages use the framing both kemari protocols share (`kemari_transport::frame`); the receiver caps lengths
-//! and validates payloads like any state stream. Version 2 frames the answers; a receiver still takes a
-//! version 1 sender, answering it as version 1 did (SYNCED and ACK as bare bytes, no REFUSE). The sender stays the active copy until the ACK: any failure before it leaves the guest
-//! running where it was. The stream runs inside the link [`Security`] gives (mutual TLS unless the operator
+//! and validates payloads like any state stream. Version 2 frames the answers. Version 3 names the
+//! architecture (earlier senders are RISC-V ones) and waits for READY before it streams, so that a receiver
+//! that turns it away (another architecture, a shape it cannot build) is heard, not cut off mid-stream. A
+//! receiver still takes a version 1 sender, answering it as version 1 did (SYNCED and ACK as bare bytes, no
+//! REFUSE). The sender stays the active copy until the ACK: any failure before it leaves the guest running
+//! where it was. The stream runs inside the link [`Security`] gives (mutual TLS unless the operator
 //! asked for plaintext): with TLS, a receiver reads nothing from, and a sender sends nothing to, a peer that
 //! is not a node of the same VM.
 
@@ -26,15 +33,13 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kemari_memory::GuestRam;
+use kemari_machine::control::Reply;
+pub use kemari_machine::precopy::{PageSink, PreCopy, Progress};
+use kemari_machine::{Arch, Machine, Pages, Shape};
 use kemari_transport::frame::{self, FrameError, Protocol};
-pub use kemari_transport::Deadline;
 use kemari_transport::{Channel, Introduction, Security};
 
-use crate::control::Reply;
-use crate::machine::{receiver_ram, BuildError, Machine, MachineConfig, RunOutcome};
-use crate::persist::{Pages, RestoreError};
-pub use kemari_machine::precopy::{PageSink, PreCopy, Progress};
+use crate::Wake;
 
 const HELLO: u8 = 1;
 const PAGES: u8 = 2;
@@ -42,9 +47,12 @@ const FINAL: u8 = 3;
 const ACK: u8 = 4;
 const SYNC: u8 = 5;
 const SYNCED: u8 = 5;
+const READY: u8 = 6;
 /// The migration protocol's HELLO preamble and version window. 1: as drawn above, answers as bare bytes.
-/// 2: answers framed, REFUSE.
-const PROTOCOL: Protocol = Protocol { name: "migration", magic: *b"KMIG", versions: 1..=2 };
+/// 2: answers framed, REFUSE. 3: the HELLO ends with the architecture.
+const PROTOCOL: Protocol = Protocol { name: "migration", magic: *b"KMIG", versions: 1..=3 };
+/// The architecture of a sender before version 3.
+const FIRST_ARCH: Arch = Arch::Riscv64;
 /// How long the sender waits for the receiver to acknowledge the final state.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a sender has for its whole HELLO (an idle or trickling connection is refused after it).
@@ -53,6 +61,8 @@ const HELLO_WITHIN: Duration = Duration::from_secs(5);
 const SENDER_SILENCE: Duration = Duration::from_secs(30);
 /// How long the sender waits for the TCP connection and for the TLS handshake, each.
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+/// How long the sender waits for READY (the receiver builds its machine meanwhile).
+const READY_WITHIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -62,12 +72,14 @@ pub enum MigrateError {
     Protocol(String),
     #[error("{0}")]
     PreCopy(String),
-    #[error(transparent)]
-    Restore(#[from] RestoreError),
-    #[error(transparent)]
-    Build(#[from] BuildError),
+    /// The sender's state, which this machine refused.
+    #[error("{0}")]
+    Invalid(String),
+    /// No machine of the sender's shape could be built here.
+    #[error("{0}")]
+    Build(String),
     #[error("the machine state cannot be encoded: {0}")]
-    Save(kemari_state::StateError),
+    Save(kemari_machine::StateError),
     #[error(transparent)]
     Link(#[from] kemari_transport::TlsError),
     #[error("network: {0}")]
@@ -108,6 +120,16 @@ fn answer(stream: &mut dyn Read, kind: u8, to: &str) -> Result<(), MigrateError>
     }
 }
 
+/// Why the receiver closed a stream a write to it failed with `e`: its refusal, when it sent one (a receiver
+/// that turns a sender away says why, then closes), else the network error.
+fn why_closed(link: &mut Channel, e: io::Error) -> String {
+    let _ = link.socket.set_read_timeout(Some(Duration::from_secs(1)));
+    match frame::receive(&mut link.reader, 0) {
+        Err(FrameError::Refused(why)) => format!("the receiver refused: {why}"),
+        _ => format!("network: {e}"),
+    }
+}
+
 /// The migration stream, shared by the pre-copy thread (its sink) and the machine loop (the final state):
 /// one at a time.
 type Stream = Arc<Mutex<Channel>>;
@@ -121,7 +143,8 @@ struct StreamSink(Stream);
 
 impl PageSink for StreamSink {
     fn send(&mut self, batch: &[u8]) -> Result<(), String> {
-        send(&mut lock(&self.0).writer, PAGES, batch).map_err(|e| format!("network: {e}"))
+        let mut link = lock(&self.0);
+        send(&mut link.writer, PAGES, batch).map_err(|e| why_closed(&mut link, e))
     }
 
     fn sync(&mut self) -> Result<(), String> {
@@ -131,7 +154,8 @@ impl PageSink for StreamSink {
     }
 }
 
-pub(crate) struct Migration {
+/// A live migration from this node under way: the runtime's run state while it lasts.
+pub struct Outgoing {
     to: String,
     budget: Duration,
     /// The connection and handshake, made on a thread of their own (the guest runs meanwhile): the link, or
@@ -139,151 +163,139 @@ pub(crate) struct Migration {
     connecting: Option<mpsc::Receiver<Result<Channel, MigrateError>>>,
     /// Set once connected.
     stream: Option<Stream>,
-    pub(crate) copy: Option<PreCopy>,
+    copy: Option<PreCopy>,
+    wake: Wake,
     reply: Sender<Reply>,
-    /// The user had paused the guest before migrating: a failed migration leaves it paused.
-    was_paused: bool,
+    /// The guest was paused when the migration started: a failed migration leaves it paused.
+    pub(crate) was_paused: bool,
+    /// The guest does not run meanwhile (paused before, or since).
+    pub(crate) paused: bool,
 }
 
-impl Migration {
-    /// Starts connecting to the receiver at `to`; the pre-copy starts once the link is up.
-    pub(crate) fn start(
-        m: &Machine,
+/// What a step of a migration came to.
+pub enum Step {
+    /// Still under way.
+    Going,
+    /// The receiver acknowledged the final state: it runs the guest now, this copy must not run again.
+    Done,
+    /// It failed before the receiver could run the guest: the guest carries on here (unless it was paused).
+    Failed,
+    /// The final state left but no acknowledgement came: the receiver may be running the guest. The guest
+    /// stays paused here, so that at most one copy runs; the user decides.
+    Unknown,
+}
+
+impl Outgoing {
+    /// Starts connecting to the receiver at `to` for a machine of `shape`; the pre-copy starts once the link
+    /// is up. `reply` gets the outcome (the `migrate` request's answer).
+    pub fn start(
+        shape: Shape,
+        security: Option<&Security>,
+        wake: Wake,
         to: &str,
         budget: Duration,
         reply: Sender<Reply>,
-    ) -> Result<Migration, MigrateError> {
-        let security = m.link_security.clone().ok_or_else(|| {
+        paused: bool,
+    ) -> Result<Outgoing, MigrateError> {
+        let security = security.cloned().ok_or_else(|| {
             MigrateError::Protocol(
                 "this node has no link credentials: start it with --tls DIR/NODE (or --insecure-plaintext)".into(),
             )
         })?;
         let (tx, connecting) = mpsc::channel();
-        let (addr, wake) = (to.to_string(), m.wake.clone());
-        let mut hello = PROTOCOL.preamble();
-        hello.extend_from_slice(&(m.harts.len() as u32).to_le_bytes());
-        hello.extend_from_slice(&m.ram.size().to_le_bytes());
+        let (addr, wake2) = (to.to_string(), wake.clone());
+        let hello = hello(shape);
         std::thread::Builder::new().name("mig-connect".into()).spawn(move || {
             let _ = tx.send(connect(&addr, &security, &hello));
-            wake();
+            wake2();
         })?;
-        Ok(Migration {
+        Ok(Outgoing {
             to: to.to_string(),
             budget,
             connecting: Some(connecting),
             stream: None,
             copy: None,
+            wake,
             reply,
-            was_paused: m.paused,
+            was_paused: paused,
+            paused,
         })
     }
 
     /// What `status` shows: nothing is sent while connecting.
-    pub(crate) fn progress(&self) -> Progress {
+    pub fn progress(&self) -> Progress {
         self.copy.as_ref().map(|c| c.progress.clone()).unwrap_or_default()
     }
-}
 
-/// Connects to the receiver at `to`, makes the link's handshake and sends the HELLO.
-fn connect(to: &str, security: &Security, hello: &[u8]) -> Result<Channel, MigrateError> {
-    let addr = to.to_socket_addrs()?.next().ok_or_else(|| io::Error::other(format!("{to}: no address")))?;
-    let sock = TcpStream::connect_timeout(&addr, CONNECT_WITHIN)?;
-    sock.set_nodelay(true)?;
-    let mut link = security.connect(sock, CONNECT_WITHIN)?;
-    send(&mut link.writer, HELLO, hello)?;
-    Ok(link)
-}
-
-/// How a stop-and-copy ended.
-enum Switch {
-    /// The receiver acknowledged: it runs the guest now.
-    Done,
-    /// The final state did not leave in full: the receiver cannot run the guest, so it carries on here.
-    Failed(MigrateError),
-    /// The final state left but no acknowledgement came: the receiver may be running the guest. It stays
-    /// paused here, so that at most one copy runs; the user decides.
-    Unknown(MigrateError),
-}
-
-impl Machine {
-    /// Advances a running migration by one step. Returns the run's end once the receiver took over.
-    pub(crate) fn migration_step(&mut self) -> Option<RunOutcome> {
-        let mut mig = self.migration.take()?;
-        if let Some(connecting) = mig.connecting.take() {
+    /// Advances the migration by one step; `m` is quiesced (between rounds).
+    pub fn step(&mut self, m: &mut dyn Machine) -> Step {
+        if let Some(connecting) = self.connecting.take() {
             let started = match connecting.try_recv() {
                 Err(mpsc::TryRecvError::Empty) => {
-                    mig.connecting = Some(connecting);
-                    self.migration = Some(mig);
-                    return None;
+                    self.connecting = Some(connecting);
+                    return Step::Going;
                 }
                 Err(mpsc::TryRecvError::Disconnected) => Err("the connecting thread ended".to_string()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Ok(Ok(link)) => {
                     let stream = Arc::new(Mutex::new(link));
-                    PreCopy::start(self, self.wake.clone(), mig.budget, Box::new(StreamSink(stream.clone())))
+                    PreCopy::start(m, self.wake.clone(), self.budget, Box::new(StreamSink(stream.clone())))
                         .map(|copy| (stream, copy))
                         .map_err(|e| format!("network: {e}"))
                 }
             };
             match started {
-                Ok((stream, copy)) => (mig.stream, mig.copy) = (Some(stream), Some(copy)),
+                Ok((stream, copy)) => (self.stream, self.copy) = (Some(stream), Some(copy)),
                 Err(e) => {
                     // Nothing was sent: the guest goes on as it was.
-                    let _ = mig.reply.send(Reply::Error(format!("cannot migrate to {}: {e}", mig.to)));
-                    return None;
+                    let _ = self.reply.send(Reply::Error(format!("cannot migrate to {}: {e}", self.to)));
+                    return Step::Failed;
                 }
             }
         }
-        let was_paused = mig.was_paused;
-        let copy = mig.copy.as_mut().expect("a connected migration has its pre-copy");
-        let switch = match copy.step(self) {
-            Ok(false) => {
-                self.migration = Some(mig);
-                return None;
-            }
-            // Stop and copy: the machine is quiesced here (between slices).
-            Ok(true) => self.stop_and_copy(mig),
+        let copy = self.copy.as_mut().expect("a connected migration has its pre-copy");
+        let switch = match copy.step(m) {
+            Ok(false) => return Step::Going,
+            // Stop and copy: the machine is quiesced here (between rounds).
+            Ok(true) => self.stop_and_copy(m),
             Err(e) => {
-                let _ = mig.reply.send(Reply::Error(format!("migration failed: {e}")));
-                Switch::Failed(MigrateError::PreCopy(e))
+                let _ = self.reply.send(Reply::Error(format!("migration failed: {e}")));
+                Err((Step::Failed, MigrateError::PreCopy(e)))
             }
         };
         match switch {
-            Switch::Done => Some(RunOutcome::Migrated),
-            Switch::Failed(e) => {
-                // The guest carries on here (unless the user had paused it); the receiver sees the connection
-                // drop and gives up.
-                tracing::warn!("live migration failed: {e}");
-                self.paused = was_paused;
-                if !was_paused {
-                    self.dev.clock.resume();
+            Ok(()) => Step::Done,
+            Err((step, e)) => {
+                // The receiver sees the connection drop and gives up.
+                match step {
+                    Step::Unknown => tracing::warn!(
+                        "live migration: no acknowledgement of the final state ({e}); the guest stays paused"
+                    ),
+                    _ => tracing::warn!("live migration failed: {e}"),
                 }
-                None
-            }
-            Switch::Unknown(e) => {
-                tracing::warn!("live migration: no acknowledgement of the final state ({e}); the guest stays paused");
-                self.paused = true;
-                None
+                step
             }
         }
     }
 
     /// Stops the guest, sends the final state and waits for the receiver's acknowledgement; replies to the
     /// `migrate` request either way.
-    fn stop_and_copy(&mut self, mig: Migration) -> Switch {
-        let Migration { stream, copy, reply, .. } = mig;
-        let (Some(stream), Some(copy)) = (stream, copy) else { unreachable!("stop-and-copy of a connected migration") };
+    fn stop_and_copy(&mut self, m: &mut dyn Machine) -> Result<(), (Step, MigrateError)> {
+        let (Some(stream), Some(copy)) = (self.stream.take(), self.copy.take()) else {
+            unreachable!("stop-and-copy of a connected migration")
+        };
+        let reply = &self.reply;
         let stop = Instant::now();
-        self.dev.clock.pause();
+        m.stop_time();
         let elapsed = copy.elapsed();
         let mut progress = copy.finish();
-        let pages = self.ram.take_dirty();
-        let state = match self.save(Pages::Only(&pages)) {
+        let pages = m.take_dirty();
+        let state = match m.save(Pages::Only(&pages)) {
             Ok(state) => state,
             Err(e) => {
                 // Nothing of the final state left: the guest resumes here.
                 let _ = reply.send(Reply::Error(format!("migration failed: the machine state cannot be encoded: {e}")));
-                return Switch::Failed(MigrateError::Save(e));
+                return Err((Step::Failed, MigrateError::Save(e)));
             }
         };
         // The pre-copy thread is done with the stream.
@@ -291,7 +303,7 @@ impl Machine {
         if let Err(e) = send(&mut stream.writer, FINAL, &state) {
             // Not all of it was handed to the kernel, so the receiver cannot have it all.
             let _ = reply.send(Reply::Error(format!("migration failed: network: {e}")));
-            return Switch::Failed(e.into());
+            return Err((Step::Failed, e.into()));
         }
         let acked = (|| {
             stream.socket.set_read_timeout(Some(ACK_TIMEOUT))?;
@@ -300,7 +312,7 @@ impl Machine {
         if let Err(MigrateError::Refused(why)) = acked {
             // The receiver said it will not run this state: the guest carries on here.
             let _ = reply.send(Reply::Error(format!("migration failed: the receiver refused the final state: {why}")));
-            return Switch::Failed(MigrateError::Refused(why));
+            return Err((Step::Failed, MigrateError::Refused(why)));
         }
         if let Err(e) = acked {
             let _ = reply.send(Reply::Error(format!(
@@ -308,7 +320,7 @@ impl Machine {
                  may be running the guest, so it stays paused here: resume it (kemari ctl resume) only if the \
                  receiver is not running it"
             )));
-            return Switch::Unknown(e);
+            return Err((Step::Unknown, e));
         }
         let downtime = stop.elapsed();
         progress.bytes += state.len() as u64;
@@ -318,8 +330,30 @@ impl Machine {
             total_millis: (elapsed + downtime).as_millis() as u64,
             downtime_micros: downtime.as_micros() as u64,
         });
-        Switch::Done
+        Ok(())
     }
+}
+
+/// The HELLO a sender of a machine of `shape` sends (the newest version).
+fn hello(shape: Shape) -> Vec<u8> {
+    let mut hello = PROTOCOL.preamble();
+    hello.extend_from_slice(&(shape.harts as u32).to_le_bytes());
+    hello.extend_from_slice(&shape.memory.to_le_bytes());
+    hello.extend_from_slice(&shape.arch.tag());
+    hello
+}
+
+/// Connects to the receiver at `to`, makes the link's handshake and sends the HELLO.
+fn connect(to: &str, security: &Security, hello: &[u8]) -> Result<Channel, MigrateError> {
+    let addr = to.to_socket_addrs()?.next().ok_or_else(|| io::Error::other(format!("{to}: no address")))?;
+    let sock = TcpStream::connect_timeout(&addr, CONNECT_WITHIN)?;
+    sock.set_nodelay(true)?;
+    let mut link = security.connect(sock, CONNECT_WITHIN)?;
+    send(&mut link.writer, HELLO, hello)?;
+    link.socket.set_read_timeout(Some(READY_WITHIN))?;
+    answer(&mut link.reader, READY, "the HELLO")?;
+    link.socket.set_read_timeout(None)?;
+    Ok(link)
 }
 
 /// The receiving end of live migration (`kemari run --incoming ADDR`): listens, makes each connection's
@@ -328,25 +362,18 @@ impl Machine {
 /// next sender.
 pub struct Incoming {
     local: SocketAddr,
-    arrivals: mpsc::Receiver<Introduction<Shape>>,
+    arrivals: mpsc::Receiver<Introduction<Announced>>,
     /// Accepting goes on while this lives.
     _accepting: kemari_transport::Introductions,
-    expect_memory_mib: Option<u64>,
-    prealloc: bool,
-    /// RAM of the expected size, being faulted in while we wait (--prealloc); untouched until a sender is
-    /// accepted.
-    ram: Option<Arc<GuestRam>>,
 }
 
 /// Introductions (handshake and HELLO) under way at once, at most; more connections are closed at once.
 const MAX_INTRODUCTIONS: usize = 16;
 
-/// The machine a sender announced: harts and memory bytes.
+/// The machine a sender announced, and the protocol version it speaks.
 #[derive(Clone, Copy, Debug)]
-pub struct Shape {
-    pub harts: usize,
-    pub memory: u64,
-    /// The migration protocol version the sender speaks.
+struct Announced {
+    shape: Shape,
     version: u32,
 }
 
@@ -362,24 +389,22 @@ pub enum Arrival {
 pub struct IncomingSender {
     pub peer: String,
     link: Channel,
-    shape: Shape,
+    announced: Announced,
 }
 
 impl Incoming {
-    /// Listens on `addr`. With `prealloc`, maps the guest's RAM (`expect_memory_mib`, which it needs) and faults
-    /// it in while no sender is there yet.
+    /// Listens on `addr` for senders of `arch` machines (of `expect_memory_mib` MiB of RAM, when given).
     pub fn bind(
         addr: &str,
         security: Security,
+        arch: Arch,
         expect_memory_mib: Option<u64>,
-        prealloc: bool,
     ) -> Result<Incoming, MigrateError> {
-        let ram = receiver_ram(prealloc, expect_memory_mib)?;
         let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
         let (tx, arrivals) = mpsc::channel();
         let hello = move |r: &mut dyn Read| {
-            read_hello(r, expect_memory_mib).map_err(|e| match e {
+            read_hello(r, arch, expect_memory_mib).map_err(|e| match e {
                 MigrateError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {
                     format!("protocol: no complete HELLO within {} s", HELLO_WITHIN.as_secs())
                 }
@@ -395,7 +420,7 @@ impl Incoming {
             hello,
             tx,
         )?;
-        Ok(Incoming { local, arrivals, _accepting, expect_memory_mib, prealloc, ram })
+        Ok(Incoming { local, arrivals, _accepting })
     }
 
     /// Where it listens.
@@ -408,104 +433,93 @@ impl Incoming {
     pub fn next(&self, patience: Duration) -> Option<Arrival> {
         let Introduction { peer, outcome } = self.arrivals.recv_timeout(patience).ok()?;
         Some(match outcome {
-            Ok((link, shape)) => {
+            Ok((link, announced)) => {
                 tracing::info!("incoming migration from {peer}");
-                Arrival::Sender(IncomingSender { peer, link, shape })
+                Arrival::Sender(IncomingSender { peer, link, announced })
             }
             Err(why) => Arrival::Refused { peer, why },
         })
     }
-
-    /// The RAM prepared for the next sender (--prealloc), for [`IncomingSender::receive`].
-    pub fn take_ram(&mut self) -> Option<Arc<GuestRam>> {
-        self.ram.take()
-    }
-
-    /// After a refused stream: pages of it may be in the prepared RAM, so the next sender gets fresh RAM.
-    pub fn refill_ram(&mut self) {
-        if self.prealloc && self.ram.is_none() {
-            match receiver_ram(true, self.expect_memory_mib) {
-                Ok(ram) => self.ram = ram,
-                Err(e) => tracing::warn!("{e}; the next sender's pages fault in as they arrive"),
-            }
-        }
-    }
 }
 
 impl IncomingSender {
-    /// Receives the sender's machine (into `ram` when prepared): builds it with the devices of `cfg`, applies
-    /// the pre-copied pages and the final state, acknowledges, announces the guest's MACs, and returns the
-    /// machine ready to run. An error means this sender's stream was refused (nothing of it runs); the next
-    /// sender may come. Runs on any thread.
-    pub fn receive(
-        self,
-        ram: Option<Arc<GuestRam>>,
-        cfg: &MachineConfig,
-        console: Box<dyn Write + Send>,
-        wake: kemari_devices::host::Wake,
-    ) -> Result<Machine, MigrateError> {
-        let IncomingSender { link: Channel { mut reader, mut writer, socket }, shape, .. } = self;
-        let answer = |w: &mut dyn Write, kind: u8| match shape.version {
+    /// The machine the sender announced.
+    pub fn shape(&self) -> Shape {
+        self.announced.shape
+    }
+
+    /// Turns the sender away, telling it why (senders from version 2 on hear it).
+    pub fn refuse(mut self, why: &str) {
+        if self.announced.version >= 2 {
+            let _ = self.link.socket.set_write_timeout(Some(Duration::from_secs(1)));
+            frame::refuse(&mut self.link.writer, why);
+        }
+    }
+
+    /// Receives the sender's machine into the empty one `build` makes of its shape: applies the pre-copied
+    /// pages and the final state, acknowledges, announces the guest's MACs, and returns the machine ready to
+    /// run. An error means this sender's stream was refused (nothing of it runs); the next sender may come.
+    /// Runs on any thread.
+    pub fn receive<M: Machine>(self, build: impl FnOnce(Shape) -> Result<M, String>) -> Result<M, MigrateError> {
+        let IncomingSender { link: Channel { mut reader, mut writer, socket }, announced, .. } = self;
+        let answer = |w: &mut dyn Write, kind: u8| match announced.version {
             1 => w.write_all(&[kind]),
             _ => send(w, kind, &[]),
         };
-        let received = Self::stream(&mut reader, &mut *writer, &socket, shape, ram, cfg, console, wake, answer);
+        let received = (|| -> Result<M, MigrateError> {
+            socket.set_read_timeout(Some(SENDER_SILENCE))?;
+            let mut m = build(announced.shape).map_err(MigrateError::Build)?;
+            if announced.version >= 3 {
+                send(&mut *writer, READY, &[])?;
+            }
+            stream(&mut reader, &mut *writer, &mut m, answer)?;
+            Ok(m)
+        })();
         if let Err(e) = &received {
-            if shape.version >= 2 {
+            if announced.version >= 2 {
                 let _ = socket.set_write_timeout(Some(Duration::from_secs(1)));
                 frame::refuse(&mut writer, &e.to_string());
             }
         }
         received
     }
-
-    /// The stream after the HELLO, up to the acknowledgement of the final state.
-    #[allow(clippy::too_many_arguments)]
-    fn stream(
-        reader: &mut dyn Read,
-        writer: &mut dyn Write,
-        socket: &TcpStream,
-        shape: Shape,
-        ram: Option<Arc<GuestRam>>,
-        cfg: &MachineConfig,
-        console: Box<dyn Write + Send>,
-        wake: kemari_devices::host::Wake,
-        answer: impl Fn(&mut dyn Write, u8) -> io::Result<()>,
-    ) -> Result<Machine, MigrateError> {
-        socket.set_read_timeout(Some(SENDER_SILENCE))?;
-        let max = crate::persist::max_state_len(shape.memory);
-        let cfg = MachineConfig { harts: shape.harts, memory_mib: shape.memory >> 20, ..cfg.clone() };
-        let mut m = match ram {
-            Some(ram) => Machine::empty_on(ram, &cfg, console, wake)?,
-            None => Machine::build(&cfg, console, wake, false)?,
-        };
-        let mut payload = Vec::new();
-        loop {
-            let kind = receive_into(reader, &mut payload, max)?;
-            match kind {
-                PAGES => {
-                    m.restore_pages(&payload).map_err(RestoreError::from)?;
-                }
-                SYNC if payload.is_empty() => answer(writer, SYNCED)?,
-                FINAL => {
-                    m.restore_into(&payload)?;
-                    // From here on this copy runs. Should the acknowledgement not reach the sender, the sender
-                    // keeps its guest paused (it cannot tell whether we run), so there is still one active copy.
-                    if let Err(e) = answer(writer, ACK) {
-                        tracing::warn!("could not acknowledge the final state ({e}); running here anyway");
-                    }
-                    break;
-                }
-                k => return Err(MigrateError::Protocol(format!("unexpected message kind {k}"))),
-            }
-        }
-        m.announce();
-        Ok(m)
-    }
 }
 
-/// Reads and checks a sender's HELLO: protocol, machine shape (the memory size `expect_memory_mib` when given).
-fn read_hello(stream: &mut dyn Read, expect_memory_mib: Option<u64>) -> Result<Shape, MigrateError> {
+/// The stream after the HELLO, up to the acknowledgement of the final state, into `m`.
+fn stream(
+    reader: &mut dyn Read,
+    writer: &mut dyn Write,
+    m: &mut dyn Machine,
+    answer: impl Fn(&mut dyn Write, u8) -> io::Result<()>,
+) -> Result<(), MigrateError> {
+    let max = m.max_state_len();
+    let mut payload = Vec::new();
+    loop {
+        let kind = receive_into(reader, &mut payload, max)?;
+        match kind {
+            PAGES => {
+                m.restore_pages(&payload).map_err(|e| MigrateError::Invalid(format!("invalid state: {e}")))?;
+            }
+            SYNC if payload.is_empty() => answer(writer, SYNCED)?,
+            FINAL => {
+                m.apply_checkpoint(&payload).map_err(|e| MigrateError::Invalid(e.0))?;
+                // From here on this copy runs. Should the acknowledgement not reach the sender, the sender keeps
+                // its guest paused (it cannot tell whether we run), so there is still one active copy.
+                if let Err(e) = answer(writer, ACK) {
+                    tracing::warn!("could not acknowledge the final state ({e}); running here anyway");
+                }
+                break;
+            }
+            k => return Err(MigrateError::Protocol(format!("unexpected message kind {k}"))),
+        }
+    }
+    m.announce();
+    Ok(())
+}
+
+/// Reads and checks a sender's HELLO: protocol, machine shape (the architecture `arch`, the memory size
+/// `expect_memory_mib` when given).
+fn read_hello(stream: &mut dyn Read, arch: Arch, expect_memory_mib: Option<u64>) -> Result<Announced, MigrateError> {
     let not_kemari = || MigrateError::Protocol("not a kemari migration stream (no HELLO first)".into());
     let (kind, hello) = match frame::receive(stream, 64) {
         Ok(m) => m,
@@ -520,9 +534,23 @@ fn read_hello(stream: &mut dyn Read, expect_memory_mib: Option<u64>) -> Result<S
         true => not_kemari(),
         false => MigrateError::Protocol(why),
     })?;
-    let (Some(harts), Some(memory), []) = (rest.u32(), rest.u64(), rest.rest()) else {
-        return Err(MigrateError::Protocol(format!("HELLO of {} bytes, expected 20", hello.len())));
+    let (Some(harts), Some(memory)) = (rest.u32(), rest.u64()) else {
+        return Err(MigrateError::Protocol(format!("HELLO of {} bytes, too short", hello.len())));
     };
+    let sent = match version {
+        1 | 2 => Some(FIRST_ARCH),
+        _ => rest.take(4).and_then(|t| Arch::from_tag(t.try_into().expect("4 bytes"))),
+    };
+    let (Some(sent), []) = (sent, rest.rest()) else {
+        let expected = if version >= 3 { 24 } else { 20 };
+        return Err(MigrateError::Protocol(format!(
+            "HELLO of {} bytes, expected {expected} with a known architecture",
+            hello.len()
+        )));
+    };
+    if sent != arch {
+        return Err(MigrateError::Protocol(format!("the sender runs a {sent} machine, this receiver {arch}")));
+    }
     if memory % (1 << 20) != 0 {
         return Err(MigrateError::Protocol(format!("memory size {memory} is not whole MiB")));
     }
@@ -532,5 +560,5 @@ fn read_hello(stream: &mut dyn Read, expect_memory_mib: Option<u64>) -> Result<S
             memory >> 20
         )));
     }
-    Ok(Shape { harts: harts as usize, memory, version })
+    Ok(Announced { shape: Shape { arch: sent, harts: harts as usize, memory }, version })
 }
