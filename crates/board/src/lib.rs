@@ -10,7 +10,6 @@
 
 pub mod clint;
 pub mod console;
-pub mod control;
 pub mod fdt;
 pub mod hart;
 pub mod layout;
@@ -25,6 +24,6 @@ pub mod uart;
 pub use kemari_engine::Engine;
 pub use kemari_machine::{log, say};
 pub use machine::{
-    check_shape, receiver_ram, BuildError, DiskConfig, Event, Machine, MachineConfig, NetConfig, Round, RunOutcome,
+    check_shape, receiver_ram, BuildError, DiskConfig, Machine, MachineConfig, NetConfig, Round, RunOutcome,
 };
 pub use persist::ARCH;

@@ -143,7 +143,7 @@ pub fn receiver_ram(prealloc: bool, memory_mib: Option<u64>) -> Result<Option<Ar
     Ok(Some(ram))
 }
 
-pub use kemari_machine::{Event, Round, RunOutcome};
+pub use kemari_machine::{Round, RunOutcome};
 
 /// Guest time: a monotonic host clock in timebase ticks, plus an offset so that a restored guest continues.
 #[derive(Clone, Debug)]
@@ -574,16 +574,13 @@ impl Machine {
     /// the guest when the primary dies is replayed too; see `tap::RxQueue::log_arrivals`). The frames waiting
     /// now go first. `None` stops, and the gate logs frames when they are consumed again. Between rounds only
     /// (the consumed counts must not move meanwhile).
-    pub fn log_frames_on_arrival(&mut self, sink: Option<std::sync::mpsc::Sender<Input>>) {
+    pub fn log_frames_on_arrival(&mut self, sink: Option<kemari_machine::InputSink>) {
         let mut gate = self.dev.gate.lock().expect("gate lock");
         gate.set_nics_logged_on_arrival(sink.is_some());
         for (n, rx) in self.dev.nic_rx.iter().enumerate() {
             let source = Source::Nic(n);
-            let report = sink.clone().map(|tx| -> kemari_devices::tap::ArrivalSink {
-                Box::new(move |seq, frame| {
-                    // The receiver gone (the session ended) loses nothing the guest needs.
-                    let _ = tx.send(Input { source, seq, bytes: frame.to_vec() });
-                })
+            let report = sink.clone().map(|sink| -> kemari_devices::tap::ArrivalSink {
+                Arc::new(move |seq, bytes| sink(Input { source, seq, bytes }))
             });
             rx.log_arrivals(gate.consumed(source), report);
         }

@@ -1,11 +1,10 @@
 //! The RISC-V board behind the machine seam (`kemari_machine::Machine`): the only way the runtime, migration
 //! and replication reach it.
 
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use kemari_devices::gate::{Input, OutputGate};
-use kemari_machine::{Pages, Refused, Round, Shape};
+use kemari_machine::{InputSink, Pages, Refused, Round, Shape};
 use kemari_memory::GuestRam;
 use kemari_state::StateError;
 
@@ -52,7 +51,7 @@ impl kemari_machine::Machine for Machine {
         crate::persist::max_state_len(self.ram.size())
     }
 
-    fn log_frames_on_arrival(&mut self, sink: Option<Sender<Input>>) {
+    fn log_frames_on_arrival(&mut self, sink: Option<InputSink>) {
         Machine::log_frames_on_arrival(self, sink)
     }
 

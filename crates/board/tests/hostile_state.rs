@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use kemari_board::persist::{peek_shape, Pages};
-use kemari_board::{Event, Machine, MachineConfig};
+use kemari_board::{Machine, MachineConfig};
+use kemari_runtime::Event;
 use kemari_state::{Arch, Section, StateFile, Writer, FORMAT_VERSION, MAGIC};
 
 mod common;

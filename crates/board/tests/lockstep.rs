@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use kemari_board::machine::GuestClock;
-use kemari_board::{Engine, Event, Machine, Round};
+use kemari_board::{Engine, Machine, Round};
+use kemari_runtime::Event;
 
 /// Guest time per round: 100 µs (a round is a slice of every hart, about that long on the interpreter).
 const TICKS_PER_ROUND: u64 = 1_000;

@@ -5,7 +5,8 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 
 use kemari_board::persist::Pages;
-use kemari_board::{Event, Machine, MachineConfig};
+use kemari_board::{Machine, MachineConfig};
+use kemari_runtime::Event;
 
 mod common;
 use common::{guest_config, round, run_until, Capture};

@@ -290,8 +290,9 @@ fn reader(tap: File, stop: OwnedFd, shared: Arc<Shared>, wake: Wake, name: &str)
 }
 
 /// Where a queue reports each frame it accepts, with the frame's number (the input log under protection: see
-/// [`RxQueue::log_arrivals`]). Called with the queue locked: it must not block.
-pub type ArrivalSink = Box<dyn FnMut(u64, &[u8]) + Send>;
+/// [`RxQueue::log_arrivals`]). Called on the tap's reader thread once the frame is queued, outside the queue's
+/// lock (the guest takes frames meanwhile), in the frames' order: it must not block.
+pub type ArrivalSink = Arc<dyn Fn(u64, Vec<u8>) + Send + Sync>;
 
 struct Arrivals {
     /// The number of the next frame accepted.
@@ -325,11 +326,17 @@ impl Shared {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        if let Some(a) = &mut q.arrivals {
-            (a.sink)(a.next, &frame);
-            a.next += 1;
-        }
-        q.frames.push_back(frame);
+        let Some(a) = &mut q.arrivals else {
+            q.frames.push_back(frame);
+            return true;
+        };
+        // Numbered here, in queue order; reported once the guest may take it (one reader per queue keeps the
+        // reports in that order).
+        let (seq, sink) = (a.next, a.sink.clone());
+        a.next += 1;
+        q.frames.push_back(frame.clone());
+        drop(q);
+        sink(seq, frame);
         true
     }
 }
@@ -405,10 +412,10 @@ impl RxQueue {
     /// primary dies is replayed too.
     pub fn log_arrivals(&self, consumed: u64, sink: Option<ArrivalSink>) {
         let mut q = self.shared.lock();
-        q.arrivals = sink.map(|mut sink| {
+        q.arrivals = sink.map(|sink| {
             let mut next = consumed + 1;
             for f in &q.frames {
-                sink(next, f);
+                sink(next, f.clone());
                 next += 1;
             }
             Arrivals { next, sink }
@@ -440,7 +447,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         // Five frames consumed before: "a", waiting, is number 6.
-        q.log_arrivals(5, Some(Box::new(move |n, f| s.lock().unwrap().push((n, f.to_vec())))));
+        q.log_arrivals(5, Some(Arc::new(move |n, f| s.lock().unwrap().push((n, f)))));
         q.push(b"b".to_vec());
         assert_eq!(q.pop(), Some(b"a".to_vec()));
         q.push(b"c".to_vec());

@@ -37,8 +37,8 @@ use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kemari_board::control::{Reply, Request};
-use kemari_board::Event;
+use kemari_runtime::control::{Reply, Request};
+use kemari_runtime::Event;
 use serde::{Deserialize, Serialize};
 
 /// Longest request line accepted.

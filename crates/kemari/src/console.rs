@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use kemari_devices::host::Wake;
 
-use kemari_board::Event;
+use kemari_runtime::Event;
 
 const CTRL_A: u8 = 0x01;
 

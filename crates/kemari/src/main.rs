@@ -650,10 +650,8 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// `run --incoming`: waits for a sender until one migrates its guest here (a refused stream is reported and
-/// the next sender awaited), answering the control API meanwhile, also while a sender's stream is received
-/// (on a thread of its own), and keeping what is typed for the guest. Returns the exit code instead when
-/// listening fails (2) or the user quits (0).
+/// `run --incoming`: the machine a sender migrates here (see `kemari_runtime::migrate::receive_guest`), or the
+/// exit code when listening fails (2) or the user quits (0).
 fn receive(
     addr: &str,
     security: kemari_transport::Security,
@@ -661,88 +659,22 @@ fn receive(
     cfg: &MachineConfig,
     console: &console::Console,
 ) -> Result<Machine, ExitCode> {
-    use kemari_board::control::{serve_without_guest, Reply};
-    use kemari_runtime::migrate::{Arrival, Incoming, MigrateError};
-    let cannot = |e: &dyn std::fmt::Display| {
-        kemari_board::say!("cannot receive a migration on {addr}: {e}");
-        ExitCode::from(2)
+    let incoming =
+        kemari_runtime::migrate::Incoming::bind(addr, security, kemari_board::ARCH, memory).map_err(|e| {
+            kemari_board::say!("cannot receive a migration on {addr}: {e}");
+            ExitCode::from(2)
+        })?;
+    let (cfg, wake) = (cfg.clone(), console.waker());
+    let prepare = move || {
+        // With --prealloc, the guest's RAM is mapped and faulted in while no sender is there yet.
+        let ram = kemari_board::receiver_ram(cfg.prealloc, memory).unwrap_or_else(|e| {
+            kemari_board::say!("{e}; the sender's pages fault in as they arrive");
+            None
+        });
+        let (cfg, wake) = (cfg.clone(), wake.clone());
+        move |shape| empty_machine(&cfg, shape, ram, wake)
     };
-    // With --prealloc, the guest's RAM is mapped and faulted in while no sender is there yet.
-    let mut ram = kemari_board::receiver_ram(cfg.prealloc, memory).map_err(|e| cannot(&e))?;
-    let incoming = Incoming::bind(addr, security, kemari_board::ARCH, memory).map_err(|e| cannot(&e))?;
-    let listen = incoming.local_addr().to_string();
-    kemari_board::say!("waiting for an incoming migration on {listen}");
-    let (mut typed, mut refused, mut last_refusal) = (Vec::new(), 0, None);
-    // The sender whose stream is being received, and where its outcome comes.
-    let mut receiving: Option<(String, std::sync::mpsc::Receiver<Result<Machine, MigrateError>>)> = None;
-    loop {
-        let status = || Reply::Incoming {
-            listen: listen.clone(),
-            refused,
-            last_refusal: last_refusal.clone(),
-            receiving_from: receiving.as_ref().map(|(peer, _)| peer.clone()),
-        };
-        let refusal = format!("no guest runs here yet: waiting for an incoming migration on {listen}");
-        if serve_without_guest(console.input(), &mut typed, status, &refusal).is_break() {
-            kemari_board::say!("quit");
-            return Err(ExitCode::SUCCESS);
-        }
-        let mut refuse = |peer: &str, why: String| {
-            kemari_board::say!("incoming migration refused: {why} (from {peer}); waiting for the next sender");
-            refused += 1;
-            last_refusal = Some(why);
-        };
-        // After a refused stream: pages of it may be in the prepared RAM, so the next sender gets fresh RAM.
-        let refill = |ram: &mut Option<_>| {
-            if cfg.prealloc && ram.is_none() {
-                match kemari_board::receiver_ram(true, memory) {
-                    Ok(fresh) => *ram = fresh,
-                    Err(e) => kemari_board::say!("{e}; the next sender's pages fault in as they arrive"),
-                }
-            }
-        };
-        if let Some((peer, outcome)) = &receiving {
-            match outcome.try_recv() {
-                Ok(Ok(mut m)) => {
-                    kemari_board::say!("migration from the sender complete; running here");
-                    m.push_input(&typed);
-                    return Ok(m);
-                }
-                Ok(Err(e)) => {
-                    refuse(peer, e.to_string());
-                    receiving = None;
-                    refill(&mut ram);
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => {}
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    refuse(peer, "the receiving thread failed".into());
-                    receiving = None;
-                    refill(&mut ram);
-                }
-            }
-        }
-        match incoming.next(std::time::Duration::from_millis(20)) {
-            None => {}
-            Some(Arrival::Refused { peer, why }) => refuse(&peer, why),
-            Some(Arrival::Sender(sender)) if receiving.is_some() => {
-                let why = "another sender's migration is being received";
-                refuse(&sender.peer, why.into());
-                sender.refuse(why);
-            }
-            Some(Arrival::Sender(sender)) => {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let peer = sender.peer.clone();
-                let (ram, cfg, wake) = (ram.take(), cfg.clone(), console.waker());
-                let spawned = std::thread::Builder::new().name("mig-receive".into()).spawn(move || {
-                    let _ = tx.send(sender.receive(|shape| empty_machine(&cfg, shape, ram, wake)));
-                });
-                match spawned {
-                    Ok(_) => receiving = Some((peer, rx)),
-                    Err(e) => refuse(&peer, format!("cannot start receiving: {e}")),
-                }
-            }
-        }
-    }
+    kemari_runtime::migrate::receive_guest(&incoming, console.input(), prepare).ok_or(ExitCode::SUCCESS)
 }
 
 /// One progress report of a running migration: on a terminal a bar redrawn in place (the full pass, then the
@@ -827,7 +759,7 @@ fn migrate(args: MigrateArgs) -> ExitCode {
 }
 
 fn restore(args: RestoreArgs) -> ExitCode {
-    let path = args.dir.join(kemari_board::control::SNAPSHOT_STATE);
+    let path = args.dir.join(kemari_runtime::control::SNAPSHOT_STATE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) => {

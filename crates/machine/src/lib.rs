@@ -19,9 +19,8 @@
 //!   through [`Machine::gate`]; a driver decides when the gate releases, never a device.
 //!
 //! Also here, because every driver shares them: guest memory in a state stream (`pages`), the pre-copy of
-//! memory while the guest runs (`precopy`), control requests (`control`) and the log line macro ([`say!`]).
+//! memory while the guest runs (`precopy`) and the log line macro ([`say!`]).
 
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +28,6 @@ pub use kemari_devices::gate::{Input, OutputGate};
 pub use kemari_memory::GuestRam;
 pub use kemari_state::{Arch, StateError};
 
-pub mod control;
 pub mod log;
 pub mod pages;
 pub mod precopy;
@@ -43,18 +41,6 @@ pub struct Shape {
     pub harts: usize,
     /// Bytes of RAM.
     pub memory: u64,
-}
-
-/// Events that reach the runtime loop from other threads.
-pub enum Event {
-    /// Console input.
-    Console(Vec<u8>),
-    /// The user asked to quit (Ctrl-A x).
-    Quit,
-    /// A device has outside work (e.g. a received frame); the loop polls devices.
-    Wake,
-    /// A control API request; the reply goes back on the channel.
-    Control(control::Request, Sender<control::Reply>),
 }
 
 /// How a run ended.
@@ -85,6 +71,10 @@ pub enum Round {
     /// The run ended.
     Ended(RunOutcome),
 }
+
+/// Where frames logged on arrival go (see [`Machine::log_frames_on_arrival`]): called on the thread that
+/// received the frame, in arrival order per interface; it must not block.
+pub type InputSink = Arc<dyn Fn(Input) + Send + Sync>;
 
 /// Which guest pages a save carries.
 pub enum Pages<'a> {
@@ -147,7 +137,7 @@ pub trait Machine {
 
     /// Under protection: every frame the network interfaces receive goes to `sink` as it arrives, numbered the
     /// way the gate counts consumed inputs; `None` stops (see `OutputGate::set_nics_logged_on_arrival`).
-    fn log_frames_on_arrival(&mut self, sink: Option<Sender<Input>>);
+    fn log_frames_on_arrival(&mut self, sink: Option<InputSink>);
 
     /// Drops the frames waiting on the network interfaces; returns how many.
     fn discard_received_frames(&mut self) -> usize;

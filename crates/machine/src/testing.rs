@@ -8,7 +8,6 @@
 //! gate like any input and kept in [`FakeMachine::typed`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use kemari_devices::gate::{Effect, Input, OutputGate, Recorder, Source};
 use kemari_memory::{GuestRam, PAGE_SIZE};
 use kemari_state::{Arch, Encoder, Reader, Section, StateError, StateFile, Writer};
 
-use crate::{pages, Machine, Pages, Refused, Round, RunOutcome, Shape};
+use crate::{pages, InputSink, Machine, Pages, Refused, Round, RunOutcome, Shape};
 
 const FAKE: Section = Section { tag: *b"FAKE", version: 1, cap: 8 + 8 + 1024 };
 const GATE: Section = Section { tag: *b"GATE", version: 1, cap: 16 << 20 };
@@ -216,7 +215,7 @@ impl Machine for FakeMachine {
             + self.pages().div_ceil(pages::PAGES_PER_SECTION as u64) * section(&pages::PAGS)
     }
 
-    fn log_frames_on_arrival(&mut self, sink: Option<Sender<Input>>) {
+    fn log_frames_on_arrival(&mut self, sink: Option<InputSink>) {
         // No network interfaces: no frame ever arrives.
         self.gate.lock().expect("gate lock").set_nics_logged_on_arrival(sink.is_some());
     }

@@ -170,8 +170,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn report(&self) -> kemari_machine::control::DiskComparison {
-        kemari_machine::control::DiskComparison {
+    pub fn report(&self) -> kemari_runtime::control::DiskComparison {
+        kemari_runtime::control::DiskComparison {
             compared_bytes: self.compared.load(Ordering::Relaxed),
             total_bytes: self.total,
             differed_bytes: self.differed.load(Ordering::Relaxed),

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use kemari_machine::control::Protection;
+use kemari_runtime::control::Protection;
 
 /// Pause histogram: buckets of 1/8 of a power of two microseconds, from 1 µs to about 1,000 s.
 const SUB: usize = 8;

@@ -30,19 +30,21 @@
 //! bounded). Any other pending effect (a frame, a block write) triggers as before, taking the console bytes
 //! along.
 
+use std::io::{BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kemari_devices::gate::{Effect, Input, OutputGate};
 use kemari_devices::host::Wake;
-use kemari_machine::control::Protection;
 use kemari_machine::precopy::{PageSink, PreCopy};
-use kemari_machine::{Event, Machine, Pages, RunOutcome};
+use kemari_machine::{Machine, Pages, RunOutcome};
+use kemari_runtime::control::Protection;
 pub use kemari_runtime::Ended;
-use kemari_runtime::{Driver, MAX_IDLE};
+use kemari_runtime::{Driver, Event, MAX_IDLE};
 use kemari_transport::{Channel, Security};
 
 use crate::arbiter::{Arbiter, ArbiterError};
@@ -100,29 +102,72 @@ struct Outgoing {
     body: Arc<Vec<u8>>,
 }
 
-/// A thread that sends the frames logged on arrival (`Machine::log_frames_on_arrival`) to the secondary in
-/// INPUT messages, as many as have come in per message. The tap readers hand them over without waiting (an
-/// unbounded channel: they must never block a queue the guest reads); this thread waits for room on the link.
-/// It ends when the link's queue closes or the returned sender and its clones are dropped.
-fn forward_arrivals(out: SyncSender<Outgoing>) -> std::io::Result<mpsc::Sender<Input>> {
-    let (tx, rx) = mpsc::channel::<Input>();
-    std::thread::Builder::new().name("ft-arrivals".into()).spawn(move || {
-        while let Ok(first) = rx.recv() {
-            let mut bytes = first.bytes.len();
-            let mut batch = vec![first];
-            while bytes < ARRIVALS_PER_MESSAGE {
-                let Ok(next) = rx.try_recv() else { break };
-                bytes += next.bytes.len();
-                batch.push(next);
+/// The link's writer, shared by its sender thread and the tap readers. A frame logged on arrival is written to
+/// the secondary by the tap reader that received it when the link is idle (nobody writes, and the socket's
+/// send queue has room, so the write does not block), microseconds after it reached this host rather than
+/// after two thread handoffs: a request that dies with the primary is one its client resends only after its
+/// retransmission timeout (200 ms). Otherwise the sender thread writes it next to its own messages.
+struct LinkWriter {
+    stream: Mutex<BufWriter<Box<dyn Write + Send>>>,
+    /// Frames logged on arrival and not written yet, in arrival order.
+    arrivals: Mutex<Vec<Input>>,
+    socket: TcpStream,
+}
+
+/// A socket whose send queue holds less than this is idle enough for a tap reader to write to.
+const IDLE_SEND_QUEUE: i32 = 64 << 10;
+
+impl LinkWriter {
+    /// Writes the frames waiting in `arrivals` (in INPUT messages of up to [`ARRIVALS_PER_MESSAGE`] bytes) to
+    /// `w`, the locked stream.
+    fn write_arrivals(&self, w: &mut BufWriter<Box<dyn Write + Send>>) -> std::io::Result<()> {
+        loop {
+            let waiting = std::mem::take(&mut *self.arrivals.lock().expect("arrivals lock"));
+            if waiting.is_empty() {
+                return Ok(());
             }
-            let msg = Outgoing { kind: wire::INPUT, epoch: None, body: Arc::new(inputs::encode(&batch)) };
-            if out.send(msg).is_err() {
+            let mut batch: &[Input] = &waiting;
+            while !batch.is_empty() {
+                // As many as fit in one message, and at least one.
+                let mut bytes = 0;
+                let n = batch
+                    .iter()
+                    .position(|i| {
+                        bytes += i.bytes.len();
+                        bytes > ARRIVALS_PER_MESSAGE
+                    })
+                    .map_or(batch.len(), |p| p.max(1));
+                wire::send(w, wire::INPUT, &[&inputs::encode(&batch[..n])])?;
+                batch = &batch[n..];
+            }
+        }
+    }
+
+    /// A tap reader logged `input`: written at once when the link is idle, else left to the sender thread,
+    /// which `nudge` wakes (a full queue means it is busy and writes arrivals after each message anyway).
+    fn arrived(&self, input: Input, nudge: &SyncSender<Outgoing>) {
+        self.arrivals.lock().expect("arrivals lock").push(input);
+        if self.send_queue_idle() {
+            if let Ok(mut w) = self.stream.try_lock() {
+                // A failed write shows up to the sender thread, which closes the link.
+                let _ = self.write_arrivals(&mut w);
                 return;
             }
         }
-    })?;
-    Ok(tx)
+        let _ = nudge.try_send(Outgoing { kind: NUDGE, epoch: None, body: Arc::default() });
+    }
+
+    fn send_queue_idle(&self) -> bool {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ for a TCP socket) stores one int, the bytes in the socket's send queue, in
+        // `queued`, which lives across the call; the descriptor is the link's socket, open while `self` is.
+        let r = unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        r == 0 && queued < IDLE_SEND_QUEUE
+    }
 }
+
+/// Not a message: wakes the sender thread to write the frames logged on arrival.
+const NUDGE: u8 = 0;
 
 /// The link's queue as the pre-copy's sink: batches go out in order with everything else the link sends.
 struct LinkSink(SyncSender<Outgoing>);
@@ -145,6 +190,7 @@ enum Incoming {
 struct Link {
     /// To the sender thread (taken away to let it finish).
     out: Option<SyncSender<Outgoing>>,
+    writer: Arc<LinkWriter>,
     events: Receiver<Incoming>,
     heard: Arc<LastHeard>,
     sender: Option<std::thread::JoinHandle<()>>,
@@ -166,8 +212,12 @@ impl Link {
         let (out, queue) = mpsc::sync_channel::<Outgoing>(SEND_QUEUE);
         let (events_tx, events) = mpsc::channel();
         let Channel { reader, writer, socket } = channel;
-        let mut writer = std::io::BufWriter::with_capacity(1 << 16, writer);
-        let closer = socket.try_clone()?;
+        let writer = Arc::new(LinkWriter {
+            stream: Mutex::new(BufWriter::with_capacity(1 << 16, writer)),
+            arrivals: Mutex::default(),
+            socket: socket.try_clone()?,
+        });
+        let (shared, closer) = (writer.clone(), socket.try_clone()?);
         let sender = std::thread::Builder::new().name("ft-send".into()).spawn(move || {
             loop {
                 let m = match queue.recv_timeout(heartbeat) {
@@ -179,7 +229,14 @@ impl Link {
                 };
                 let epoch = m.epoch.map(u64::to_le_bytes);
                 let parts: Vec<&[u8]> = epoch.iter().map(|e| &e[..]).chain([&m.body[..]]).collect();
-                if let Err(e) = wire::send(&mut writer, m.kind, &parts) {
+                let mut w = shared.stream.lock().expect("link writer lock");
+                // Frames that arrived before this message go first, those that arrive while it is written
+                // (their readers found the writer busy) right after it.
+                let sent = shared
+                    .write_arrivals(&mut w)
+                    .and_then(|()| if m.kind == NUDGE { Ok(()) } else { wire::send(&mut *w, m.kind, &parts) })
+                    .and_then(|()| shared.write_arrivals(&mut w));
+                if let Err(e) = sent {
                     tracing::debug!("replication send failed: {e}");
                     break;
                 }
@@ -213,7 +270,7 @@ impl Link {
             }
             wake();
         })?;
-        Ok(Link { out: Some(out), events, heard, sender: Some(sender), socket })
+        Ok(Link { out: Some(out), writer, events, heard, sender: Some(sender), socket })
     }
 
     /// Queues a message. A full queue is back-pressure: wait, but not past `patience` of silence from the
@@ -631,11 +688,8 @@ impl Primary {
                 g.set_input_log(self.cfg.opts.input_log);
                 drop(g);
                 if self.cfg.opts.input_log {
-                    let out = link.out.clone().expect("a new link's queue");
-                    match forward_arrivals(out) {
-                        Ok(tx) => machine.log_frames_on_arrival(Some(tx)),
-                        Err(e) => kemari_machine::say!("frames are logged when consumed, not on arrival: {e}"),
-                    }
+                    let (writer, nudge) = (link.writer.clone(), link.out.clone().expect("a new link's queue"));
+                    machine.log_frames_on_arrival(Some(Arc::new(move |input| writer.arrived(input, &nudge))));
                 }
                 self.inputs_uncovered = 0;
                 self.sync_started = Instant::now();

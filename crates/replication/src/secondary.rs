@@ -22,8 +22,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kemari_machine::control::{serve_without_guest, Reply};
-use kemari_machine::{Arch, Event, Machine, Shape};
+use kemari_machine::{Arch, Machine, Shape};
+use kemari_runtime::control::{serve_without_guest, Reply};
+use kemari_runtime::Event;
 use kemari_transport::{frame, Channel, Security};
 
 use crate::arbiter::{Arbiter, TakeOver};

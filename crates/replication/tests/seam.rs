@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kemari_machine::testing::{ticks, FakeMachine};
-use kemari_machine::{Arch, Event, Machine, RunOutcome};
+use kemari_machine::{Arch, Machine, RunOutcome};
 use kemari_replication::arbiter::FileArbiter;
 use kemari_replication::metrics::Metrics;
 use kemari_replication::primary::{self, Ended, PrimaryConfig};
 use kemari_replication::secondary::{self, StandbyConfig, StandbyEnd};
 use kemari_replication::Options;
+use kemari_runtime::Event;
 use kemari_transport::Security;
 
 /// 1 MiB: a HELLO carries whole MiB.

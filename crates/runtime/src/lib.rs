@@ -18,12 +18,25 @@ use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use kemari_machine::control::{Protection, Reply, Request, SNAPSHOT_STATE};
+use control::{Protection, Reply, Request, SNAPSHOT_STATE};
 use kemari_machine::Pages;
-pub use kemari_machine::{Event, Machine, Round, RunOutcome};
+pub use kemari_machine::{Machine, Round, RunOutcome};
 use kemari_transport::Security;
 
+pub mod control;
 pub mod migrate;
+
+/// Events that reach the runtime loop from other threads.
+pub enum Event {
+    /// Console input.
+    Console(Vec<u8>),
+    /// The user asked to quit (Ctrl-A x).
+    Quit,
+    /// A device has outside work (e.g. a received frame); the loop polls devices.
+    Wake,
+    /// A control API request; the reply goes back on the channel.
+    Control(Request, Sender<Reply>),
+}
 
 /// Wakes the loop from another thread (it then looks at its driver and devices again).
 pub type Wake = kemari_devices::host::Wake;

@@ -29,17 +29,17 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kemari_machine::control::Reply;
+use crate::control::{serve_without_guest, Reply};
 pub use kemari_machine::precopy::{PageSink, PreCopy, Progress};
 use kemari_machine::{Arch, Machine, Pages, Shape};
 use kemari_transport::frame::{self, FrameError, Protocol};
 use kemari_transport::{Channel, Introduction, Security};
 
-use crate::Wake;
+use crate::{Event, Wake};
 
 const HELLO: u8 = 1;
 const PAGES: u8 = 2;
@@ -561,4 +561,83 @@ fn read_hello(stream: &mut dyn Read, arch: Arch, expect_memory_mib: Option<u64>)
         )));
     }
     Ok(Announced { shape: Shape { arch: sent, harts: harts as usize, memory }, version })
+}
+
+/// `run --incoming`: waits on `incoming` until a sender migrates its guest here, and returns that machine (what
+/// was typed meanwhile is its first console input); `None` when the user quit. A refused stream is reported
+/// and the next sender awaited. The control API is answered all along, also while a sender's stream is
+/// received (on a thread of its own): `status` tells what it waits for and what it refused, anything else is
+/// refused. `prepare` gives the function that builds the machine for the next sender: at the start, and after
+/// each stream that was refused (a builder may hold RAM faulted in beforehand, which that stream wrote to).
+pub fn receive_guest<M, B>(incoming: &Incoming, events: &Receiver<Event>, mut prepare: impl FnMut() -> B) -> Option<M>
+where
+    M: Machine + Send + 'static,
+    B: FnOnce(Shape) -> Result<M, String> + Send + 'static,
+{
+    let listen = incoming.local_addr().to_string();
+    kemari_machine::say!("waiting for an incoming migration on {listen}");
+    let refusal = format!("no guest runs here yet: waiting for an incoming migration on {listen}");
+    let (mut typed, mut refused, mut last_refusal) = (Vec::new(), 0, None);
+    let mut build = Some(prepare());
+    // The sender whose stream is being received, and where its outcome comes.
+    let mut receiving: Option<(String, Receiver<Result<M, MigrateError>>)> = None;
+    loop {
+        let status = || Reply::Incoming {
+            listen: listen.clone(),
+            refused,
+            last_refusal: last_refusal.clone(),
+            receiving_from: receiving.as_ref().map(|(peer, _)| peer.clone()),
+        };
+        if serve_without_guest(events, &mut typed, status, &refusal).is_break() {
+            kemari_machine::say!("quit");
+            return None;
+        }
+        let mut refuse = |peer: &str, why: String| {
+            kemari_machine::say!("incoming migration refused: {why} (from {peer}); waiting for the next sender");
+            refused += 1;
+            last_refusal = Some(why);
+        };
+        if let Some((peer, outcome)) = &receiving {
+            let failed = match outcome.try_recv() {
+                Ok(Ok(mut m)) => {
+                    kemari_machine::say!("migration from the sender complete; running here");
+                    m.push_input(&typed);
+                    return Some(m);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(mpsc::TryRecvError::Empty) => String::new(),
+                Err(mpsc::TryRecvError::Disconnected) => "the receiving thread failed".into(),
+            };
+            if !failed.is_empty() {
+                refuse(peer, failed);
+                receiving = None;
+                build = Some(prepare());
+            }
+        }
+        match incoming.next(Duration::from_millis(20)) {
+            None => {}
+            Some(Arrival::Refused { peer, why }) => refuse(&peer, why),
+            Some(Arrival::Sender(sender)) => match build.take() {
+                None => {
+                    let why = "another sender's migration is being received";
+                    refuse(&sender.peer, why.into());
+                    sender.refuse(why);
+                }
+                Some(b) => {
+                    let (tx, rx) = mpsc::channel();
+                    let peer = sender.peer.clone();
+                    let spawned = std::thread::Builder::new().name("mig-receive".into()).spawn(move || {
+                        let _ = tx.send(sender.receive(b));
+                    });
+                    match spawned {
+                        Ok(_) => receiving = Some((peer, rx)),
+                        Err(e) => {
+                            refuse(&peer, format!("cannot start receiving: {e}"));
+                            build = Some(prepare());
+                        }
+                    }
+                }
+            },
+        }
+    }
 }

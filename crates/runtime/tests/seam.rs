@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kemari_machine::control::{Reply, Request, SNAPSHOT_STATE};
 use kemari_machine::testing::FakeMachine;
-use kemari_machine::{Arch, Event, Machine, RunOutcome};
+use kemari_machine::{Arch, Machine, RunOutcome};
+use kemari_runtime::control::{Reply, Request, SNAPSHOT_STATE};
 use kemari_runtime::migrate::{Arrival, Incoming};
-use kemari_runtime::{Config, Ended, Standalone};
+use kemari_runtime::{Config, Ended, Event, Standalone};
 use kemari_transport::Security;
 
 const PAGES: u64 = 256;

@@ -8,7 +8,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kemari_board::{Event, Machine, MachineConfig, Round, RunOutcome};
+use kemari_board::{Machine, MachineConfig, Round, RunOutcome};
+use kemari_runtime::Event;
 
 /// A console sink that keeps everything written to it.
 #[derive(Clone, Default)]

@@ -104,7 +104,7 @@ pub enum Reply {
         harts: usize,
         memory_mib: u64,
         instret: u64,
-        migration: Option<crate::precopy::Progress>,
+        migration: Option<kemari_machine::precopy::Progress>,
         protection: Option<Box<Protection>>,
         /// Why the guest is paused on a disk write that could not be performed, if it is.
         io_error: Option<String>,
