@@ -260,6 +260,11 @@ fn reader(tap: File, stop: OwnedFd, shared: Arc<Shared>, wake: Wake, name: &str)
                 Ok(n) => {
                     if n > 0 && shared.push(buf[..n].to_vec()) {
                         moved += 1;
+                        // The guest hears of the first frame at once, not after the whole batch (logging
+                        // each frame on arrival takes a little time).
+                        if moved == 1 {
+                            wake();
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -283,15 +288,16 @@ fn reader(tap: File, stop: OwnedFd, shared: Arc<Shared>, wake: Wake, name: &str)
                 break;
             }
         }
-        if moved > 0 {
+        if moved > 1 {
             wake();
         }
     }
 }
 
 /// Where a queue reports each frame it accepts, with the frame's number (the input log under protection: see
-/// [`RxQueue::log_arrivals`]). Called on the tap's reader thread once the frame is queued, outside the queue's
-/// lock (the guest takes frames meanwhile), in the frames' order: it must not block.
+/// [`RxQueue::log_arrivals`]), in the frames' order: on the tap's reader thread once the frame is queued,
+/// outside the queue's lock (the guest takes frames meanwhile); for the frames already queued when logging
+/// starts, inside `log_arrivals`. It must not wait for anything slow (e.g. a peer).
 pub type ArrivalSink = Arc<dyn Fn(u64, Vec<u8>) + Send + Sync>;
 
 struct Arrivals {

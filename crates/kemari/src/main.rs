@@ -664,12 +664,19 @@ fn receive(
             kemari_board::say!("cannot receive a migration on {addr}: {e}");
             ExitCode::from(2)
         })?;
+    // With --prealloc, the guest's RAM is mapped and faulted in while no sender is there yet (again after a
+    // refused stream, which may have written to it).
+    let mut first = Some(kemari_board::receiver_ram(cfg.prealloc, memory).map_err(|e| {
+        kemari_board::say!("{e}");
+        ExitCode::from(2)
+    })?);
     let (cfg, wake) = (cfg.clone(), console.waker());
     let prepare = move || {
-        // With --prealloc, the guest's RAM is mapped and faulted in while no sender is there yet.
-        let ram = kemari_board::receiver_ram(cfg.prealloc, memory).unwrap_or_else(|e| {
-            kemari_board::say!("{e}; the sender's pages fault in as they arrive");
-            None
+        let ram = first.take().unwrap_or_else(|| {
+            kemari_board::receiver_ram(cfg.prealloc, memory).unwrap_or_else(|e| {
+                kemari_board::say!("{e}; the next sender's pages fault in as they arrive");
+                None
+            })
         });
         let (cfg, wake) = (cfg.clone(), wake.clone());
         move |shape| empty_machine(&cfg, shape, ram, wake)

@@ -72,8 +72,9 @@ pub enum Round {
     Ended(RunOutcome),
 }
 
-/// Where frames logged on arrival go (see [`Machine::log_frames_on_arrival`]): called on the thread that
-/// received the frame, in arrival order per interface; it must not block.
+/// Where frames logged on arrival go (see [`Machine::log_frames_on_arrival`]): called in arrival order per
+/// interface, on the thread that received the frame (or, for frames already waiting, inside
+/// `log_frames_on_arrival`); it must not wait for anything slow (e.g. a peer).
 pub type InputSink = Arc<dyn Fn(Input) + Send + Sync>;
 
 /// Which guest pages a save carries.

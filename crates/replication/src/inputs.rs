@@ -6,7 +6,7 @@
 //! least on Linux), a stall on every failover that hits a busy connection. So the primary sends each input to
 //! the secondary in an INPUT message, numbered the way the gate counts what the guest consumes per source (see
 //! `kemari_devices::gate::Input`): a frame as soon as it arrives from the tap (`Machine::log_frames_on_arrival`,
-//! sent by the `ft-arrivals` thread; the tap's queue is first in, first out, so the n-th frame to arrive is the
+//! written by the tap reader itself when the link is idle, else by the link's sender; the tap's queue is first in, first out, so the n-th frame to arrive is the
 //! n-th the guest consumes), console bytes right after the guest took them. Delivery to the guest never waits.
 //! Every checkpoint carries the per-source counts of its state. The secondary keeps what its committed state has not consumed and
 //! drops the rest at each commit; on failover it delivers, per source and in order, the inputs after the

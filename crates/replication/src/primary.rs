@@ -104,9 +104,9 @@ struct Outgoing {
 
 /// The link's writer, shared by its sender thread and the tap readers. A frame logged on arrival is written to
 /// the secondary by the tap reader that received it when the link is idle (nobody writes, and the socket's
-/// send queue has room, so the write does not block), microseconds after it reached this host rather than
-/// after two thread handoffs: a request that dies with the primary is one its client resends only after its
-/// retransmission timeout (200 ms). Otherwise the sender thread writes it next to its own messages.
+/// send buffer has ample room, so the write does not wait for the peer), microseconds after it reached this
+/// host rather than after two thread handoffs: a request that dies with the primary is one its client resends
+/// only after its retransmission timeout (200 ms). Otherwise the sender thread writes it next to its messages.
 struct LinkWriter {
     stream: Mutex<BufWriter<Box<dyn Write + Send>>>,
     /// Frames logged on arrival and not written yet, in arrival order.
@@ -114,41 +114,41 @@ struct LinkWriter {
     socket: TcpStream,
 }
 
-/// A socket whose send queue holds less than this is idle enough for a tap reader to write to.
-const IDLE_SEND_QUEUE: i32 = 64 << 10;
-
 impl LinkWriter {
-    /// Writes the frames waiting in `arrivals` (in INPUT messages of up to [`ARRIVALS_PER_MESSAGE`] bytes) to
-    /// `w`, the locked stream.
+    /// Takes the frames waiting now and writes them to `w`, the locked stream, in INPUT messages of up to
+    /// [`ARRIVALS_PER_MESSAGE`] bytes. One take: frames that arrive meanwhile wait for the next call, so a
+    /// flood of input does not hold back what the sender thread has queued (checkpoints, heartbeats).
     fn write_arrivals(&self, w: &mut BufWriter<Box<dyn Write + Send>>) -> std::io::Result<()> {
-        loop {
-            let waiting = std::mem::take(&mut *self.arrivals.lock().expect("arrivals lock"));
-            if waiting.is_empty() {
-                return Ok(());
-            }
-            let mut batch: &[Input] = &waiting;
-            while !batch.is_empty() {
-                // As many as fit in one message, and at least one.
-                let mut bytes = 0;
-                let n = batch
-                    .iter()
-                    .position(|i| {
-                        bytes += i.bytes.len();
-                        bytes > ARRIVALS_PER_MESSAGE
-                    })
-                    .map_or(batch.len(), |p| p.max(1));
-                wire::send(w, wire::INPUT, &[&inputs::encode(&batch[..n])])?;
-                batch = &batch[n..];
-            }
+        let waiting = std::mem::take(&mut *self.arrivals.lock().expect("arrivals lock"));
+        let mut batch: &[Input] = &waiting;
+        while !batch.is_empty() {
+            // As many as fit in one message, and at least one.
+            let mut bytes = 0;
+            let n = batch
+                .iter()
+                .position(|i| {
+                    bytes += i.bytes.len();
+                    bytes > ARRIVALS_PER_MESSAGE
+                })
+                .map_or(batch.len(), |p| p.max(1));
+            wire::send(w, wire::INPUT, &[&inputs::encode(&batch[..n])])?;
+            batch = &batch[n..];
         }
+        Ok(())
     }
 
-    /// A tap reader logged `input`: written at once when the link is idle, else left to the sender thread,
-    /// which `nudge` wakes (a full queue means it is busy and writes arrivals after each message anyway).
+    /// A frame was logged: the tap reader that received it writes what waits at once when nobody else writes
+    /// and the socket can take twice that without waiting for the peer; else it leaves it to the sender
+    /// thread, which `nudge` wakes (a full queue means that thread is busy, and it writes arrivals around each
+    /// message anyway). Never waits for the peer.
     fn arrived(&self, input: Input, nudge: &SyncSender<Outgoing>) {
-        self.arrivals.lock().expect("arrivals lock").push(input);
-        if self.send_queue_idle() {
-            if let Ok(mut w) = self.stream.try_lock() {
+        let waiting: usize = {
+            let mut arrivals = self.arrivals.lock().expect("arrivals lock");
+            arrivals.push(input);
+            arrivals.iter().map(|i| i.bytes.len() + INPUT_FRAMING).sum()
+        };
+        if let Ok(mut w) = self.stream.try_lock() {
+            if 2 * waiting as i64 + TLS_RECORD_SLACK < self.send_room() {
                 // A failed write shows up to the sender thread, which closes the link.
                 let _ = self.write_arrivals(&mut w);
                 return;
@@ -157,14 +157,31 @@ impl LinkWriter {
         let _ = nudge.try_send(Outgoing { kind: NUDGE, epoch: None, body: Arc::default() });
     }
 
-    fn send_queue_idle(&self) -> bool {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ (SIOCOUTQ for a TCP socket) stores one int, the bytes in the socket's send queue, in
-        // `queued`, which lives across the call; the descriptor is the link's socket, open while `self` is.
-        let r = unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-        r == 0 && queued < IDLE_SEND_QUEUE
+    /// Payload bytes the socket's send buffer takes now without waiting for the peer, about: half of
+    /// `SO_SNDBUF` (the kernel doubles the size asked for, to count its own overhead), less what is queued.
+    fn send_room(&self) -> i64 {
+        let fd = self.socket.as_raw_fd();
+        let (mut size, mut queued): (libc::c_int, libc::c_int) = (0, 0);
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt(SO_SNDBUF) writes one int into `size` (`len` says how big it is) and TIOCOUTQ
+        // (SIOCOUTQ for TCP) one int, the bytes in the send queue, into `queued`; both live across the calls,
+        // and the descriptor is the link's socket, open while `self` is.
+        let ok = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&raw mut size).cast(), &mut len) == 0
+                && libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) == 0
+        };
+        if ok {
+            i64::from(size / 2) - i64::from(queued)
+        } else {
+            0
+        }
     }
 }
+
+/// Bytes an INPUT message adds to each frame (its source, number and length), at most.
+const INPUT_FRAMING: usize = 16;
+/// Bytes TLS adds to a write (record headers and tags), at most, for what a tap reader writes.
+const TLS_RECORD_SLACK: i64 = 4096;
 
 /// Not a message: wakes the sender thread to write the frames logged on arrival.
 const NUDGE: u8 = 0;
@@ -954,7 +971,7 @@ impl Primary {
             None => outcome,
         };
         if let Phase::Linked { link, .. } = std::mem::replace(&mut self.phase, Phase::Unprotected) {
-            // The ft-arrivals thread holds a clone of the link's queue: stop it first, or closing the link
+            // The taps' arrival sinks hold a clone of the link's queue: remove them first, or closing the link
             // waits out the heartbeat timeout for that queue to close.
             machine.log_frames_on_arrival(None);
             link.send(wire::SHUTDOWN, None, Arc::default(), self.cfg.opts.heartbeat_timeout);

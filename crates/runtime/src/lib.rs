@@ -149,13 +149,12 @@ impl Runtime<'_> {
             let wait = if self.guest_runs() {
                 match m.step_round() {
                     Round::Ran => Duration::ZERO,
-                    Round::Idle(wait) => wait,
+                    Round::Idle(wait) => wait.min(driver.max_idle()),
                     Round::Ended(outcome) => return driver.finish(m, outcome),
                 }
             } else {
                 PAUSED_WAIT
             };
-            let wait = wait.min(driver.max_idle());
             if let Some(outcome) = self.wait(m, driver, wait) {
                 return driver.finish(m, outcome);
             }
@@ -169,7 +168,7 @@ impl Runtime<'_> {
         match &self.state {
             RunState::Running => true,
             RunState::Paused(_) => false,
-            RunState::Migrating(mig) => !mig.paused,
+            RunState::Migrating(mig) => mig.paused.is_none(),
         }
     }
 
@@ -239,7 +238,11 @@ impl Runtime<'_> {
                 }
                 let budget = Duration::from_millis(downtime_ms.max(1));
                 let (wake, security) = (self.cfg.wake.clone(), self.cfg.link_security.as_ref());
-                match migrate::Outgoing::start(m.shape(), security, wake, &to, budget, reply, self.paused()) {
+                let paused = match &self.state {
+                    RunState::Paused(why) => Some(why.clone()),
+                    _ => None,
+                };
+                match migrate::Outgoing::start(m.shape(), security, wake, &to, budget, reply, paused) {
                     Ok(mig) => {
                         self.state = RunState::Migrating(Box::new(mig));
                         return None;
@@ -250,7 +253,7 @@ impl Runtime<'_> {
             Request::Pause => {
                 m.stop_time();
                 match &mut self.state {
-                    RunState::Migrating(mig) => mig.paused = true,
+                    RunState::Migrating(mig) => mig.paused = Some(Paused::User),
                     state => *state = RunState::Paused(Paused::User),
                 }
                 Reply::Ok
@@ -259,7 +262,7 @@ impl Runtime<'_> {
                 // A stalled disk write is tried again by the next release.
                 m.gate().lock().expect("gate lock").clear_stall();
                 match &mut self.state {
-                    RunState::Migrating(mig) => mig.paused = false,
+                    RunState::Migrating(mig) => mig.paused = None,
                     state => *state = RunState::Running,
                 }
                 Reply::Ok
@@ -286,15 +289,16 @@ impl Runtime<'_> {
     /// Advances a migration by one step; the run's end once the receiver took over.
     fn migration_step(&mut self, m: &mut dyn Machine) -> Option<RunOutcome> {
         let RunState::Migrating(mig) = &mut self.state else { return None };
-        let (was_paused, paused) = (mig.was_paused, mig.paused);
+        let paused = mig.paused.clone();
         match mig.step(m) {
             migrate::Step::Going => None,
             migrate::Step::Done => Some(RunOutcome::Migrated),
             migrate::Step::Failed => {
-                // The guest carries on here, unless the user had paused it (before or during the migration).
-                self.state = match was_paused || paused {
-                    true => RunState::Paused(Paused::User),
-                    false => RunState::Running,
+                // The guest carries on here as it was last: running, or paused (by the user, or on a disk write
+                // that could not be performed), before or during the migration.
+                self.state = match paused {
+                    Some(why) => RunState::Paused(why),
+                    None => RunState::Running,
                 };
                 None
             }
@@ -318,7 +322,7 @@ impl Runtime<'_> {
              tries it again"
         );
         match &mut self.state {
-            RunState::Migrating(mig) => mig.paused = true,
+            RunState::Migrating(mig) => mig.paused = Some(Paused::Disk(why)),
             state => *state = RunState::Paused(Paused::Disk(why)),
         }
     }

@@ -19,8 +19,9 @@
 //!
 //! Messages use the framing both kemari protocols share (`kemari_transport::frame`); the receiver caps lengths
 //! and validates payloads like any state stream. Version 2 frames the answers. Version 3 names the
-//! architecture (earlier senders are RISC-V ones) and waits for READY before it streams, so that a receiver
-//! that turns it away (another architecture, a shape it cannot build) is heard, not cut off mid-stream. A
+//! architecture (earlier senders are RISC-V ones) and waits for READY, sent once the receiver built its
+//! machine, before it streams: a sender turned away (its HELLO, or a machine the receiver cannot build)
+//! reads the reason instead of losing it to a connection reset mid-stream. A
 //! receiver still takes a version 1 sender, answering it as version 1 did (SYNCED and ACK as bare bytes, no
 //! REFUSE). The sender stays the active copy until the ACK: any failure before it leaves the guest running
 //! where it was. The stream runs inside the link [`Security`] gives (mutual TLS unless the operator
@@ -166,10 +167,9 @@ pub struct Outgoing {
     copy: Option<PreCopy>,
     wake: Wake,
     reply: Sender<Reply>,
-    /// The guest was paused when the migration started: a failed migration leaves it paused.
-    pub(crate) was_paused: bool,
-    /// The guest does not run meanwhile (paused before, or since).
-    pub(crate) paused: bool,
+    /// Why the guest does not run meanwhile, if it does not (paused before, or since): a failed migration
+    /// leaves it so.
+    pub(crate) paused: Option<crate::Paused>,
 }
 
 /// What a step of a migration came to.
@@ -195,7 +195,7 @@ impl Outgoing {
         to: &str,
         budget: Duration,
         reply: Sender<Reply>,
-        paused: bool,
+        paused: Option<crate::Paused>,
     ) -> Result<Outgoing, MigrateError> {
         let security = security.cloned().ok_or_else(|| {
             MigrateError::Protocol(
@@ -217,7 +217,6 @@ impl Outgoing {
             copy: None,
             wake,
             reply,
-            was_paused: paused,
             paused,
         })
     }
@@ -589,6 +588,19 @@ where
             receiving_from: receiving.as_ref().map(|(peer, _)| peer.clone()),
         };
         if serve_without_guest(events, &mut typed, status, &refusal).is_break() {
+            if let Some((peer, outcome)) = receiving.take() {
+                // The stream may be past its acknowledgement, the sender then gave its guest up: leaving now
+                // would leave the guest running nowhere. Its outcome decides.
+                kemari_machine::say!("quit: the migration from {peer} under way must end first");
+                if let Ok(Ok(mut m)) = outcome.recv() {
+                    kemari_machine::say!(
+                        "the migration from {peer} completed: the guest runs here now (the sender gave it up); \
+                         quit again to stop it"
+                    );
+                    m.push_input(&typed);
+                    return Some(m);
+                }
+            }
             kemari_machine::say!("quit");
             return None;
         }

@@ -160,3 +160,23 @@ fn a_receiver_of_another_architecture_refuses_and_the_guest_runs_on() {
     vm.events.send(Event::Quit).unwrap();
     assert_eq!(vm.thread.join().unwrap().1, Ended::Machine(RunOutcome::Quit));
 }
+
+#[test]
+fn a_failed_migration_leaves_the_guest_as_it_was() {
+    let incoming = Incoming::bind("127.0.0.1:0", Security::Plaintext, Arch::Riscv64, None).unwrap();
+    let to = incoming.local_addr().to_string();
+    let receiver = receive_one(incoming);
+
+    let vm = start(FakeMachine::new(PAGES));
+    vm.wait_past(3);
+    assert_eq!(vm.ask(Request::Pause), Reply::Ok);
+    let (_, at) = vm.status();
+    assert!(matches!(vm.ask(Request::Migrate { to, downtime_ms: 5 }), Reply::Error(_)));
+    assert!(receiver.join().unwrap().is_err(), "a RISC-V receiver took an x86-64 machine");
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(vm.status(), (true, at), "a failed migration set a paused guest running");
+    assert_eq!(vm.ask(Request::Resume), Reply::Ok);
+    vm.wait_past(at + 3);
+    vm.events.send(Event::Quit).unwrap();
+    assert_eq!(vm.thread.join().unwrap().1, Ended::Machine(RunOutcome::Quit));
+}
