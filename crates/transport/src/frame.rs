@@ -43,15 +43,27 @@ pub enum FrameError {
     Protocol(String),
 }
 
-/// Writes one message made of `parts` (sent back to back, so a large state needs no extra copy).
+/// Messages up to this size are written in one piece.
+const ONE_WRITE: usize = 4096;
+
+/// Writes one message made of `parts` (sent back to back, so a large state needs no extra copy). A small one
+/// (an ACK, a heartbeat, an input) goes in one write: on an unbuffered TLS link each write is a record and, with
+/// TCP_NODELAY, a segment of its own.
 pub fn send(w: &mut (impl Write + ?Sized), kind: u8, parts: &[&[u8]]) -> io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut head = [0u8; 9];
     head[0] = kind;
     head[1..].copy_from_slice(&(len as u64).to_le_bytes());
-    w.write_all(&head)?;
-    for p in parts {
-        w.write_all(p)?;
+    if len <= ONE_WRITE {
+        let mut msg = Vec::with_capacity(head.len() + len);
+        msg.extend_from_slice(&head);
+        parts.iter().for_each(|p| msg.extend_from_slice(p));
+        w.write_all(&msg)?;
+    } else {
+        w.write_all(&head)?;
+        for p in parts {
+            w.write_all(p)?;
+        }
     }
     w.flush()
 }
@@ -175,6 +187,31 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the writes made to it.
+    #[derive(Default)]
+    struct Writes(Vec<usize>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.push(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_small_message_is_one_write_a_large_one_is_not_copied() {
+        let mut w = Writes::default();
+        send(&mut w, 4, &[&7u64.to_le_bytes()]).unwrap();
+        assert_eq!(w.0, [17], "an ACK must leave as one TLS record and one segment");
+        let big = vec![0u8; ONE_WRITE + 1];
+        let mut w = Writes::default();
+        send(&mut w, 2, &[&7u64.to_le_bytes(), &big]).unwrap();
+        assert_eq!(w.0, [9, 8, ONE_WRITE + 1]);
+    }
 
     #[test]
     fn messages_round_trip_and_bad_lengths_are_refused_unread() {
