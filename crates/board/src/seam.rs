@@ -12,7 +12,7 @@ use crate::machine::Machine;
 
 impl kemari_machine::Machine for Machine {
     fn shape(&self) -> Shape {
-        Shape { arch: crate::persist::ARCH, harts: self.harts.len(), memory: self.ram.size() }
+        Shape { arch: crate::persist::ARCH, cpus: self.harts.len(), memory: self.ram.size() }
     }
 
     fn memory(&self) -> &Arc<GuestRam> {

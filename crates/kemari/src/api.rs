@@ -95,7 +95,7 @@ fn answer(reply: Reply) -> Answer {
     };
     match reply {
         Reply::Ok => {}
-        Reply::Status { paused, harts, memory_mib, instret, migration, protection, io_error } => {
+        Reply::Status { paused, cpus, memory_mib, instret, migration, protection, io_error } => {
             if let Some(name) = kemari_board::log::vm_name() {
                 put("name", name.into());
             }
@@ -137,7 +137,8 @@ fn answer(reply: Reply) -> Answer {
                 }
             }
             put("paused", paused.into());
-            put("harts", harts.into());
+            // Named as RISC-V does in this API's first version.
+            put("harts", cpus.into());
             put("memory_mib", memory_mib.into());
             put("instret", instret.into());
             if let Some(p) = migration {

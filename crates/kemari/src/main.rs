@@ -478,7 +478,7 @@ fn standby(args: StandbyArgs) -> ExitCode {
         arch: kemari_board::ARCH,
         disks: disk_paths(&machine),
         build: Box::new(build),
-        expect_harts: args.cpus,
+        expect_cpus: args.cpus,
         expect_memory_mib: args.memory,
     };
     let end = kemari_replication::secondary::standby(cfg, console.input());
@@ -526,7 +526,7 @@ fn empty_machine(
     ram: Option<std::sync::Arc<kemari_machine::GuestRam>>,
     wake: kemari_devices::host::Wake,
 ) -> Result<Machine, String> {
-    let cfg = MachineConfig { harts: shape.harts, memory_mib: shape.memory >> 20, ..devices.clone() };
+    let cfg = MachineConfig { harts: shape.cpus, memory_mib: shape.memory >> 20, ..devices.clone() };
     let stdout = Box::new(std::io::stdout());
     match ram {
         Some(ram) => Machine::empty_on(ram, &cfg, stdout, wake),

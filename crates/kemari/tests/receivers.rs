@@ -507,7 +507,7 @@ fn tls_a_migration_receiver_takes_nothing_from_a_peer_without_credentials() {
 fn fake_hello(fence: u64) -> Hello {
     Hello {
         arch: kemari_machine::Arch::Riscv64,
-        harts: 1,
+        cpus: 1,
         memory: 16 << 20,
         storage: Storage::Shared,
         disks: vec![],

@@ -38,7 +38,8 @@ pub mod testing;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
     pub arch: Arch,
-    pub harts: usize,
+    /// Virtual CPUs (harts, on RISC-V).
+    pub cpus: usize,
     /// Bytes of RAM.
     pub memory: u64,
 }

@@ -102,7 +102,7 @@ pub fn ticks(performed: &Recorder) -> Vec<u64> {
 
 impl Machine for FakeMachine {
     fn shape(&self) -> Shape {
-        Shape { arch: ARCH, harts: 1, memory: self.ram.size() }
+        Shape { arch: ARCH, cpus: 1, memory: self.ram.size() }
     }
 
     fn memory(&self) -> &Arc<GuestRam> {

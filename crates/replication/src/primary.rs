@@ -663,7 +663,7 @@ impl Primary {
         let shape = machine.shape();
         let hello = Hello {
             arch: shape.arch,
-            harts: shape.harts as u32,
+            cpus: shape.cpus as u32,
             memory: shape.memory,
             storage: self.cfg.opts.storage,
             disks: sizes,

@@ -67,10 +67,10 @@ pub struct StandbyConfig<M> {
     pub arch: Arch,
     /// This node's disk images, in order (their sizes must match the primary's; replicated storage writes them).
     pub disks: Vec<std::path::PathBuf>,
-    /// Builds the replica once a primary introduced itself (harts and memory come from its HELLO).
+    /// Builds the replica once a primary introduced itself (CPUs and memory come from its HELLO).
     pub build: BuildReplica<M>,
     /// Harts given on this node's command line, if any: the primary must have as many.
-    pub expect_harts: Option<usize>,
+    pub expect_cpus: Option<usize>,
     /// MiB of guest RAM given on this node's command line, if any: the primary must have as much.
     pub expect_memory_mib: Option<u64>,
 }
@@ -197,7 +197,7 @@ impl Standby {
         let metrics = &self.metrics;
         let status = || Reply::Status {
             paused: true,
-            harts: 0,
+            cpus: 0,
             memory_mib: 0,
             instret: 0,
             migration: None,
@@ -222,7 +222,7 @@ impl Standby {
             frame::refuse(&mut channel.writer, &why);
             return Ok(SessionEnd::Retry(why));
         }
-        let shape = Shape { arch: hello.arch, harts: hello.harts as usize, memory: hello.memory };
+        let shape = Shape { arch: hello.arch, cpus: hello.cpus as usize, memory: hello.memory };
         let mut machine = match (cfg.build)(shape) {
             Ok(m) => Box::new(m),
             Err(e) => return Ok(SessionEnd::Retry(format!("cannot build the replica machine: {e}"))),
@@ -434,8 +434,8 @@ impl Standby {
             return Err(format!("the primary uses {:?} storage, this node {:?}", hello.storage, cfg.opts.storage));
         }
         // Only what this node's command line gave is checked: the rest comes from the primary.
-        if let Some(harts) = cfg.expect_harts.filter(|&h| h != hello.harts as usize) {
-            return Err(format!("the primary has {} harts, this node was given --cpus {harts}", hello.harts));
+        if let Some(cpus) = cfg.expect_cpus.filter(|&c| c != hello.cpus as usize) {
+            return Err(format!("the primary has {} CPUs, this node was given --cpus {cpus}", hello.cpus));
         }
         if let Some(mib) = cfg.expect_memory_mib.filter(|&m| m != hello.memory >> 20) {
             return Err(format!(

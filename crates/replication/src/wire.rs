@@ -129,7 +129,7 @@ impl LastHeard {
 pub struct Hello {
     /// The machine's architecture (version 5 on; a version 3 or 4 primary is RISC-V, the only one it had).
     pub arch: Arch,
-    pub harts: u32,
+    pub cpus: u32,
     pub memory: u64,
     pub storage: Storage,
     /// Size in bytes of each disk, in order (the secondary's must match).
@@ -142,7 +142,7 @@ pub struct Hello {
 impl Hello {
     pub fn encode(&self) -> Vec<u8> {
         let mut v = PROTOCOL.preamble();
-        v.extend_from_slice(&self.harts.to_le_bytes());
+        v.extend_from_slice(&self.cpus.to_le_bytes());
         v.extend_from_slice(&self.memory.to_le_bytes());
         v.push(match self.storage {
             Storage::Shared => 0,
@@ -166,7 +166,7 @@ impl Hello {
             Some(rest) if rest.get(..4) == Some(&3u32.to_le_bytes()[..]) => (3, Cursor::new(&rest[4..])),
             _ => PROTOCOL.accept(b).map_err(WireError::Protocol)?,
         };
-        let harts = r.u32().ok_or_else(|| bad("truncated"))?;
+        let cpus = r.u32().ok_or_else(|| bad("truncated"))?;
         let memory = r.u64().ok_or_else(|| bad("truncated"))?;
         let storage = match r.u8().ok_or_else(|| bad("truncated"))? {
             0 => Storage::Shared,
@@ -196,10 +196,10 @@ impl Hello {
         if !r.rest().is_empty() {
             return Err(bad("trailing bytes"));
         }
-        if harts == 0 || memory == 0 || memory % (1 << 20) != 0 {
-            return Err(bad(&format!("impossible machine shape: {harts} harts, {memory} bytes")));
+        if cpus == 0 || memory == 0 || memory % (1 << 20) != 0 {
+            return Err(bad(&format!("impossible machine shape: {cpus} CPUs, {memory} bytes")));
         }
-        Ok(Hello { arch, harts, memory, storage, disks, node, fence })
+        Ok(Hello { arch, cpus, memory, storage, disks, node, fence })
     }
 }
 
@@ -219,7 +219,7 @@ mod tests {
     fn hello() -> Hello {
         Hello {
             arch: Arch::Riscv64,
-            harts: 2,
+            cpus: 2,
             memory: 256 << 20,
             storage: Storage::Replicated,
             disks: vec![64 << 20],

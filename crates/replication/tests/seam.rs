@@ -109,7 +109,7 @@ fn replication_fails_over_a_machine_it_knows_only_through_the_seam() {
         arch: Arch::X86_64,
         disks: vec![],
         build: Box::new(FakeMachine::empty),
-        expect_harts: None,
+        expect_cpus: None,
         expect_memory_mib: None,
     };
     let standby = std::thread::spawn(move || secondary::standby(standby_cfg, &standby_input));

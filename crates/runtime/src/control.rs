@@ -101,7 +101,7 @@ pub enum Reply {
     Ok,
     Status {
         paused: bool,
-        harts: usize,
+        cpus: usize,
         memory_mib: u64,
         instret: u64,
         migration: Option<kemari_machine::precopy::Progress>,

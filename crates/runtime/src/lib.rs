@@ -271,7 +271,7 @@ impl Runtime<'_> {
                 let shape = m.shape();
                 Reply::Status {
                     paused: self.paused(),
-                    harts: shape.harts,
+                    cpus: shape.cpus,
                     memory_mib: shape.memory >> 20,
                     instret: m.instructions(),
                     migration: match &self.state {

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  sender                                   receiver (kemari run --incoming ADDR)
-//!  HELLO  "KMIG", version u32, harts u32, memory bytes u64, architecture tag [u8; 4] (version 3 on)
+//!  HELLO  "KMIG", version u32, CPUs u32, memory bytes u64, architecture tag [u8; 4] (version 3 on)
 //!                                       ──►  builds an empty machine of that shape
 //!                                      ◄──  READY (empty; version 3 on), or REFUSE (reason)
 //!  PAGES  state stream of PAGS sections ──► writes the pages (repeated: pre-copy, then dirty rounds)
@@ -336,7 +336,7 @@ impl Outgoing {
 /// The HELLO a sender of a machine of `shape` sends (the newest version).
 fn hello(shape: Shape) -> Vec<u8> {
     let mut hello = PROTOCOL.preamble();
-    hello.extend_from_slice(&(shape.harts as u32).to_le_bytes());
+    hello.extend_from_slice(&(shape.cpus as u32).to_le_bytes());
     hello.extend_from_slice(&shape.memory.to_le_bytes());
     hello.extend_from_slice(&shape.arch.tag());
     hello
@@ -533,7 +533,7 @@ fn read_hello(stream: &mut dyn Read, arch: Arch, expect_memory_mib: Option<u64>)
         true => not_kemari(),
         false => MigrateError::Protocol(why),
     })?;
-    let (Some(harts), Some(memory)) = (rest.u32(), rest.u64()) else {
+    let (Some(cpus), Some(memory)) = (rest.u32(), rest.u64()) else {
         return Err(MigrateError::Protocol(format!("HELLO of {} bytes, too short", hello.len())));
     };
     let sent = match version {
@@ -559,7 +559,7 @@ fn read_hello(stream: &mut dyn Read, arch: Arch, expect_memory_mib: Option<u64>)
             memory >> 20
         )));
     }
-    Ok(Announced { shape: Shape { arch: sent, harts: harts as usize, memory }, version })
+    Ok(Announced { shape: Shape { arch: sent, cpus: cpus as usize, memory }, version })
 }
 
 /// `run --incoming`: waits on `incoming` until a sender migrates its guest here, and returns that machine (what

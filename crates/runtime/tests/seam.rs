@@ -46,7 +46,7 @@ impl Running {
     /// The status fields this test looks at: paused, and the guest's counter (its instructions).
     fn status(&self) -> (bool, u64) {
         match self.ask(Request::Status) {
-            Reply::Status { paused, instret, harts: 1, memory_mib: 1, .. } => (paused, instret),
+            Reply::Status { paused, instret, cpus: 1, memory_mib: 1, .. } => (paused, instret),
             r => panic!("{r:?}"),
         }
     }
