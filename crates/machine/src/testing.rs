@@ -20,10 +20,11 @@ use crate::{pages, InputSink, Machine, Pages, Refused, Round, RunOutcome, Shape}
 const FAKE: Section = Section { tag: *b"FAKE", version: 1, cap: 8 + 8 + 1024 };
 const GATE: Section = Section { tag: *b"GATE", version: 1, cap: 16 << 20 };
 const INPT: Section = Section { tag: *b"INPT", version: 1, cap: 4 + 8 * kemari_devices::gate::MAX_SOURCES as u32 };
-const ARCH: Arch = Arch::X86_64;
 const ROUND: Duration = Duration::from_millis(1);
 
 pub struct FakeMachine {
+    /// What it claims to be (x86-64 unless made otherwise).
+    arch: Arch,
     ram: Arc<GuestRam>,
     gate: Arc<Mutex<OutputGate>>,
     /// Every effect the gate released, in order.
@@ -42,10 +43,16 @@ pub struct FakeMachine {
 }
 
 impl FakeMachine {
-    /// A machine of `pages` pages of RAM, counter 0.
+    /// An x86-64 machine of `pages` pages of RAM, counter 0.
     pub fn new(pages: u64) -> FakeMachine {
+        FakeMachine::claiming(Arch::X86_64, pages)
+    }
+
+    /// A machine of `pages` pages of RAM that claims to be an `arch` one.
+    pub fn claiming(arch: Arch, pages: u64) -> FakeMachine {
         let performed = Recorder::default();
         FakeMachine {
+            arch,
             ram: Arc::new(GuestRam::new(1 << 32, pages * PAGE_SIZE).expect("test RAM")),
             gate: Arc::new(Mutex::new(OutputGate::new(Box::new(performed.clone())))),
             performed,
@@ -60,10 +67,7 @@ impl FakeMachine {
 
     /// An empty machine of another's shape (a replica, a migration receiver).
     pub fn empty(shape: Shape) -> Result<FakeMachine, String> {
-        if shape.arch != ARCH {
-            return Err(format!("a fake machine is {ARCH}, not {}", shape.arch));
-        }
-        Ok(FakeMachine::new(shape.memory / PAGE_SIZE))
+        Ok(FakeMachine::claiming(shape.arch, shape.memory / PAGE_SIZE))
     }
 
     pub fn counter(&self) -> u64 {
@@ -102,7 +106,7 @@ pub fn ticks(performed: &Recorder) -> Vec<u64> {
 
 impl Machine for FakeMachine {
     fn shape(&self) -> Shape {
-        Shape { arch: ARCH, cpus: 1, memory: self.ram.size() }
+        Shape { arch: self.arch, cpus: 1, memory: self.ram.size() }
     }
 
     fn memory(&self) -> &Arc<GuestRam> {
@@ -155,7 +159,7 @@ impl Machine for FakeMachine {
                 &all
             }
         };
-        let mut f = Encoder::new(ARCH, 4096 + list.len() * (8 + PAGE_SIZE as usize));
+        let mut f = Encoder::new(self.arch, 4096 + list.len() * (8 + PAGE_SIZE as usize));
         let mut w = Writer::default();
         w.u64(self.counter);
         w.bytes(&self.typed);
@@ -174,7 +178,7 @@ impl Machine for FakeMachine {
 
     fn restore_pages(&mut self, bytes: &[u8]) -> Result<u64, StateError> {
         let f = StateFile::decode(bytes, &[pages::PAGS])?;
-        f.expect_arch(ARCH)?;
+        f.expect_arch(self.arch)?;
         let list = pages::checked(&f, self.pages())?;
         for (p, data) in &list {
             self.ram.write(self.ram.address_of(p * PAGE_SIZE), data).expect("page inside RAM");
@@ -185,7 +189,7 @@ impl Machine for FakeMachine {
     fn apply_checkpoint(&mut self, bytes: &[u8]) -> Result<(), Refused> {
         let refused = |e: StateError| Refused(format!("invalid state: {e}"));
         let f = StateFile::decode(bytes, &[FAKE, GATE, INPT, pages::PAGS]).map_err(refused)?;
-        f.expect_arch(ARCH).map_err(refused)?;
+        f.expect_arch(self.arch).map_err(refused)?;
         // Everything decoded and checked first, then applied.
         let mut r = Reader::new(f.one(&FAKE).map_err(refused)?, "FAKE");
         let counter = r.u64().map_err(refused)?;

@@ -21,9 +21,9 @@
 //! and validates payloads like any state stream. Version 2 frames the answers. Version 3 names the
 //! architecture (earlier senders are RISC-V ones) and waits for READY, sent once the receiver built its
 //! machine, before it streams: a sender turned away (its HELLO, or a machine the receiver cannot build)
-//! reads the reason instead of losing it to a connection reset mid-stream. A
-//! receiver still takes a version 1 sender, answering it as version 1 did (SYNCED and ACK as bare bytes, no
-//! REFUSE). The sender stays the active copy until the ACK: any failure before it leaves the guest running
+//! reads the reason instead of losing it to a connection reset mid-stream. A receiver still takes a version 1
+//! sender, answering it as version 1 did (SYNCED and ACK as bare bytes, no REFUSE), and a sender refused by
+//! a receiver that speaks version 2 at most asks again in version 2 (RISC-V machines only). The sender stays the active copy until the ACK: any failure before it leaves the guest running
 //! where it was. The stream runs inside the link [`Security`] gives (mutual TLS unless the operator
 //! asked for plaintext): with TLS, a receiver reads nothing from, and a sender sends nothing to, a peer that
 //! is not a node of the same VM.
@@ -204,9 +204,8 @@ impl Outgoing {
         })?;
         let (tx, connecting) = mpsc::channel();
         let (addr, wake2) = (to.to_string(), wake.clone());
-        let hello = hello(shape);
         std::thread::Builder::new().name("mig-connect".into()).spawn(move || {
-            let _ = tx.send(connect(&addr, &security, &hello));
+            let _ = tx.send(connect(&addr, &security, shape));
             wake2();
         })?;
         Ok(Outgoing {
@@ -333,25 +332,51 @@ impl Outgoing {
     }
 }
 
-/// The HELLO a sender of a machine of `shape` sends (the newest version).
-fn hello(shape: Shape) -> Vec<u8> {
-    let mut hello = PROTOCOL.preamble();
+/// The HELLO of protocol `version` (2 or 3) for a machine of `shape`.
+fn hello(shape: Shape, version: u32) -> Vec<u8> {
+    let mut hello = PROTOCOL.magic.to_vec();
+    hello.extend_from_slice(&version.to_le_bytes());
     hello.extend_from_slice(&(shape.cpus as u32).to_le_bytes());
     hello.extend_from_slice(&shape.memory.to_le_bytes());
-    hello.extend_from_slice(&shape.arch.tag());
+    if version >= 3 {
+        hello.extend_from_slice(&shape.arch.tag());
+    }
     hello
 }
 
-/// Connects to the receiver at `to`, makes the link's handshake and sends the HELLO.
-fn connect(to: &str, security: &Security, hello: &[u8]) -> Result<Channel, MigrateError> {
+/// Connects to the receiver at `to`, makes the link's handshake and introduces the machine, in the newest
+/// version. A receiver that speaks only up to version 2 (a kemari from before version 3, which refuses it
+/// saying so) is asked again in version 2 when the machine is a RISC-V one, all that version knows: so the
+/// nodes can be upgraded one at a time, and a guest can still move to a node not upgraded yet.
+fn connect(to: &str, security: &Security, shape: Shape) -> Result<Channel, MigrateError> {
+    let newest = *PROTOCOL.versions.end();
+    match connect_as(to, security, shape, newest) {
+        Err(MigrateError::Refused(why)) if shape.arch == FIRST_ARCH && speaks_up_to_2(&why, newest) => {
+            tracing::info!("the receiver at {to} speaks migration protocol 2 at most: migrating in version 2");
+            connect_as(to, security, shape, 2)
+        }
+        connected => connected,
+    }
+}
+
+/// Whether `why`, a receiver's refusal of version `newest`, says it speaks versions up to 2 (in the words of
+/// `frame::Protocol::accept`, which every kemari since version 2 answers with).
+fn speaks_up_to_2(why: &str, newest: u32) -> bool {
+    why.contains(&format!("migration protocol version {newest}, this kemari speaks 1 to 2"))
+}
+
+/// [`connect`] in protocol `version`; from version 3 on, up to the receiver's READY.
+fn connect_as(to: &str, security: &Security, shape: Shape, version: u32) -> Result<Channel, MigrateError> {
     let addr = to.to_socket_addrs()?.next().ok_or_else(|| io::Error::other(format!("{to}: no address")))?;
     let sock = TcpStream::connect_timeout(&addr, CONNECT_WITHIN)?;
     sock.set_nodelay(true)?;
     let mut link = security.connect(sock, CONNECT_WITHIN)?;
-    send(&mut link.writer, HELLO, hello)?;
-    link.socket.set_read_timeout(Some(READY_WITHIN))?;
-    answer(&mut link.reader, READY, "the HELLO")?;
-    link.socket.set_read_timeout(None)?;
+    send(&mut link.writer, HELLO, &hello(shape, version))?;
+    if version >= 3 {
+        link.socket.set_read_timeout(Some(READY_WITHIN))?;
+        answer(&mut link.reader, READY, "the HELLO")?;
+        link.socket.set_read_timeout(None)?;
+    }
     Ok(link)
 }
 

@@ -2,6 +2,8 @@
 //! double, which claims to be x86-64) runs in the real runtime loop, is paused, resumed and snapshotted through
 //! control requests, and live-migrates over real TCP to a receiver that builds its replica from the HELLO.
 
+use std::io::Write;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,7 +14,7 @@ use kemari_machine::{Arch, Machine, RunOutcome};
 use kemari_runtime::control::{Reply, Request, SNAPSHOT_STATE};
 use kemari_runtime::migrate::{Arrival, Incoming};
 use kemari_runtime::{Config, Ended, Event, Standalone};
-use kemari_transport::Security;
+use kemari_transport::{frame, Security};
 
 const PAGES: u64 = 256;
 
@@ -179,4 +181,60 @@ fn a_failed_migration_leaves_the_guest_as_it_was() {
     vm.wait_past(at + 3);
     vm.events.send(Event::Quit).unwrap();
     assert_eq!(vm.thread.join().unwrap().1, Ended::Machine(RunOutcome::Quit));
+}
+
+/// A receiver of migration protocol 2 at most, as a kemari from before version 3 is: it refuses a later HELLO in
+/// that kemari's words and passes any other connection through to the receiver at `real` (which takes version
+/// 2 too). Returns where it listens and the versions of the HELLOs it saw.
+fn older_receiver(real: String) -> (String, Arc<Mutex<Vec<u32>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let versions = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut down = conn.unwrap();
+            let (kind, hello) = frame::receive(&mut down, 64).unwrap();
+            let version = u32::from_le_bytes(hello[4..8].try_into().unwrap());
+            versions.lock().unwrap().push(version);
+            if version > 2 {
+                let why = format!(
+                    "protocol: migration protocol version {version}, this kemari speaks 1 to 2: upgrade this node"
+                );
+                frame::refuse(&mut down, &why);
+                continue;
+            }
+            let mut up = TcpStream::connect(&real).unwrap();
+            frame::send(&mut up, kind, &[&hello]).unwrap();
+            let (mut from, mut to) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up, &mut down);
+                let _ = down.flush();
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn a_risc_v_guest_still_migrates_to_a_receiver_of_protocol_2() {
+    let incoming = Incoming::bind("127.0.0.1:0", Security::Plaintext, Arch::Riscv64, None).unwrap();
+    let (to, seen) = older_receiver(incoming.local_addr().to_string());
+    let receiver = receive_one(incoming);
+
+    let vm = start(FakeMachine::claiming(Arch::Riscv64, PAGES));
+    vm.wait_past(10);
+    match vm.ask(Request::Migrate { to, downtime_ms: 5 }) {
+        Reply::Migrated { .. } => {}
+        r => panic!("{r:?}"),
+    }
+    let (sent, ended) = vm.thread.join().unwrap();
+    assert_eq!(ended, Ended::Machine(RunOutcome::Migrated));
+    let got = receiver.join().unwrap().expect("the receiver refused");
+    assert_eq!(got.counter(), sent.counter(), "the receiver's guest is not where the sender's stopped");
+    assert_eq!(*seen.lock().unwrap(), [3, 2], "the sender did not try version 3, then 2");
 }
