@@ -2,7 +2,7 @@
 //!
 //! A **primary** ([`primary::run`]) runs the guest and, before any effect the guest handed to the output gate
 //! leaves the VM, brings the **secondary** ([`secondary::standby`]) up to date with a checkpoint: dirty pages +
-//! the whole machine state (harts, board, devices, the gate's held effects) in the encoding snapshots and
+//! the whole machine state (CPUs, board, devices, the gate's held effects) in the encoding snapshots and
 //! migration use. The gate releases an effect only once the checkpoint that covers it is acknowledged (output
 //! commit). When the primary dies, the secondary takes the active role through the [`arbiter`], re-issues the
 //! effects recorded in its last committed checkpoint, announces the guest's MAC and runs the guest on.

@@ -69,7 +69,7 @@ pub struct StandbyConfig<M> {
     pub disks: Vec<std::path::PathBuf>,
     /// Builds the replica once a primary introduced itself (CPUs and memory come from its HELLO).
     pub build: BuildReplica<M>,
-    /// Harts given on this node's command line, if any: the primary must have as many.
+    /// CPUs given on this node's command line, if any: the primary must have as many.
     pub expect_cpus: Option<usize>,
     /// MiB of guest RAM given on this node's command line, if any: the primary must have as much.
     pub expect_memory_mib: Option<u64>,

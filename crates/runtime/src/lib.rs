@@ -105,7 +105,7 @@ pub enum Paused {
 /// The run state: exactly one of these.
 pub enum RunState {
     Running,
-    /// Harts do not run and guest time stands still.
+    /// CPUs do not run and guest time stands still.
     Paused(Paused),
     /// Live-migrating to another host; the guest runs during the pre-copy unless it is paused.
     Migrating(Box<migrate::Outgoing>),

@@ -23,8 +23,8 @@
 //! machine, before it streams: a sender turned away (its HELLO, or a machine the receiver cannot build)
 //! reads the reason instead of losing it to a connection reset mid-stream. A receiver still takes a version 1
 //! sender, answering it as version 1 did (SYNCED and ACK as bare bytes, no REFUSE), and a sender refused by
-//! a receiver that speaks version 2 at most asks again in version 2 (RISC-V machines only). The sender stays the active copy until the ACK: any failure before it leaves the guest running
-//! where it was. The stream runs inside the link [`Security`] gives (mutual TLS unless the operator
+//! a receiver that speaks version 2 at most asks again in version 2 (RISC-V machines only). The sender stays
+//! the active copy until the ACK: any failure before it leaves the guest running where it was. The stream runs inside the link [`Security`] gives (mutual TLS unless the operator
 //! asked for plaintext): with TLS, a receiver reads nothing from, and a sender sends nothing to, a peer that
 //! is not a node of the same VM.
 
@@ -359,8 +359,9 @@ fn connect(to: &str, security: &Security, shape: Shape) -> Result<Channel, Migra
     }
 }
 
-/// Whether `why`, a receiver's refusal of version `newest`, says it speaks versions up to 2 (in the words of
-/// `frame::Protocol::accept`, which every kemari since version 2 answers with).
+/// Whether `why`, a receiver's refusal of version `newest`, says it speaks versions up to 2. These are the
+/// words of `frame::Protocol::accept` as the kemari binaries of protocol 2 have them, frozen there: this
+/// literal must not follow later changes to `accept`.
 fn speaks_up_to_2(why: &str, newest: u32) -> bool {
     why.contains(&format!("migration protocol version {newest}, this kemari speaks 1 to 2"))
 }
@@ -675,6 +676,25 @@ where
                     }
                 }
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_receiver_of_protocol_2_at_most_is_asked_again() {
+        let old = "protocol: migration protocol version 3, this kemari speaks 1 to 2: upgrade this node";
+        assert!(speaks_up_to_2(old, 3));
+        for other in [
+            "protocol: migration protocol version 3, this kemari speaks 1 to 4: upgrade the other node",
+            "protocol: the sender runs a x86-64 machine, this receiver riscv64",
+            "protocol: the sender's guest has 64 MiB of RAM, this receiver was given --memory 256",
+            "another sender's migration is being received",
+        ] {
+            assert!(!speaks_up_to_2(other, 3), "{other}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The runtime and live migration need nothing but the machine seam: a machine without a guest (the test
-//! double, which claims to be x86-64) runs in the real runtime loop, is paused, resumed and snapshotted through
-//! control requests, and live-migrates over real TCP to a receiver that builds its replica from the HELLO.
+//! double, which claims to be x86-64 unless a test makes it RISC-V) runs in the real runtime loop, is paused,
+//! resumed and snapshotted through control requests, and live-migrates over real TCP to a receiver that builds
+//! its replica from the HELLO.
 
 use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -237,4 +238,21 @@ fn a_risc_v_guest_still_migrates_to_a_receiver_of_protocol_2() {
     let got = receiver.join().unwrap().expect("the receiver refused");
     assert_eq!(got.counter(), sent.counter(), "the receiver's guest is not where the sender's stopped");
     assert_eq!(*seen.lock().unwrap(), [3, 2], "the sender did not try version 3, then 2");
+}
+
+#[test]
+fn an_x86_guest_does_not_fall_back_to_protocol_2() {
+    let incoming = Incoming::bind("127.0.0.1:0", Security::Plaintext, Arch::X86_64, None).unwrap();
+    let (to, seen) = older_receiver(incoming.local_addr().to_string());
+
+    let vm = start(FakeMachine::new(PAGES));
+    vm.wait_past(3);
+    match vm.ask(Request::Migrate { to, downtime_ms: 5 }) {
+        Reply::Error(e) => assert!(e.contains("speaks 1 to 2: upgrade this node"), "{e}"),
+        r => panic!("{r:?}"),
+    }
+    // Version 2 knows only RISC-V machines: asking again in it would hand the receiver a guest it takes for one.
+    assert_eq!(*seen.lock().unwrap(), [3]);
+    vm.events.send(Event::Quit).unwrap();
+    assert_eq!(vm.thread.join().unwrap().1, Ended::Machine(RunOutcome::Quit));
 }

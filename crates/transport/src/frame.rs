@@ -47,8 +47,8 @@ pub enum FrameError {
 const ONE_WRITE: usize = 4096;
 
 /// Writes one message made of `parts` (sent back to back, so a large state needs no extra copy). A small one
-/// (an ACK, a heartbeat, an input) goes in one write: on an unbuffered TLS link each write is a record and, with
-/// TCP_NODELAY, a segment of its own.
+/// (an ACK, a heartbeat, an input) goes in one write: on an unbuffered TLS link each write is a record of its
+/// own and, with TCP_NODELAY, at least one segment.
 pub fn send(w: &mut (impl Write + ?Sized), kind: u8, parts: &[&[u8]]) -> io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut head = [0u8; 9];
