@@ -6,11 +6,11 @@
 //! `seeds/restore_sections/*` and `corpus/restore/state-full`).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::channel;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kemari_board::persist::Pages;
-use kemari_board::MachineConfig;
+use kemari_board::{MachineConfig, Round};
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -24,14 +24,18 @@ fn main() {
     for f in [cfg.kernel.as_ref().unwrap(), cfg.initrd.as_ref().unwrap()] {
         assert!(f.exists(), "{} missing: run scripts/guest-build", f.display());
     }
-    let (_tx, rx) = channel();
     let console = Box::new(std::io::sink());
     let mut m = kemari_board::Machine::new(&cfg, console, Arc::new(|| {})).expect("a 16 MiB machine boots");
     // A few million instructions: the kernel is up and has touched memory, devices and timers.
     for _ in 0..250 {
-        if let Some(end) = m.step_round(&rx) {
-            eprintln!("guest ended early: {end:?}");
-            break;
+        match m.step_round() {
+            Round::Ran => {}
+            // Every hart waits: guest time follows the host's clock, so wait as the runtime would.
+            Round::Idle(wait) => std::thread::sleep(wait.min(Duration::from_millis(10))),
+            Round::Ended(end) => {
+                eprintln!("guest ended early: {end:?}");
+                break;
+            }
         }
     }
     let instret: u64 = m.harts.iter().map(|h| h.state().instret).sum();

@@ -75,7 +75,10 @@ pub fn check(data: &[u8]) {
     let before = m.save(Pages::Only(&[])).expect("the machine saves");
     match m.apply_checkpoint(data) {
         Err(_) => {
-            assert!(m.save(Pages::Only(&[])).expect("the machine saves") == before, "a refused checkpoint changed the machine's state");
+            assert!(
+                m.save(Pages::Only(&[])).expect("the machine saves") == before,
+                "a refused checkpoint changed the machine's state"
+            );
         }
         Ok(()) => {
             let saved = m.save(Pages::Only(&[])).expect("the machine saves");
