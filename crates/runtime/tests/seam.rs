@@ -54,6 +54,12 @@ impl Running {
         }
     }
 
+    /// Quits, and checks that the run ended so.
+    fn quit(self) {
+        self.events.send(Event::Quit).unwrap();
+        assert_eq!(self.thread.join().unwrap().1, Ended::Machine(RunOutcome::Quit));
+    }
+
     /// Waits until the guest's counter passed `n`.
     fn wait_past(&self, n: u64) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -93,9 +99,7 @@ fn pause_resume_and_snapshot_are_the_runtimes() {
     assert_eq!(vm.ask(Request::Resume), Reply::Ok);
     assert!(!vm.status().0, "still paused after resume");
     vm.wait_past(at + 3);
-    vm.events.send(Event::Quit).unwrap();
-    let (_, ended) = vm.thread.join().unwrap();
-    assert_eq!(ended, Ended::Machine(RunOutcome::Quit));
+    vm.quit();
 }
 
 /// Receives one machine on `incoming` (a receiver of `FakeMachine`s): the built machine, or the refusal.
@@ -143,11 +147,15 @@ fn a_machine_known_only_through_the_seam_live_migrates() {
     assert_eq!(got.ticks_performed(), vec![last + 1, last + 2, last + 3]);
 }
 
+/// A receiver of RISC-V machines, which refuses the test double's x86-64 one: where it listens, and its end.
+fn riscv_receiver() -> (String, JoinHandle<Result<FakeMachine, String>>) {
+    let incoming = Incoming::bind("127.0.0.1:0", Security::Plaintext, Arch::Riscv64, None).unwrap();
+    (incoming.local_addr().to_string(), receive_one(incoming))
+}
+
 #[test]
 fn a_receiver_of_another_architecture_refuses_and_the_guest_runs_on() {
-    let incoming = Incoming::bind("127.0.0.1:0", Security::Plaintext, Arch::Riscv64, None).unwrap();
-    let to = incoming.local_addr().to_string();
-    let receiver = receive_one(incoming);
+    let (to, receiver) = riscv_receiver();
 
     let vm = start(FakeMachine::new(PAGES));
     vm.wait_past(3);
@@ -160,15 +168,12 @@ fn a_receiver_of_another_architecture_refuses_and_the_guest_runs_on() {
     let (paused, at) = vm.status();
     assert!(!paused, "a refused migration left the guest paused");
     vm.wait_past(at + 3);
-    vm.events.send(Event::Quit).unwrap();
-    assert_eq!(vm.thread.join().unwrap().1, Ended::Machine(RunOutcome::Quit));
+    vm.quit();
 }
 
 #[test]
 fn a_failed_migration_leaves_the_guest_as_it_was() {
-    let incoming = Incoming::bind("127.0.0.1:0", Security::Plaintext, Arch::Riscv64, None).unwrap();
-    let to = incoming.local_addr().to_string();
-    let receiver = receive_one(incoming);
+    let (to, receiver) = riscv_receiver();
 
     let vm = start(FakeMachine::new(PAGES));
     vm.wait_past(3);
@@ -180,8 +185,7 @@ fn a_failed_migration_leaves_the_guest_as_it_was() {
     assert_eq!(vm.status(), (true, at), "a failed migration set a paused guest running");
     assert_eq!(vm.ask(Request::Resume), Reply::Ok);
     vm.wait_past(at + 3);
-    vm.events.send(Event::Quit).unwrap();
-    assert_eq!(vm.thread.join().unwrap().1, Ended::Machine(RunOutcome::Quit));
+    vm.quit();
 }
 
 /// A receiver of migration protocol 2 at most, as a kemari from before version 3 is: it refuses a later HELLO in
@@ -253,6 +257,5 @@ fn an_x86_guest_does_not_fall_back_to_protocol_2() {
     }
     // Version 2 knows only RISC-V machines: asking again in it would hand the receiver a guest it takes for one.
     assert_eq!(*seen.lock().unwrap(), [3]);
-    vm.events.send(Event::Quit).unwrap();
-    assert_eq!(vm.thread.join().unwrap().1, Ended::Machine(RunOutcome::Quit));
+    vm.quit();
 }
